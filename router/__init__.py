@@ -1,0 +1,8 @@
+"""The inference router.
+
+`app` builds the aiohttp service; `ticket` answers `/route` (ticket mode); `admin` manages
+workers at run time. Choices are made by the pure policies in `balancer` over a local
+`snapshot` of worker state, and made atomic by the `state` store (memory or Redis).
+`health` polls workers, `signing` signs tickets, `auth` checks API keys, `metrics` exports
+Prometheus series, `spawner` starts local demo workers, and `config` validates settings.
+"""

@@ -1,0 +1,101 @@
+"""Worker management at run time: `/api/v1/workers` (admin keys, or worker tokens)."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from router.auth import key_from_header
+from router.context import CTX, RouterContext
+from router.errors import ApiError, json_response
+from router.state.base import WorkerRecord, worker_id
+from router.ticket import read_json_object
+
+_URL_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[^\s?#]*)?$")
+
+
+def _positive(body: dict[str, Any], field: str, default: float | None) -> float | None:
+    v = body.get(field)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+        raise ApiError(400, "bad_request", f"{field} must be a number > 0")
+    return float(v)
+
+
+async def register_worker(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = await read_json_object(request)
+    endpoint, url = body.get("endpoint"), body.get("url")
+    if not isinstance(endpoint, str) or not endpoint:
+        raise ApiError(400, "bad_request", "endpoint (a non-empty string) is required")
+    if not isinstance(url, str) or not _URL_RE.match(url):
+        raise ApiError(400, "bad_request", "url must be an http(s) URL such as http://10.0.0.7:3000")
+    ctx.auth.require_registrar(key_from_header(request.headers.get("Authorization")), endpoint)
+    if endpoint not in ctx.endpoints:
+        raise ApiError(404, "unknown_endpoint", f"no endpoint named {endpoint!r}")
+    url = url.rstrip("/")
+    perf = _positive(body, "perf", 100.0)
+    max_load = _positive(body, "max_load", None)
+    assert perf is not None
+    existed = ctx.snapshot.get(worker_id(endpoint, url)) is not None
+    record = await ctx.store.upsert_worker(endpoint, url, perf, max_load, "registered",
+                                           time.time())
+    ctx.snapshot.upsert(record)
+    return json_response(record.public(), status=200 if existed else 201)
+
+
+async def list_workers(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    ctx.auth.require_admin(key_from_header(request.headers.get("Authorization")))
+    endpoint = request.query.get("endpoint")
+    if endpoint is not None and endpoint not in ctx.endpoints:
+        raise ApiError(404, "unknown_endpoint", f"no endpoint named {endpoint!r}")
+    workers = await ctx.store.list_workers()
+    rows = [w.public() for w in workers if endpoint is None or w.endpoint == endpoint]
+    rows.sort(key=lambda w: (w["endpoint"], w["url"]))
+    return json_response({"workers": rows})
+
+
+async def _target(request: web.Request, ctx: RouterContext) -> WorkerRecord:
+    wid = request.match_info["worker_id"]
+    presented = key_from_header(request.headers.get("Authorization"))
+    ctx.auth.lookup(presented)  # 401 before revealing whether the worker exists
+    w = await ctx.store.get_worker(wid)
+    if w is None:
+        raise ApiError(404, "unknown_worker", f"no worker with id {wid!r}")
+    ctx.auth.require_registrar(presented, w.endpoint)
+    return w
+
+
+async def drain_worker(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    w = await _target(request, ctx)
+    drained = await ctx.store.drain_worker(w.id)
+    if drained is None:
+        raise ApiError(404, "unknown_worker", f"no worker with id {w.id!r}")
+    ctx.snapshot.upsert(drained)
+    return json_response(drained.public())
+
+
+async def remove_worker(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    w = await _target(request, ctx)
+    if w.source != "registered":
+        raise ApiError(409, "configured_worker",
+                       "this worker comes from the router's config; remove it there "
+                       "(or drain it)")
+    await ctx.store.remove_worker(w.id)
+    ctx.snapshot.remove(w.id)
+    return json_response({"removed": w.id})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/workers", register_worker)
+    app.router.add_get("/api/v1/workers", list_workers)
+    app.router.add_post("/api/v1/workers/{worker_id}/drain", drain_worker)
+    app.router.add_delete("/api/v1/workers/{worker_id}", remove_worker)

@@ -1,0 +1,216 @@
+"""Build the router's aiohttp application: routes, the error middleware, and resources.
+
+Resources live in `cleanup_ctx` generators, set up in order and torn down in reverse:
+the context (store, keys, metrics), the upstream client session, spawned local workers,
+then the background loops (snapshot refresh + config reconcile, health poller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from router import admin, ticket
+from router.auth import KeyRingAuth
+from router.config import ApiKeySettings, Settings
+from router.context import CTX, RouterContext
+from router.errors import error_middleware, json_response
+from router.health import HealthPoller
+from router.metrics import CONTENT_TYPE_LATEST, Metrics
+from router.signing import KeyRing
+from router.snapshot import Snapshot
+from router.spawner import SpawnedWorker, Spawner, plan
+from router.state import StoreUnavailable, open_store
+from router.state.base import Source, worker_id
+
+log = logging.getLogger(__name__)
+
+SPAWNED = web.AppKey("spawned_workers", list[SpawnedWorker])
+
+
+def load_keyring(settings: Settings) -> KeyRing:
+    if settings.signing.key_files:
+        ring = KeyRing.from_files(settings.signing.key_files)
+        log.info("signing with key %s (%d key(s) in the ring)", ring.kid, len(ring.keys))
+        return ring
+    ring = KeyRing.ephemeral(settings.signing.algorithm)
+    log.warning("no signing.key_files configured: using an ephemeral %s key %s; tickets will "
+                "not verify after a restart (create one with `inference-router keygen`)",
+                settings.signing.algorithm, ring.kid)
+    return ring
+
+
+def api_keys(settings: Settings) -> list[ApiKeySettings]:
+    if settings.api_keys:
+        return list(settings.api_keys)
+    key = secrets.token_urlsafe(24)
+    # Printed once to the terminal, on purpose and never through logging: with no key
+    # configured the operator needs some key to call the router at all.
+    print(f"no api_keys configured; admin API key for this run: {key}", file=sys.stderr)
+    from hashlib import sha256
+
+    return [ApiKeySettings(key_sha256=sha256(key.encode()).hexdigest(), name="generated",
+                           admin=True)]
+
+
+def configured_workers(settings: Settings,
+                       spawned: list[SpawnedWorker]) -> list[tuple[str, str, float,
+                                                                   float | None, Source]]:
+    out: list[tuple[str, str, float, float | None, Source]] = []
+    for ep in settings.endpoints:
+        out += [(ep.name, w.url, w.perf, w.max_load, "static") for w in ep.workers]
+    out += [(w.endpoint, w.url, w.spec.perf, w.spec.max_load, "spawned") for w in spawned]
+    return out
+
+
+async def reconcile(ctx: RouterContext, spawned: list[SpawnedWorker]) -> int:
+    """Make sure every worker from config (and every spawned one) is in the store.
+
+    After Redis lost its data this brings configured workers back (as `loading`, until
+    their next health check). Returns how many were added.
+    """
+    added = 0
+    for endpoint, url, perf, max_load, source in configured_workers(ctx.settings, spawned):
+        if ctx.snapshot.get(worker_id(endpoint, url)) is None:
+            record = await ctx.store.upsert_worker(endpoint, url, perf, max_load, source,
+                                                   time.time())
+            ctx.snapshot.upsert(record)
+            added += 1
+    return added
+
+
+async def _refresh_loop(ctx: RouterContext, spawned: list[SpawnedWorker]) -> None:
+    while True:
+        try:
+            await ctx.snapshot.refresh()
+            await reconcile(ctx, spawned)
+        except StoreUnavailable as exc:
+            log.debug("snapshot refresh failed: %s", exc)
+        except Exception:
+            log.exception("snapshot refresh failed")
+        await asyncio.sleep(ctx.settings.store.snapshot_interval_s)
+
+
+def _router_url(settings: Settings) -> str:
+    host = settings.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{settings.server.port}"
+
+
+def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Application:
+    """The router app; `keyring` overrides the configured keys (tests, benchmarks)."""
+    app = web.Application(middlewares=[error_middleware])
+    app[SPAWNED] = []
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        metrics = Metrics()
+        store = open_store(settings.store)
+        ctx = RouterContext(
+            settings=settings,
+            endpoints={e.name: e for e in settings.endpoints},
+            auth=KeyRingAuth(api_keys(settings)),
+            keyring=keyring or load_keyring(settings),
+            metrics=metrics,
+            store=store,
+            snapshot=Snapshot(store, metrics, (e.name for e in settings.endpoints)),
+            replica_id=uuid.uuid4().hex[:12],
+        )
+        app[CTX] = ctx
+        try:
+            await ctx.snapshot.refresh()
+            await reconcile(ctx, [])
+        except StoreUnavailable as exc:
+            log.error("state store unreachable at start (%s); /route answers 503 until it "
+                      "is back", exc)
+        yield
+        await store.close()
+
+    async def client(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            app[CTX].session = session
+            yield
+
+    async def spawn(app: web.Application) -> AsyncIterator[None]:
+        spawned = plan(list(settings.endpoints))
+        if not spawned:
+            yield
+            return
+        app[SPAWNED] = spawned
+        spawner = Spawner(spawned, _router_url(settings))
+        spawner.start()
+        yield
+        await spawner.stop()
+
+    async def loops(app: web.Application) -> AsyncIterator[None]:
+        ctx = app[CTX]
+        assert ctx.session is not None
+        poller = HealthPoller(ctx.store, ctx.snapshot, ctx.session, ctx.endpoints,
+                              ctx.replica_id, ctx.metrics)
+        tasks = [
+            _task(_refresh_loop(ctx, app[SPAWNED]), "snapshot-refresh"),
+            _task(poller.run_forever(), "health-poller"),
+        ]
+        yield
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    app.cleanup_ctx.extend([context, client, spawn, loops])
+    app.router.add_post("/route", ticket.route)
+    app.router.add_post("/route/", ticket.route)
+    app.router.add_get("/pubkey", pubkey)
+    app.router.add_get("/pubkey/", pubkey)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    admin.add_routes(app)
+    return app
+
+
+def _task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    return asyncio.get_running_loop().create_task(coro, name=name)
+
+
+async def pubkey(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[CTX].keyring.public_pem(),
+                        content_type="application/x-pem-file")
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[CTX].keyring.jwks_bytes(),
+                        content_type="application/json",
+                        headers={"Cache-Control": "max-age=60"})
+
+
+async def livez(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    try:
+        await ctx.store.ping()
+    except StoreUnavailable as exc:
+        return json_response({"ready": False, "reason": f"store unreachable: {exc}"}, 503)
+    return json_response({"ready": True, "store": ctx.settings.store.backend,
+                          "key_id": ctx.keyring.kid})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[CTX].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,122 @@
+"""Selection policies as pure functions over a snapshot of workers (DESIGN §4).
+
+A choice has two steps so that it stays correct with several router replicas:
+`shortlist()` ranks a few candidates from the local snapshot (any policy, any fleet size),
+then the store's atomic issue step runs `finalize()` on those candidates with *fresh* load
+(in Lua for Redis), so two replicas never both over-fill a worker. The balance simulator
+calls the same two functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from router.config import Policy
+
+Mode = Literal["ordered", "rescore"]
+SHORTLIST = 3  # candidates sent to the atomic issue step
+
+
+@dataclass(slots=True)
+class Candidate:
+    """What a policy needs to know of one worker."""
+
+    id: str
+    perf: float
+    load: float = 0.0  # estimated in-flight cost
+    requests: int = 0  # estimated in-flight requests
+    max_load: float | None = None
+    ready: bool = True
+
+
+def fits(w: Candidate, cost: float) -> bool:
+    """True if `w` can take `cost` more: under max_load, or idle (a big request must run)."""
+    return w.max_load is None or w.load <= 0 or w.load + cost <= w.max_load
+
+
+def work_score(w: Candidate, cost: float) -> float:
+    """Time for `w` to clear its queue plus this request: the quantity least_work minimizes."""
+    return (w.load + cost) / w.perf
+
+
+def rendezvous(session_id: str, workers: Sequence[Candidate]) -> Candidate | None:
+    """The worker a session sticks to: highest hash of (session, worker); stable as others come and go."""
+    best: Candidate | None = None
+    best_h = b""
+    key = session_id.encode()
+    for w in workers:
+        h = hashlib.blake2b(key + b"\0" + w.id.encode(), digest_size=8).digest()
+        if best is None or h > best_h:
+            best, best_h = w, h
+    return best
+
+
+def shortlist(
+    policy: Policy,
+    workers: Sequence[Candidate],
+    cost: float,
+    *,
+    rng: random.Random,
+    tick: int = 0,
+    session_id: str | None = None,
+    k: int = SHORTLIST,
+) -> tuple[list[Candidate], Mode]:
+    """Rank up to `k` ready workers that fit `cost`; return them with how to finalize."""
+    ready = [w for w in workers if w.ready]
+    pinned: Candidate | None = None
+    if session_id:
+        sticky = rendezvous(session_id, ready)
+        if sticky is not None and fits(sticky, cost):
+            pinned = sticky
+    pool = [w for w in ready if fits(w, cost) and w is not pinned]
+    ranked = _rank(policy, pool, cost, rng, tick, k)
+    if pinned is not None:
+        return [pinned, *ranked[: k - 1]], "ordered"
+    return ranked, "rescore" if policy in ("least_work", "p2c") else "ordered"
+
+
+def _rank(
+    policy: Policy, pool: list[Candidate], cost: float, rng: random.Random, tick: int, k: int
+) -> list[Candidate]:
+    if not pool:
+        return []
+    if policy == "least_work":
+        # random second key: ties (e.g. an idle fleet of equal workers) spread evenly
+        return [w for _, _, w in heapq.nsmallest(
+            k, ((work_score(w, cost), rng.random(), w) for w in pool), key=lambda t: t[:2])]
+    if policy == "least_requests":
+        return [w for _, _, w in heapq.nsmallest(
+            k, ((w.requests, rng.random(), w) for w in pool), key=lambda t: t[:2])]
+    if policy == "round_robin":
+        start = tick % len(pool)
+        return [pool[(start + i) % len(pool)] for i in range(min(k, len(pool)))]
+    if policy == "random":
+        return rng.sample(pool, min(k, len(pool)))
+    if policy == "p2c":
+        two = rng.sample(pool, min(2, len(pool)))
+        return sorted(two, key=lambda w: work_score(w, cost))
+    raise ValueError(f"unknown policy {policy!r}")
+
+
+def finalize(candidates: Sequence[Candidate], cost: float, mode: Mode) -> int | None:
+    """Pick among `candidates` (fresh loads) the index to issue to, or None if none fits.
+
+    `ordered`: the first ready one that fits. `rescore`: the ready one that fits with the
+    least work score, earlier index on ties. Mirrored by the Lua in state/redis_scripts.py.
+    """
+    best: int | None = None
+    best_score = 0.0
+    for i, w in enumerate(candidates):
+        if not w.ready or not fits(w, cost):
+            continue
+        if mode == "ordered":
+            return i
+        score = work_score(w, cost)
+        if best is None or score < best_score:
+            best, best_score = i, score
+    return best

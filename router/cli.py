@@ -1,0 +1,120 @@
+"""`inference-router`: serve the router, or make a signing key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from router.config import ConfigError, Settings
+from router.signing import SigningKeyError, write_private_key
+
+log = logging.getLogger("router")
+
+DESCRIPTION = """\
+Inference request router and load-balancing proxy.
+
+  inference-router serve --config configs/local.toml   run the router (the demo config
+                                                       starts two synthetic workers)
+  inference-router keygen --out keys/k1.pem            write a signing key (mode 0600)
+
+Every setting can also come from the environment: ROUTER_SERVER_PORT=9000,
+ROUTER_STORE_BACKEND=redis, ROUTER_STORE_REDIS_URL=redis://..., ROUTER_SIGNING_ALGORITHM,
+ROUTER_SIGNING_KEY_FILES=a.pem,b.pem, ROUTER_LOG_LEVEL, ROUTER_API_KEY / ROUTER_ADMIN_KEY
+(one extra key). See configs/router.example.toml for every setting.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inference-router", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the router",
+                           description="Run the router until SIGINT/SIGTERM.")
+    serve.add_argument("--config", "-c", type=Path, help="TOML config file (default: "
+                       "built-in defaults: memory store, ephemeral key, no endpoints)")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help="override log_level")
+    keygen = sub.add_parser("keygen", help="write a new signing key (PEM, mode 0600)",
+                            description="Write a new private signing key. Add its path to "
+                            "signing.key_files (newest last) to rotate keys.")
+    keygen.add_argument("--out", type=Path, required=True, help="file to create")
+    keygen.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa",
+                        help="rsa (RSA-2048, Vast-compatible, default) or ed25519 (faster)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "keygen":
+        try:
+            key = write_private_key(args.out, args.algorithm)
+        except FileExistsError:
+            print(f"error: {args.out} exists; refusing to overwrite a key", file=sys.stderr)
+            return 1
+        except (OSError, SigningKeyError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.algorithm} key {key.kid} to {args.out} (mode 0600)")
+        return 0
+    if args.command != "serve":
+        _parser().print_help()
+        return 2
+    try:
+        settings = Settings.from_toml(args.config)
+        settings = _override(settings, args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve(settings)
+
+
+def _override(settings: Settings, args: argparse.Namespace) -> Settings:
+    from dataclasses import replace
+
+    server = settings.server
+    if args.host:
+        server = replace(server, host=args.host)
+    if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError("--port: must be between 0 and 65535")
+        server = replace(server, port=args.port)
+    if any(ep.spawn for ep in settings.endpoints) and server.port == 0:
+        raise ConfigError("server.port: must be fixed (not 0) when endpoints spawn workers")
+    level = args.log_level or settings.log_level
+    return replace(settings, server=server, log_level=level)
+
+
+def serve(settings: Settings) -> int:
+    from aiohttp import web
+
+    from router.app import build_app
+    from router.signing import SigningKeyError
+
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        log.info("uvloop not installed; using the default event loop")
+    try:
+        app = build_app(settings)
+        log.info("router listening on http://%s:%d (store: %s; endpoints: %s)",
+                 settings.server.host, settings.server.port, settings.store.backend,
+                 ", ".join(e.name for e in settings.endpoints) or "none")
+        web.run_app(app, host=settings.server.host, port=settings.server.port,
+                    access_log=None, print=None, shutdown_timeout=settings.server.shutdown_grace_s)
+    except SigningKeyError as exc:
+        print(f"config error: signing.key_files: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot serve on {settings.server.host}:{settings.server.port}: {exc}",
+              file=sys.stderr)
+        return 1
+    return 0

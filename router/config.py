@@ -1,0 +1,390 @@
+"""Typed router settings: a TOML file, then `ROUTER_*` environment overrides, validated once.
+
+Every error names the setting it is about, e.g. `endpoints[0].policy: must be one of ...`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+Policy = Literal["least_work", "round_robin", "random", "least_requests", "p2c"]
+StoreBackend = Literal["memory", "redis"]
+Algorithm = Literal["rsa", "ed25519"]
+SpawnBackend = Literal["synthetic"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# First path segments that proxy mode cannot use as endpoint names (DESIGN §7).
+RESERVED_NAMES = frozenset(
+    {"route", "pubkey", "livez", "readyz", "metrics", "api", "admin", "model", "v1",
+     ".well-known", "openapi.json"}
+)
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    shutdown_grace_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    backend: StoreBackend = "memory"
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    key_prefix: str = "ir:"
+    timeout_s: float = 0.5  # per Redis command; a stalled Redis must fail fast, not pile up
+    snapshot_interval_s: float = 0.1  # how often the local read snapshot is refreshed
+
+
+@dataclass(frozen=True, slots=True)
+class SigningSettings:
+    algorithm: Algorithm = "rsa"
+    key_files: tuple[Path, ...] = ()
+    ticket_ttl_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeySettings:
+    key_sha256: str = field(repr=False)
+    name: str = ""
+    endpoints: tuple[str, ...] = ("*",)
+    admin: bool = False
+    register_workers: bool = False  # a worker token: may register/drain/remove workers
+
+    def allows(self, endpoint: str) -> bool:
+        return self.admin or "*" in self.endpoints or endpoint in self.endpoints
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    interval_s: float = 1.0
+    timeout_s: float = 1.0
+    unhealthy_after: int = 2
+    healthy_after: int = 2
+    remove_after_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class StaticWorker:
+    url: str
+    perf: float = 100.0
+    max_load: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnSettings:
+    backend: SpawnBackend = "synthetic"
+    count: int = 1
+    perf: float = 200.0
+    ttft_ms: float = 50.0
+    tokens_per_s: float = 100.0
+    max_load: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSettings:
+    name: str
+    default_cost: float = 100.0
+    policy: Policy = "least_work"
+    health_path: str = "/readyz"
+    max_queue_time_s: float = 30.0
+    retry_after_s: float = 1.0
+    health: HealthSettings = HealthSettings()
+    workers: tuple[StaticWorker, ...] = ()
+    spawn: tuple[SpawnSettings, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    signing: SigningSettings = SigningSettings()
+    api_keys: tuple[ApiKeySettings, ...] = ()
+    endpoints: tuple[EndpointSettings, ...] = ()
+    log_level: str = "info"
+
+    def endpoint(self, name: str) -> EndpointSettings | None:
+        for ep in self.endpoints:
+            if ep.name == name:
+                return ep
+        return None
+
+    @classmethod
+    def from_toml(cls, path: Path | str | None, env: Mapping[str, str] | None = None) -> Settings:
+        """Read `path` (None: defaults only), apply `ROUTER_*` env overrides, validate."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    data = tomllib.load(f)
+            except OSError as exc:
+                raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {path}: invalid TOML: {exc}") from exc
+            base = Path(path).resolve().parent
+        else:
+            base = Path.cwd()
+        apply_env(data, os.environ if env is None else env)
+        return _build(data, base)
+
+
+# --- environment overrides ---------------------------------------------------------------
+
+# ROUTER_<SECTION>_<KEY> for the scalar sections; lists take comma-separated values.
+_ENV_SECTIONS = ("server", "store", "signing")
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Apply `ROUTER_SECTION_KEY=value` overrides (and `ROUTER_LOG_LEVEL`, `ROUTER_API_KEY`)."""
+    for name, value in env.items():
+        if not name.startswith("ROUTER_"):
+            continue
+        rest = name[len("ROUTER_"):].lower()
+        if rest == "log_level":
+            data["log_level"] = value
+            continue
+        if rest == "api_key":  # one extra key from the environment, allowed everywhere
+            data.setdefault("api_keys", []).append({"key": value, "name": "env"})
+            continue
+        if rest == "admin_key":
+            data.setdefault("api_keys", []).append({"key": value, "name": "env-admin",
+                                                    "admin": True})
+            continue
+        section, _, key = rest.partition("_")
+        if section in _ENV_SECTIONS and key:
+            data.setdefault(section, {})[key] = _env_value(value, key)
+
+
+def _env_value(value: str, key: str) -> Any:
+    if key.endswith("files"):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value  # converted and checked by the typed readers below
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name `where.key`."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a table")
+        self.data = data
+        self.where = where
+        self.seen: set[str] = set()
+
+    def _get(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.data.get(key)
+
+    def name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def str_(self, key: str, default: str) -> str:
+        v = self._get(key)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise ConfigError(f"{self.name(key)}: must be a string")
+        return v
+
+    def num(self, key: str, default: float, *, min_: float = 0.0, positive: bool = False) -> float:
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                raise ConfigError(f"{self.name(key)}: must be a number, got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ConfigError(f"{self.name(key)}: must be a finite number")
+        if v < min_ or (positive and v <= 0):
+            raise ConfigError(f"{self.name(key)}: must be {'> 0' if positive else f'>= {min_}'}")
+        return float(v)
+
+    def opt_num(self, key: str) -> float | None:
+        if self.data.get(key) is None:
+            self.seen.add(key)
+            return None
+        return self.num(key, 0.0, positive=True)
+
+    def int_(self, key: str, default: int, *, min_: int = 0, max_: int | None = None) -> int:
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{self.name(key)}: must be an integer")
+        if v < min_ or (max_ is not None and v > max_):
+            raise ConfigError(f"{self.name(key)}: must be between {min_} and {max_}")
+        return v
+
+    def bool_(self, key: str, default: bool) -> bool:
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, str) and v.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return v.lower() in ("1", "true", "yes")
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self.name(key)}: must be true or false")
+        return v
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        v = self.str_(key, default)
+        if v not in choices:
+            raise ConfigError(f"{self.name(key)}: must be one of {', '.join(choices)}; got {v!r}")
+        return v
+
+    def str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        v = self._get(key)
+        if v is None:
+            return default
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ConfigError(f"{self.name(key)}: must be a list of strings")
+        return tuple(v)
+
+    def tables(self, key: str) -> list[_Reader]:
+        v = self._get(key)
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise ConfigError(f"{self.name(key)}: must be an array of tables ([[{key}]])")
+        return [_Reader(item, f"{self.name(key)}[{i}]") for i, item in enumerate(v)]
+
+    def table(self, key: str) -> _Reader:
+        return _Reader(self._get(key) or {}, self.name(key))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(f"{self.name(unknown[0])}: unknown setting")
+
+
+def _url(r: _Reader, key: str) -> str:
+    url = r.str_(key, "")
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError(f"{r.name(key)}: must be an http(s) URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def _build(data: dict[str, Any], base: Path) -> Settings:
+    top = _Reader(data, "")
+    s = top.table("server")
+    server = ServerSettings(
+        host=s.str_("host", "127.0.0.1"),
+        port=s.int_("port", 8080, min_=0, max_=65535),
+        shutdown_grace_s=s.num("shutdown_grace_s", 30.0),
+    )
+    s.done()
+
+    st = top.table("store")
+    store = StoreSettings(
+        backend=st.choice("backend", "memory", get_args(StoreBackend)),  # type: ignore[arg-type]
+        redis_url=st.str_("redis_url", "redis://127.0.0.1:6379/0"),
+        key_prefix=st.str_("key_prefix", "ir:"),
+        timeout_s=st.num("timeout_s", 0.5, positive=True),
+        snapshot_interval_s=st.num("snapshot_interval_s", 0.1, positive=True),
+    )
+    if store.backend == "redis" and not store.redis_url.startswith(("redis://", "rediss://",
+                                                                      "unix://")):
+        raise ConfigError("store.redis_url: must start with redis://, rediss:// or unix://")
+    st.done()
+
+    sg = top.table("signing")
+    signing = SigningSettings(
+        algorithm=sg.choice("algorithm", "rsa", get_args(Algorithm)),  # type: ignore[arg-type]
+        key_files=tuple((base / p) for p in sg.str_list("key_files", ())),
+        ticket_ttl_s=sg.num("ticket_ttl_s", 60.0, positive=True),
+    )
+    sg.done()
+
+    api_keys = []
+    for r in top.tables("api_keys"):
+        key, digest = r.str_("key", ""), r.str_("key_sha256", "").lower()
+        if bool(key) == bool(digest):
+            raise ConfigError(f"{r.where}: set exactly one of key or key_sha256")
+        if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ConfigError(f"{r.name('key_sha256')}: must be 64 hex characters")
+        api_keys.append(ApiKeySettings(
+            key_sha256=digest or hashlib.sha256(key.encode()).hexdigest(),
+            name=r.str_("name", f"key{len(api_keys)}"),
+            endpoints=r.str_list("endpoints", ("*",)),
+            admin=r.bool_("admin", False),
+            register_workers=r.bool_("register_workers", False),
+        ))
+        r.done()
+
+    endpoints: list[EndpointSettings] = []
+    for r in top.tables("endpoints"):
+        endpoints.append(_endpoint(r))
+    names = [e.name for e in endpoints]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"endpoints: duplicate endpoint name {n!r}")
+    level = top.choice("log_level", "info", ("debug", "info", "warning", "error"))
+    top.done()
+    return Settings(server, store, signing, tuple(api_keys), tuple(endpoints), level)
+
+
+def _endpoint(r: _Reader) -> EndpointSettings:
+    name = r.str_("name", "")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{r.name('name')}: must be 1-64 of letters, digits, '.', '_', '-'")
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"{r.name('name')}: {name!r} is reserved for the router's own paths")
+    health_path = r.str_("health_path", "/readyz")
+    if not health_path.startswith("/"):
+        raise ConfigError(f"{r.name('health_path')}: must start with '/'")
+    h = r.table("health")
+    health = HealthSettings(
+        interval_s=h.num("interval_s", 1.0, positive=True),
+        timeout_s=h.num("timeout_s", 1.0, positive=True),
+        unhealthy_after=h.int_("unhealthy_after", 2, min_=1),
+        healthy_after=h.int_("healthy_after", 2, min_=1),
+        remove_after_s=h.num("remove_after_s", 300.0, positive=True),
+    )
+    h.done()
+    workers = []
+    for w in r.tables("workers"):
+        workers.append(StaticWorker(url=_url(w, "url"), perf=w.num("perf", 100.0, positive=True),
+                                    max_load=w.opt_num("max_load")))
+        w.done()
+    spawn = []
+    for sp in r.tables("spawn"):
+        spawn.append(SpawnSettings(
+            backend=sp.choice("backend", "synthetic", get_args(SpawnBackend)),  # type: ignore[arg-type]
+            count=sp.int_("count", 1, min_=1, max_=64),
+            perf=sp.num("perf", 200.0, positive=True),
+            ttft_ms=sp.num("ttft_ms", 50.0),
+            tokens_per_s=sp.num("tokens_per_s", 100.0, positive=True),
+            max_load=sp.opt_num("max_load"),
+        ))
+        sp.done()
+    ep = EndpointSettings(
+        name=name,
+        default_cost=r.num("default_cost", 100.0),
+        policy=r.choice("policy", "least_work", get_args(Policy)),  # type: ignore[arg-type]
+        health_path=health_path,
+        max_queue_time_s=r.num("max_queue_time_s", 30.0),
+        retry_after_s=r.num("retry_after_s", 1.0, positive=True),
+        health=health,
+        workers=tuple(workers),
+        spawn=tuple(spawn),
+    )
+    r.done()
+    return ep

@@ -1,0 +1,34 @@
+"""Everything a request handler needs, built once at startup and reached through `CTX`."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from router.auth import KeyRingAuth
+from router.config import EndpointSettings, Settings
+from router.metrics import Metrics
+from router.signing import KeyRing
+from router.snapshot import Snapshot
+from router.state.base import Store
+
+
+@dataclass(slots=True)
+class RouterContext:
+    settings: Settings
+    endpoints: dict[str, EndpointSettings]
+    auth: KeyRingAuth
+    keyring: KeyRing
+    metrics: Metrics
+    store: Store
+    snapshot: Snapshot
+    replica_id: str
+    session: aiohttp.ClientSession | None = None  # upstream client (health polls, proxy)
+    rng: random.Random = field(default_factory=random.Random)
+    tick: int = 0  # round-robin position
+
+
+CTX = web.AppKey("router_context", RouterContext)

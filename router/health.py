@@ -1,0 +1,162 @@
+"""Worker health (DESIGN §5): a pure state machine and the poller that feeds it.
+
+States: loading (never ready yet) -> ready <-> unhealthy, draining (admin, or the worker
+answering 503 `{"draining": true}`), removed (registered workers with no success for
+`remove_after_s`). A refused connection means the process is gone: the worker leaves
+rotation at once instead of waiting for `unhealthy_after` failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from router.config import EndpointSettings, HealthSettings
+from router.metrics import Metrics
+from router.snapshot import Snapshot
+from router.state.base import HealthUpdate, Status, Store, StoreUnavailable, WorkerRecord
+
+log = logging.getLogger(__name__)
+
+_MAX_CONCURRENT_POLLS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    ok: bool
+    draining: bool = False
+    refused: bool = False  # nothing listening: the worker process is gone
+    report: tuple[float, int, int] | None = None
+    perf: float | None = None
+    detail: str = ""
+
+
+def transition(w: WorkerRecord, r: PollResult, cfg: HealthSettings, now: float) -> HealthUpdate:
+    """The next health state of `w` after poll result `r`."""
+    status: Status = w.status
+    if r.ok:
+        ok, fail, last_ok = w.ok_streak + 1, 0, now
+        if w.admin_drain:
+            status = "draining"
+        elif w.status in ("loading", "ready") or ok >= cfg.healthy_after:
+            status = "ready"
+    elif r.draining:
+        ok, fail, last_ok = 0, 0, now
+        status = "draining"
+    else:
+        ok, fail, last_ok = 0, w.fail_streak + 1, w.last_ok
+        if w.status in ("ready", "draining") and not w.admin_drain and (
+            r.refused or fail >= cfg.unhealthy_after
+        ):
+            status = "unhealthy"
+    return HealthUpdate(w.status, status, ok, fail, last_ok, r.report, r.perf)
+
+
+def parse_report(body: bytes) -> tuple[tuple[float, int, int] | None, float | None, bool]:
+    """Read the reference worker's /readyz JSON: (load report, perf, draining flag)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None, False
+    if not isinstance(doc, dict):
+        return None, None, False
+    draining = doc.get("draining") is True
+    report = None
+    cost, reqs, seen = doc.get("inflight_cost"), doc.get("inflight_requests"), \
+        doc.get("max_reqnum_seen")
+    if _num(cost) and isinstance(reqs, int) and isinstance(seen, int):
+        report = (float(cost), max(0, reqs), max(0, seen))
+    perf = doc.get("perf")
+    perf_ok = _num(perf) and perf > 0
+    return report, float(perf) if perf_ok else None, draining
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+async def poll(session: aiohttp.ClientSession, url: str, timeout_s: float) -> PollResult:
+    """GET one worker's health path and classify the answer."""
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                               allow_redirects=False) as resp:
+            body = await resp.content.read(65536)
+            report, perf, draining = parse_report(body)
+            if resp.status == 200 and not draining:
+                return PollResult(True, report=report, perf=perf)
+            if resp.status == 503 and draining:
+                return PollResult(False, draining=True, report=report)
+            return PollResult(False, report=report, detail=f"HTTP {resp.status}")
+    except aiohttp.ClientConnectorError as exc:
+        return PollResult(False, refused=True, detail=str(exc.os_error or exc))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return PollResult(False, detail=type(exc).__name__)
+
+
+class HealthPoller:
+    """Polls the workers this replica holds a lease on; one poller per worker fleet-wide."""
+
+    def __init__(self, store: Store, snapshot: Snapshot, session: aiohttp.ClientSession,
+                 endpoints: dict[str, EndpointSettings], holder: str, metrics: Metrics) -> None:
+        self.store = store
+        self.snapshot = snapshot
+        self.session = session
+        self.endpoints = endpoints
+        self.holder = holder
+        self.metrics = metrics
+        self._last_poll: dict[str, float] = {}
+        self._sem = asyncio.Semaphore(_MAX_CONCURRENT_POLLS)
+        self.tick_s = min((e.health.interval_s for e in endpoints.values()), default=1.0)
+
+    async def run_once(self, now: float | None = None) -> int:
+        """Poll every due worker whose lease this replica holds; return how many were polled."""
+        now = time.time() if now is None else now
+        due = [w for w in self.snapshot.workers() if w.endpoint in self.endpoints
+               and now - self._last_poll.get(w.id, 0.0)
+               >= self.endpoints[w.endpoint].health.interval_s * 0.95]
+        if not due:
+            return 0
+        held = await self.store.claim_leases([w.id for w in due], self.holder, self.tick_s * 3)
+        mine = [w for w in due if w.id in held]
+        for w in mine:
+            self._last_poll[w.id] = now
+        await asyncio.gather(*(self._check(w) for w in mine))
+        return len(mine)
+
+    async def _check(self, w: WorkerRecord) -> None:
+        ep = self.endpoints[w.endpoint]
+        async with self._sem:
+            result = await poll(self.session, w.url + ep.health_path, ep.health.timeout_s)
+        now = time.time()
+        self.metrics.health_checks.labels(w.endpoint, "ok" if result.ok else "fail").inc()
+        if (not result.ok and w.source != "static"
+                and now - w.last_ok > ep.health.remove_after_s):
+            log.warning("removing worker %s (%s): no successful health check for %.0fs",
+                        w.id, w.url, now - w.last_ok)
+            await self.store.remove_worker(w.id)
+            self._last_poll.pop(w.id, None)
+            return
+        update = transition(w, result, ep.health, now)
+        if update.status != w.status:
+            log.info("worker %s (%s) %s -> %s%s", w.id, w.url, w.status, update.status,
+                     f": {result.detail}" if result.detail else "")
+        if await self.store.record_health(w.id, update):
+            self.snapshot.apply_health(w.id, update)
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except StoreUnavailable as exc:
+                self.metrics.store_errors.inc()
+                log.debug("health poll skipped: %s", exc)
+            except Exception:
+                log.exception("health poll failed")
+            await asyncio.sleep(self.tick_s / 4)

@@ -1,0 +1,240 @@
+"""Routing tickets: canonical form, RSA/Ed25519 signatures, the key ring and its JWKS.
+
+Both the router (which signs) and the reference worker (which verifies) use this module,
+so the signed bytes are defined in exactly one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+log = logging.getLogger(__name__)
+
+Algorithm = Literal["rsa", "ed25519"]
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+PublicKey = rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+
+# Fields of a ticket that the signature covers. `signature` and `__request_id` are not.
+SIGNED_FIELDS = ("cost", "endpoint", "expires_at", "key_id", "reqnum", "request_idx", "url")
+UNSIGNED_FIELDS = ("signature", "__request_id")
+TICKET_FIELDS = SIGNED_FIELDS + UNSIGNED_FIELDS
+
+_PKCS1 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
+
+
+class SigningKeyError(Exception):
+    """A key file or JWKS document could not be used."""
+
+
+def _plain_number(v: Any) -> Any:
+    # 256.0 and 256 must sign alike: JSON clients in other languages drop the ".0".
+    if type(v) is float and v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    return v
+
+
+def canonical(ticket: Mapping[str, Any]) -> bytes:
+    """Return the signed bytes: every ticket field but the unsigned ones, sorted compact JSON."""
+    body = {k: _plain_number(v) for k, v in ticket.items() if k not in UNSIGNED_FIELDS}
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def _b64url_uint(n: int) -> str:
+    raw = n.to_bytes((n.bit_length() + 7) // 8 or 1, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _b64url_decode(s: str) -> bytes:
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def key_id_for(public: PublicKey) -> str:
+    """Derive a stable key id from the public key (first 16 hex of its DER SHA-256)."""
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyKey:
+    """A public key that can check ticket signatures."""
+
+    kid: str
+    public: PublicKey
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return "ed25519" if isinstance(self.public, ed25519.Ed25519PublicKey) else "rsa"
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        try:
+            if isinstance(self.public, ed25519.Ed25519PublicKey):
+                self.public.verify(signature, message)
+            else:
+                self.public.verify(signature, message, _PKCS1, _SHA256)
+        except InvalidSignature:
+            return False
+        return True
+
+    def pem(self) -> str:
+        return self.public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+
+    def jwk(self) -> dict[str, str]:
+        if isinstance(self.public, ed25519.Ed25519PublicKey):
+            raw = self.public.public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+            x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+            return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "alg": "EdDSA",
+                    "use": "sig"}
+        nums = self.public.public_numbers()
+        return {"kty": "RSA", "n": _b64url_uint(nums.n), "e": _b64url_uint(nums.e),
+                "kid": self.kid, "alg": "RS256", "use": "sig"}
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A private key with its id; signs canonical ticket bytes."""
+
+    kid: str
+    private: PrivateKey
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        return VerifyKey(self.kid, self.private.public_key())
+
+    def sign(self, message: bytes) -> str:
+        if isinstance(self.private, ed25519.Ed25519PrivateKey):
+            sig = self.private.sign(message)
+        else:
+            sig = self.private.sign(message, _PKCS1, _SHA256)
+        return base64.b64encode(sig).decode()
+
+
+def generate_private_key(algorithm: Algorithm) -> PrivateKey:
+    if algorithm == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def private_key_pem(private: PrivateKey) -> bytes:
+    return private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def write_private_key(path: Path, algorithm: Algorithm) -> SigningKey:
+    """Generate a key and write it as PKCS#8 PEM with mode 0600 (never world-readable)."""
+    private = generate_private_key(algorithm)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_key_pem(private))
+    os.chmod(path, 0o600)
+    return SigningKey(key_id_for(private.public_key()), private)
+
+
+def load_private_key(path: Path) -> SigningKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read key file {path}: {exc.strerror}") from exc
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise SigningKeyError(f"key file {path} is not an unencrypted PEM private key") from exc
+    if isinstance(private, rsa.RSAPrivateKey):
+        if private.key_size < 2048:
+            raise SigningKeyError(f"key file {path}: RSA keys must be at least 2048 bits")
+    elif not isinstance(private, ed25519.Ed25519PrivateKey):
+        raise SigningKeyError(f"key file {path}: only RSA and Ed25519 keys are supported")
+    return SigningKey(key_id_for(private.public_key()), private)
+
+
+def verify_key_from_jwk(jwk: Mapping[str, Any]) -> VerifyKey:
+    try:
+        kid = str(jwk["kid"])
+        if jwk["kty"] == "RSA":
+            n = int.from_bytes(_b64url_decode(jwk["n"]), "big")
+            e = int.from_bytes(_b64url_decode(jwk["e"]), "big")
+            return VerifyKey(kid, rsa.RSAPublicNumbers(e, n).public_key())
+        if jwk["kty"] == "OKP" and jwk.get("crv") == "Ed25519":
+            return VerifyKey(kid, ed25519.Ed25519PublicKey.from_public_bytes(
+                _b64url_decode(jwk["x"])))
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise SigningKeyError(f"malformed JWK: {exc}") from exc
+    raise SigningKeyError(f"unsupported JWK type {jwk.get('kty')!r}")
+
+
+def verify_keys_from_jwks(doc: Mapping[str, Any]) -> dict[str, VerifyKey]:
+    keys = doc.get("keys")
+    if not isinstance(keys, list):
+        raise SigningKeyError("JWKS document has no 'keys' list")
+    out: dict[str, VerifyKey] = {}
+    for jwk in keys:
+        if isinstance(jwk, Mapping):
+            vk = verify_key_from_jwk(jwk)
+            out[vk.kid] = vk
+    return out
+
+
+def verify_key_from_pem(pem: bytes, kid: str | None = None) -> VerifyKey:
+    public = serialization.load_pem_public_key(pem)
+    if not isinstance(public, rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
+        raise SigningKeyError("only RSA and Ed25519 public keys are supported")
+    return VerifyKey(kid or key_id_for(public), public)
+
+
+class KeyRing:
+    """Keys the router holds: the newest signs, every one verifies and is published."""
+
+    def __init__(self, keys: Iterable[SigningKey]) -> None:
+        self.keys = list(keys)
+        if not self.keys:
+            raise SigningKeyError("a key ring needs at least one key")
+        self.signer = self.keys[-1]
+        self._jwks = orjson.dumps({"keys": [k.verify_key.jwk() for k in self.keys]})
+        self._pem = self.signer.verify_key.pem()
+
+    @classmethod
+    def from_files(cls, paths: Iterable[Path]) -> KeyRing:
+        return cls(load_private_key(p) for p in paths)
+
+    @classmethod
+    def ephemeral(cls, algorithm: Algorithm) -> KeyRing:
+        private = generate_private_key(algorithm)
+        return cls([SigningKey(key_id_for(private.public_key()), private)])
+
+    @property
+    def kid(self) -> str:
+        return self.signer.kid
+
+    def sign_ticket(self, ticket: dict[str, Any]) -> dict[str, Any]:
+        """Add `signature` over the canonical form; `ticket` must already carry `key_id`."""
+        ticket["signature"] = self.signer.sign(canonical(ticket))
+        return ticket
+
+    def public_pem(self) -> str:
+        return self._pem
+
+    def jwks_bytes(self) -> bytes:
+        return self._jwks

@@ -1,0 +1,156 @@
+"""The store interface shared by the memory and Redis implementations (DESIGN §6).
+
+The store owns everything replicas must agree on: worker records and health, reqnum
+counters, outstanding tickets (ticket-mode load) and health-poll leases. The router reads
+worker records through a local snapshot and writes through these methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from router.balancer import Candidate, Mode
+
+Status = Literal["loading", "ready", "unhealthy", "draining"]
+STATUSES: tuple[Status, ...] = ("ready", "loading", "unhealthy", "draining")
+Source = Literal["static", "registered", "spawned"]
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached; callers answer 503 and try again later."""
+
+
+def worker_id(endpoint: str, url: str) -> str:
+    """Derive a worker's id from endpoint and URL, so every replica names it alike."""
+    return hashlib.sha256(f"{endpoint}\0{url}".encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    """One worker as stored. `load`/`requests` include outstanding tickets (ticket mode)."""
+
+    id: str
+    endpoint: str
+    url: str
+    perf: float
+    max_load: float | None = None
+    source: Source = "static"
+    status: Status = "loading"
+    admin_drain: bool = False
+    ok_streak: int = 0
+    fail_streak: int = 0
+    last_ok: float = 0.0  # last successful poll (registration time until then)
+    reported_cost: float = 0.0
+    reported_requests: int = 0
+    max_reqnum_seen: int = 0
+    pending_cost: float = 0.0  # tickets issued above max_reqnum_seen, not yet expired
+    pending_requests: int = 0
+    registered_at: float = 0.0
+
+    @property
+    def load(self) -> float:
+        return self.reported_cost + self.pending_cost
+
+    @property
+    def requests(self) -> int:
+        return self.reported_requests + self.pending_requests
+
+    def candidate(self) -> Candidate:
+        return Candidate(self.id, self.perf, self.load, self.requests, self.max_load,
+                         self.status == "ready")
+
+    def public(self) -> dict[str, Any]:
+        """The admin API's view of the worker."""
+        return {
+            "id": self.id, "endpoint": self.endpoint, "url": self.url, "perf": self.perf,
+            "max_load": self.max_load, "source": self.source, "status": self.status,
+            "load": self.load, "inflight_requests": self.requests,
+            "max_reqnum_seen": self.max_reqnum_seen, "last_ok": self.last_ok or None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """The outcome of a successful atomic pick: who, and the numbers for the ticket."""
+
+    worker_id: str
+    url: str
+    reqnum: int
+    request_idx: int
+    load: float  # the worker's load after this ticket
+
+
+@dataclass(frozen=True, slots=True)
+class HealthUpdate:
+    """What one health poll decided, written only if the status is still `expected`."""
+
+    expected: Status
+    status: Status
+    ok_streak: int
+    fail_streak: int
+    last_ok: float
+    report: tuple[float, int, int] | None  # (inflight_cost, inflight_requests, max_reqnum_seen)
+    perf: float | None = None
+
+
+class Store(ABC):
+    """State shared between router replicas."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailable if the store cannot serve."""
+
+    @abstractmethod
+    async def upsert_worker(
+        self, endpoint: str, url: str, perf: float, max_load: float | None, source: Source,
+        now: float,
+    ) -> WorkerRecord:
+        """Add a worker (status loading) or update perf/max_load of a known one."""
+
+    @abstractmethod
+    async def remove_worker(self, wid: str) -> bool:
+        """Forget a worker; True if it existed."""
+
+    @abstractmethod
+    async def get_worker(self, wid: str) -> WorkerRecord | None: ...
+
+    @abstractmethod
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Every worker of every endpoint (the snapshot refresh reads this)."""
+
+    @abstractmethod
+    async def drain_worker(self, wid: str) -> WorkerRecord | None:
+        """Mark a worker draining until removed (admin action)."""
+
+    @abstractmethod
+    async def record_health(self, wid: str, update: HealthUpdate) -> bool:
+        """Apply a poll's outcome if the status is still `update.expected`; True if written."""
+
+    @abstractmethod
+    async def issue(
+        self, candidates: Sequence[str], mode: Mode, cost: float, now: float, ttl_s: float,
+        request_idx: int,
+    ) -> tuple[Issued | None, int]:
+        """Atomically pick among `candidates` with fresh load, bump its reqnum, add the ticket.
+
+        Returns the ticket numbers (None if no candidate is ready and fits) and the
+        request_idx: the one given, or a new one when `request_idx` <= 0. A missing reqnum
+        counter starts at unix_time_ms * 1000, so reqnums keep growing even after the store
+        lost its data.
+        """
+
+    @abstractmethod
+    async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
+        """Take or renew the health-poll lease of each worker; return those `holder` holds."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+def reqnum_floor(now: float) -> int:
+    """Where a missing reqnum counter starts (DESIGN §3.4)."""
+    return int(now * 1000) * 1000

@@ -1,0 +1,126 @@
+"""The embedded store: one process, no Redis, the same contract as the Redis store."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from router.balancer import Mode, finalize
+from router.state.base import (
+    HealthUpdate,
+    Issued,
+    Source,
+    Store,
+    WorkerRecord,
+    reqnum_floor,
+    worker_id,
+)
+
+
+class MemoryStore(Store):
+    def __init__(self) -> None:
+        self._workers: dict[str, WorkerRecord] = {}
+        self._reqnums: dict[str, int] = {}
+        # outstanding tickets per worker, in reqnum order: (reqnum, cost, expires_at)
+        self._pending: dict[str, deque[tuple[int, float, float]]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._request_idx = 0
+
+    async def ping(self) -> None:
+        return None
+
+    async def upsert_worker(
+        self, endpoint: str, url: str, perf: float, max_load: float | None, source: Source,
+        now: float,
+    ) -> WorkerRecord:
+        wid = worker_id(endpoint, url)
+        w = self._workers.get(wid)
+        if w is None:
+            w = WorkerRecord(wid, endpoint, url, perf, max_load, source, last_ok=now,
+                             registered_at=now)
+            self._workers[wid] = w
+        else:
+            w.perf, w.max_load = perf, max_load
+        return replace(w)
+
+    async def remove_worker(self, wid: str) -> bool:
+        self._pending.pop(wid, None)
+        self._leases.pop(wid, None)
+        self._reqnums.pop(wid, None)
+        return self._workers.pop(wid, None) is not None
+
+    async def get_worker(self, wid: str) -> WorkerRecord | None:
+        w = self._workers.get(wid)
+        return replace(w) if w else None
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        return [replace(w) for w in self._workers.values()]
+
+    async def drain_worker(self, wid: str) -> WorkerRecord | None:
+        w = self._workers.get(wid)
+        if w is None:
+            return None
+        w.status, w.admin_drain = "draining", True
+        return replace(w)
+
+    async def record_health(self, wid: str, update: HealthUpdate) -> bool:
+        w = self._workers.get(wid)
+        if w is None or w.status != update.expected:
+            return False
+        w.status, w.ok_streak, w.fail_streak = update.status, update.ok_streak, update.fail_streak
+        w.last_ok = update.last_ok
+        if update.perf is not None:
+            w.perf = update.perf
+        if update.report is not None:
+            w.reported_cost, w.reported_requests, seen = update.report
+            w.max_reqnum_seen = max(w.max_reqnum_seen, seen)
+            self._drop_pending(w, lambda r, e: r <= w.max_reqnum_seen)
+        return True
+
+    def _drop_pending(self, w: WorkerRecord, done: Callable[[int, float], bool]) -> None:
+        """Forget outstanding tickets from the oldest while `done(reqnum, expires_at)`."""
+        q = self._pending.get(w.id)
+        while q and done(q[0][0], q[0][2]):
+            _, cost, _ = q.popleft()
+            w.pending_cost -= cost
+            w.pending_requests -= 1
+        if not q:
+            w.pending_cost, w.pending_requests = 0.0, 0
+
+    async def issue(
+        self, candidates: Sequence[str], mode: Mode, cost: float, now: float, ttl_s: float,
+        request_idx: int,
+    ) -> tuple[Issued | None, int]:
+        if request_idx <= 0:
+            self._request_idx = max(self._request_idx + 1, int(now * 1000))
+            request_idx = self._request_idx
+        records = [self._workers.get(wid) for wid in candidates]
+        live = [w for w in records if w is not None]
+        for w in live:  # tickets issued in reqnum order expire in that order too
+            self._drop_pending(w, lambda r, e: e < now)
+        i = finalize([w.candidate() for w in live], cost, mode)
+        if i is None:
+            return None, request_idx
+        w = live[i]
+        prev = self._reqnums.get(w.id)
+        reqnum = reqnum_floor(now) if prev is None else prev + 1
+        self._reqnums[w.id] = reqnum
+        self._pending.setdefault(w.id, deque()).append((reqnum, cost, now + ttl_s))
+        w.pending_cost += cost
+        w.pending_requests += 1
+        return Issued(w.id, w.url, reqnum, request_idx, w.load), request_idx
+
+    async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
+        now = time.monotonic()
+        held = set()
+        for wid in wids:
+            cur = self._leases.get(wid)
+            if cur is None or cur[0] == holder or cur[1] < now:
+                self._leases[wid] = (holder, now + ttl_s)
+                held.add(wid)
+        return held
+
+    async def close(self) -> None:
+        return None

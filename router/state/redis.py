@@ -1,0 +1,338 @@
+"""The Redis store: shared state for any number of router replicas (DESIGN §6).
+
+Writes that must be atomic across replicas are Lua scripts (one round trip each); the
+router reads through its local snapshot, so a `/route` costs exactly one EVALSHA.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from router.balancer import Mode
+from router.state.base import (
+    HealthUpdate,
+    Issued,
+    Source,
+    Store,
+    StoreUnavailable,
+    WorkerRecord,
+    reqnum_floor,
+    worker_id,
+)
+from router.state.redis_schema import WORKER_TTL_S, Keys
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Expire outstanding tickets (oldest first), then mirror balancer.finalize() over the
+# candidates with their fresh load, bump the chosen worker's reqnum, record the ticket;
+# assign a request_idx when the caller has none (also when no worker is chosen).
+# KEYS: request_idx counter, then (worker hash, pending zset) per candidate.
+# ARGV: mode, cost, now, ttl_s, request_idx, reqnum_floor, worker_ttl_s, now_ms
+_ISSUE = """
+local mode, cost, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, ridx, wttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
+local best, best_score, best_load = nil, 0, 0
+for i = 2, #KEYS, 2 do
+  local wk, pk = KEYS[i], KEYS[i + 1]
+  local f = redis.call('HMGET', wk, 'status', 'perf', 'max_load', 'reported_cost', 'pending_cost')
+  if f[1] == 'ready' then
+    local pend = tonumber(f[5]) or 0
+    local dropped, n = 0, 0
+    for _, m in ipairs(redis.call('ZRANGE', pk, 0, 63)) do
+      local c, e = string.match(m, '^%d+:([^:]+):(.+)$')
+      if tonumber(e) >= now then break end
+      dropped, n = dropped + tonumber(c), n + 1
+      redis.call('ZREM', pk, m)
+    end
+    if n > 0 then
+      if redis.call('ZCARD', pk) == 0 then
+        redis.call('HSET', wk, 'pending_cost', 0, 'pending_requests', 0)
+        pend = 0
+      else
+        pend = tonumber(redis.call('HINCRBYFLOAT', wk, 'pending_cost', -dropped))
+        redis.call('HINCRBY', wk, 'pending_requests', -n)
+      end
+    end
+    local load = (tonumber(f[4]) or 0) + pend
+    local max_load = tonumber(f[3])
+    if max_load == nil or load <= 0 or load + cost <= max_load then
+      local score = (load + cost) / tonumber(f[2])
+      if mode == 'ordered' then
+        best, best_load = i, load
+        break
+      end
+      if best == nil or score < best_score then
+        best, best_score, best_load = i, score, load
+      end
+    end
+  end
+end
+if ridx <= 0 then
+  ridx = redis.call('INCR', KEYS[1])
+  if ridx < tonumber(ARGV[8]) then
+    redis.call('SET', KEYS[1], ARGV[8])
+    ridx = tonumber(ARGV[8])
+  end
+end
+if best == nil then return {-1, 0, ridx, '0', ''} end
+local wk, pk = KEYS[best], KEYS[best + 1]
+local reqnum
+if redis.call('HEXISTS', wk, 'reqnum') == 0 then
+  redis.call('HSET', wk, 'reqnum', ARGV[6])
+  reqnum = tonumber(ARGV[6])
+else
+  reqnum = redis.call('HINCRBY', wk, 'reqnum', 1)
+end
+redis.call('ZADD', pk, reqnum, string.format('%d:%.17g:%.17g', reqnum, cost, now + ttl))
+redis.call('HINCRBYFLOAT', wk, 'pending_cost', cost)
+redis.call('HINCRBY', wk, 'pending_requests', 1)
+redis.call('EXPIRE', wk, wttl)
+redis.call('EXPIRE', pk, wttl)
+return {(best - 2) / 2, reqnum, ridx, string.format('%.17g', best_load + cost),
+        redis.call('HGET', wk, 'url')}
+"""
+
+# Write a health poll's outcome if the status is still the expected one (compare and set),
+# and drop outstanding tickets the worker has reported seeing.
+# KEYS: worker hash, pending zset. ARGV: expected, status, ok_streak, fail_streak, last_ok,
+# has_report, inflight_cost, inflight_requests, max_reqnum_seen, perf ('' = keep), ttl
+_REPORT = """
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'ok_streak', ARGV[3], 'fail_streak', ARGV[4],
+           'last_ok', ARGV[5])
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'perf', ARGV[10]) end
+if ARGV[6] == '1' then
+  local seen = ARGV[9]
+  local prev = redis.call('HGET', KEYS[1], 'max_reqnum_seen')
+  if prev and tonumber(prev) > tonumber(seen) then seen = prev end
+  redis.call('HSET', KEYS[1], 'max_reqnum_seen', seen, 'reported_cost', ARGV[7],
+             'reported_requests', ARGV[8])
+  local done = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', seen)
+  if #done > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seen)
+    if redis.call('ZCARD', KEYS[2]) == 0 then
+      redis.call('HSET', KEYS[1], 'pending_cost', 0, 'pending_requests', 0)
+    else
+      local sum = 0
+      for _, m in ipairs(done) do sum = sum + tonumber(string.match(m, '^%d+:([^:]+):')) end
+      redis.call('HINCRBYFLOAT', KEYS[1], 'pending_cost', -sum)
+      redis.call('HINCRBY', KEYS[1], 'pending_requests', -#done)
+    end
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[11])
+return 1
+"""
+
+# KEYS: worker hash, endpoint set, endpoints set.
+# ARGV: id, endpoint, url, perf, max_load ('' = none), source, now, ttl
+_UPSERT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'endpoint', ARGV[2], 'url', ARGV[3],
+             'source', ARGV[6], 'status', 'loading', 'last_ok', ARGV[7], 'registered_at', ARGV[7])
+end
+redis.call('HSET', KEYS[1], 'perf', ARGV[4], 'max_load', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[2])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: worker hash, pending zset, lease. ARGV: id, endpoint-set prefix
+_REMOVE = """
+local ep = redis.call('HGET', KEYS[1], 'endpoint')
+if not ep then return 0 end
+redis.call('SREM', ARGV[2] .. ep, ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return 1
+"""
+
+_DRAIN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSET', KEYS[1], 'status', 'draining', 'admin_drain', 1)
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: one lease per worker. ARGV: holder, ttl_ms. Returns the 1-based indexes held.
+_LEASES = """
+local held = {}
+for i, k in ipairs(KEYS) do
+  local v = redis.call('GET', k)
+  if not v then
+    redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
+    held[#held + 1] = i
+  elseif v == ARGV[1] then
+    redis.call('PEXPIRE', k, ARGV[2])
+    held[#held + 1] = i
+  end
+end
+return held
+"""
+
+
+def _unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn connection failures and timeouts into StoreUnavailable (503 at the edge)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}") from exc
+
+    return wrapper
+
+
+def _record(h: dict[str, str]) -> WorkerRecord:
+    max_load = h.get("max_load") or ""
+    return WorkerRecord(
+        id=h["id"], endpoint=h["endpoint"], url=h["url"], perf=float(h.get("perf") or 1.0),
+        max_load=float(max_load) if max_load else None,
+        source=h.get("source", "static"),  # type: ignore[arg-type]
+        status=h.get("status", "loading"),  # type: ignore[arg-type]
+        admin_drain=h.get("admin_drain") == "1",
+        ok_streak=int(h.get("ok_streak") or 0), fail_streak=int(h.get("fail_streak") or 0),
+        last_ok=float(h.get("last_ok") or 0), reported_cost=float(h.get("reported_cost") or 0),
+        reported_requests=int(h.get("reported_requests") or 0),
+        max_reqnum_seen=int(h.get("max_reqnum_seen") or 0),
+        pending_cost=max(0.0, float(h.get("pending_cost") or 0)),
+        pending_requests=max(0, int(h.get("pending_requests") or 0)),
+        registered_at=float(h.get("registered_at") or 0),
+    )
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, *, prefix: str = "ir:", timeout_s: float = 0.5,
+                 max_connections: int = 64) -> None:
+        # A bounded pool and no retries: when Redis stalls, requests fail fast (503)
+        # instead of queueing unbounded connections and coroutines behind it.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout_s, decode_responses=True,
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
+        self.keys = Keys(prefix)
+        self._issue = self.redis.register_script(_ISSUE)
+        self._report = self.redis.register_script(_REPORT)
+        self._upsert = self.redis.register_script(_UPSERT)
+        self._remove = self.redis.register_script(_REMOVE)
+        self._drain = self.redis.register_script(_DRAIN)
+        self._leases = self.redis.register_script(_LEASES)
+
+    @_unavailable
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    @_unavailable
+    async def upsert_worker(
+        self, endpoint: str, url: str, perf: float, max_load: float | None, source: Source,
+        now: float,
+    ) -> WorkerRecord:
+        wid = worker_id(endpoint, url)
+        k = self.keys
+        flat = await self._upsert(
+            keys=[k.worker(wid), k.endpoint_set(endpoint), k.endpoints],
+            args=[wid, endpoint, url, repr(perf), "" if max_load is None else repr(max_load),
+                  source, repr(now), WORKER_TTL_S],
+        )
+        return _record(_pairs(flat))
+
+    @_unavailable
+    async def remove_worker(self, wid: str) -> bool:
+        k = self.keys
+        n = await self._remove(keys=[k.worker(wid), k.pending(wid), k.lease(wid)],
+                               args=[wid, k.endpoint_set("")])
+        return bool(n)
+
+    @_unavailable
+    async def get_worker(self, wid: str) -> WorkerRecord | None:
+        h = await self.redis.hgetall(self.keys.worker(wid))
+        return _record(h) if h else None
+
+    @_unavailable
+    async def list_workers(self) -> list[WorkerRecord]:
+        k = self.keys
+        endpoints = sorted(await self.redis.smembers(k.endpoints))
+        if not endpoints:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ep in endpoints:
+                pipe.smembers(k.endpoint_set(ep))
+            members: list[set[str]] = await pipe.execute()
+        pairs = [(ep, wid) for ep, ids in zip(endpoints, members, strict=True)
+                 for wid in sorted(ids)]
+        if not pairs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, wid in pairs:
+                pipe.hgetall(k.worker(wid))
+            hashes: list[dict[str, str]] = await pipe.execute()
+        out, gone = [], []
+        for (ep, wid), h in zip(pairs, hashes, strict=True):
+            if h:
+                out.append(_record(h))
+            else:
+                gone.append((ep, wid))  # hash expired: drop the dangling set member
+        for ep, wid in gone:
+            await self.redis.srem(k.endpoint_set(ep), wid)
+        return out
+
+    @_unavailable
+    async def drain_worker(self, wid: str) -> WorkerRecord | None:
+        flat = await self._drain(keys=[self.keys.worker(wid)])
+        return _record(_pairs(flat)) if flat else None
+
+    @_unavailable
+    async def record_health(self, wid: str, u: HealthUpdate) -> bool:
+        report = u.report or (0.0, 0, 0)
+        n = await self._report(
+            keys=[self.keys.worker(wid), self.keys.pending(wid)],
+            args=[u.expected, u.status, u.ok_streak, u.fail_streak, repr(u.last_ok),
+                  "1" if u.report else "0", repr(float(report[0])), int(report[1]),
+                  int(report[2]), "" if u.perf is None else repr(u.perf), WORKER_TTL_S],
+        )
+        return bool(n)
+
+    @_unavailable
+    async def issue(
+        self, candidates: Sequence[str], mode: Mode, cost: float, now: float, ttl_s: float,
+        request_idx: int,
+    ) -> tuple[Issued | None, int]:
+        k = self.keys
+        keys = [k.request_idx]
+        for wid in candidates:
+            keys += [k.worker(wid), k.pending(wid)]
+        res: Any = await self._issue(
+            keys=keys,
+            args=[mode, repr(float(cost)), repr(now), repr(ttl_s), request_idx,
+                  reqnum_floor(now), WORKER_TTL_S, int(now * 1000)],
+        )
+        i, reqnum, ridx, load, url = res
+        if int(i) < 0:
+            return None, int(ridx)
+        return Issued(candidates[int(i)], url, int(reqnum), int(ridx), float(load)), int(ridx)
+
+    @_unavailable
+    async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
+        if not wids:
+            return set()
+        held = await self._leases(keys=[self.keys.lease(w) for w in wids],
+                                  args=[holder, max(1, int(ttl_s * 1000))])
+        return {wids[int(i) - 1] for i in held}
+
+    async def close(self) -> None:
+        await self.redis.aclose()

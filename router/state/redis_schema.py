@@ -1,0 +1,50 @@
+"""The Redis key schema: a protocol between router replicas. Change it only with care.
+
+Every key starts with the configured prefix (default `ir:`), so several deployments can
+share one Redis database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Hash per worker: endpoint, url, perf, max_load, source, status, admin_drain, streaks,
+# last_ok, reported_*, max_reqnum_seen, pending_cost, pending_requests and the reqnum
+# counter. Refreshed by every write; a worker nobody writes for a day is garbage.
+WORKER_TTL_S = 86_400
+# Set of worker ids of one endpoint.
+ENDPOINT_SET = "ep:"
+# Set of endpoint names that have workers.
+ENDPOINTS = "eps"
+# Sorted set per worker of outstanding tickets: score reqnum, member "reqnum:cost:expires".
+PENDING = "pend:"
+# Counter handing out request_idx values.
+REQUEST_IDX = "ridx"
+# Health-poll lease per worker (SET NX PX): value is the holding replica's id.
+LEASE = "lease:"
+WORKER = "w:"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "ir:"
+
+    def worker(self, wid: str) -> str:
+        return f"{self.prefix}{WORKER}{wid}"
+
+    def endpoint_set(self, endpoint: str) -> str:
+        return f"{self.prefix}{ENDPOINT_SET}{endpoint}"
+
+    @property
+    def endpoints(self) -> str:
+        return f"{self.prefix}{ENDPOINTS}"
+
+    def pending(self, wid: str) -> str:
+        return f"{self.prefix}{PENDING}{wid}"
+
+    @property
+    def request_idx(self) -> str:
+        return f"{self.prefix}{REQUEST_IDX}"
+
+    def lease(self, wid: str) -> str:
+        return f"{self.prefix}{LEASE}{wid}"

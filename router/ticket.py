@@ -1,0 +1,142 @@
+"""Ticket mode (DESIGN §3.1): `POST /route` picks a worker and returns a signed ticket."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from router.auth import key_from_header
+from router.balancer import shortlist
+from router.context import CTX, RouterContext
+from router.errors import ApiError, json_response
+from router.state.base import StoreUnavailable
+
+_MAX_BODY_BYTES = 64 * 1024
+_MAX_SESSION_ID = 256
+
+
+async def read_json_object(request: web.Request, limit: int = _MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413 ApiError."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
+    try:
+        body = orjson.loads(raw) if raw.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "bad_json", f"request body is not valid JSON: {exc.msg}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "request body must be a JSON object")
+    return body
+
+
+def _number(body: dict[str, Any], field: str, default: float) -> float:
+    v = body.get(field)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ApiError(400, "bad_request", f"{field} must be a number")
+    if not math.isfinite(v) or v < 0:
+        raise ApiError(400, "bad_request", f"{field} must be a finite number >= 0")
+    return float(v)
+
+
+def _request_idx(body: dict[str, Any]) -> int:
+    v = body.get("request_idx")
+    if v is None:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v >= 2**63:
+        raise ApiError(400, "bad_request", "request_idx must be a non-negative integer")
+    return v
+
+
+def _optional_str(body: dict[str, Any], field: str, max_len: int) -> str | None:
+    v = body.get(field)
+    if v is None:
+        return None
+    if not isinstance(v, str) or len(v) > max_len:
+        raise ApiError(400, "bad_request", f"{field} must be a string of at most {max_len} chars")
+    return v
+
+
+async def route(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    started = time.perf_counter()
+    body = await read_json_object(request)
+    endpoint = body.get("endpoint")
+    if not isinstance(endpoint, str) or not endpoint:
+        raise ApiError(400, "bad_request", "endpoint (a non-empty string) is required")
+    presented = _optional_str(body, "api_key", 4096) or key_from_header(
+        request.headers.get("Authorization"))
+    key = ctx.auth.lookup(presented)
+    ep = ctx.endpoints.get(endpoint)
+    if ep is None:
+        raise ApiError(404, "unknown_endpoint", f"no endpoint named {endpoint!r}")
+    if not key.allows(endpoint):
+        raise ApiError(403, "forbidden", f"this API key may not use endpoint {endpoint!r}")
+    cost = _number(body, "cost", ep.default_cost)
+    request_idx = _request_idx(body)
+    _number(body, "replay_timeout", 0.0)  # accepted for Vast compatibility; tickets expire
+    session_id = _optional_str(body, "session_id", _MAX_SESSION_ID)
+
+    try:
+        answer = await _issue(ctx, endpoint, cost, request_idx, session_id)
+    except StoreUnavailable:
+        ctx.metrics.requests.labels(endpoint, "ticket", "503").inc()
+        ctx.metrics.tickets.labels(endpoint, "store_error").inc()
+        raise
+    ctx.metrics.duration.labels(endpoint, "ticket").observe(time.perf_counter() - started)
+    return answer
+
+
+async def _issue(ctx: RouterContext, endpoint: str, cost: float, request_idx: int,
+                 session_id: str | None) -> web.Response:
+    ep = ctx.endpoints[endpoint]
+    ctx.tick += 1
+    workers = ctx.snapshot.endpoint(endpoint)
+    ranked, mode = shortlist(ep.policy, [w.candidate() for w in workers], cost, rng=ctx.rng,
+                             tick=ctx.tick, session_id=session_id)
+    now = time.time()
+    issued = None
+    if ranked or request_idx <= 0:
+        issued, request_idx = await ctx.store.issue(
+            [c.id for c in ranked], mode, cost, now, ctx.settings.signing.ticket_ttl_s,
+            request_idx)
+    if issued is None:
+        return _no_worker(ctx, endpoint, request_idx)
+    ctx.snapshot.apply_issue(issued, cost)
+    ticket: dict[str, Any] = {
+        "cost": cost,
+        "endpoint": endpoint,
+        "expires_at": round(now + ctx.settings.signing.ticket_ttl_s, 3),
+        "key_id": ctx.keyring.kid,
+        "reqnum": issued.reqnum,
+        "request_idx": issued.request_idx,
+        "url": issued.url,
+    }
+    ctx.keyring.sign_ticket(ticket)
+    ticket["__request_id"] = uuid.uuid4().hex
+    ctx.metrics.tickets.labels(endpoint, "issued").inc()
+    ctx.metrics.requests.labels(endpoint, "ticket", "200").inc()
+    return json_response(ticket)
+
+
+def _no_worker(ctx: RouterContext, endpoint: str, request_idx: int) -> web.Response:
+    """200 without `url`: the Vast SDK keeps polling while `url` is absent (5xx would fail it)."""
+    retry = ctx.endpoints[endpoint].retry_after_s
+    counts = ctx.snapshot.status_counts(endpoint)
+    busy = counts["ready"] > 0
+    ctx.metrics.tickets.labels(endpoint, "all_busy" if busy else "no_ready_worker").inc()
+    ctx.metrics.requests.labels(endpoint, "ticket", "200").inc()
+    return json_response(
+        {"endpoint": endpoint, "status": counts,
+         "request_idx": request_idx, "retry_after_s": retry,
+         "reason": "all_workers_busy" if busy else "no_ready_worker"},
+        headers={"Retry-After": str(max(1, math.ceil(retry)))},
+    )

@@ -1,0 +1,87 @@
+"""Config: TOML + env overrides, one clear error naming the bad setting."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from router.config import ConfigError, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "router.toml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_configs_are_valid() -> None:
+    local = Settings.from_toml(ROOT / "configs/local.toml", env={})
+    assert local.store.backend == "memory"
+    assert local.endpoints[0].name == "demo" and local.endpoints[0].spawn[0].count == 2
+    example = Settings.from_toml(ROOT / "configs/router.example.toml", env={})
+    assert example.endpoints[0].workers[0].url == "http://127.0.0.1:3001"
+
+
+def test_defaults_without_file() -> None:
+    s = Settings.from_toml(None, env={})
+    assert (s.server.port, s.store.backend, s.signing.algorithm) == (8080, "memory", "rsa")
+
+
+def test_env_overrides(tmp_path: Path) -> None:
+    p = write(tmp_path, '[server]\nport = 1\n')
+    s = Settings.from_toml(p, env={
+        "ROUTER_SERVER_PORT": "9000", "ROUTER_STORE_BACKEND": "redis",
+        "ROUTER_STORE_REDIS_URL": "redis://10.0.0.1:6379/2",
+        "ROUTER_SIGNING_KEY_FILES": "a.pem, b.pem", "ROUTER_API_KEY": "k",
+        "ROUTER_LOG_LEVEL": "debug", "UNRELATED": "x"})
+    assert s.server.port == 9000 and s.store.backend == "redis"
+    assert s.store.redis_url == "redis://10.0.0.1:6379/2"
+    assert [f.name for f in s.signing.key_files] == ["a.pem", "b.pem"]
+    assert s.signing.key_files[0].parent == tmp_path  # relative to the config file
+    assert s.api_keys[0].key_sha256 == hashlib.sha256(b"k").hexdigest()
+    assert s.log_level == "debug"
+
+
+def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
+    p = write(tmp_path, '[store]\nbackend="redis"\nredis_url="redis://:hunter2@h:6379/0"\n'
+                        '[[api_keys]]\nkey="sekrit"\n')
+    text = repr(Settings.from_toml(p, env={}))
+    assert "hunter2" not in text and "sekrit" not in text
+    assert hashlib.sha256(b"sekrit").hexdigest() not in text
+
+
+@pytest.mark.parametrize(("toml", "env", "message"), [
+    ('[server]\nport = "x"', {}, "server.port: must be an integer"),
+    ('[server]\nport = 70000', {}, "server.port: must be between"),
+    ("", {"ROUTER_SERVER_PORT": "eighty"}, "server.port: must be an integer"),
+    ('[store]\nbackend = "mongo"', {}, "store.backend: must be one of memory, redis"),
+    ('[store]\nbackend = "redis"\nredis_url = "http://x"', {}, "store.redis_url"),
+    ('[signing]\nalgorithm = "dsa"', {}, "signing.algorithm: must be one of"),
+    ('[[api_keys]]\nname = "a"', {}, "api_keys[0]: set exactly one of key or key_sha256"),
+    ('[[api_keys]]\nkey_sha256 = "zz"', {}, "api_keys[0].key_sha256: must be 64 hex"),
+    ('[[endpoints]]\nname = "route"', {}, "endpoints[0].name: 'route' is reserved"),
+    ('[[endpoints]]\nname = "a b"', {}, "endpoints[0].name: must be"),
+    ('[[endpoints]]\nname = "a"\npolicy = "fastest"', {}, "endpoints[0].policy: must be one of"),
+    ('[[endpoints]]\nname = "a"\ndefault_cost = -1', {}, "endpoints[0].default_cost: must be"),
+    ('[[endpoints]]\nname = "a"\n[[endpoints]]\nname = "a"', {}, "duplicate endpoint name"),
+    ('[[endpoints]]\nname = "a"\n[[endpoints.workers]]\nurl = "ftp://x"', {},
+     "endpoints[0].workers[0].url: must be an http(s) URL"),
+    ('[[endpoints]]\nname = "a"\n[endpoints.health]\ninterval_s = 0', {},
+     "endpoints[0].health.interval_s: must be > 0"),
+    ('[server]\nprot = 1', {}, "server.prot: unknown setting"),
+    ("[server\n", {}, "invalid TOML"),
+])
+def test_bad_settings_name_themselves(tmp_path: Path, toml: str, env: dict[str, str],
+                                      message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")
+                       .replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_toml(write(tmp_path, toml), env=env)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file .*nope.toml"):
+        Settings.from_toml(tmp_path / "nope.toml", env={})

@@ -1,0 +1,64 @@
+"""Canonical form, both algorithms, key files, JWKS round trip."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from pathlib import Path
+
+import orjson
+import pytest
+
+from router.signing import (
+    KeyRing,
+    SigningKeyError,
+    canonical,
+    load_private_key,
+    verify_keys_from_jwks,
+    write_private_key,
+)
+
+TICKET = {"url": "http://127.0.0.1:3001", "reqnum": 1763800000000123, "cost": 256.0,
+          "endpoint": "llama", "expires_at": 1763800030.5, "key_id": "k", "request_idx": 7}
+
+
+def test_canonical_is_sorted_compact_and_excludes_unsigned_fields() -> None:
+    t = dict(TICKET, signature="x", __request_id="y")
+    raw = canonical(t)
+    assert raw == (b'{"cost":256,"endpoint":"llama","expires_at":1763800030.5,"key_id":"k",'
+                   b'"reqnum":1763800000000123,"request_idx":7,"url":"http://127.0.0.1:3001"}')
+    assert canonical(dict(TICKET, cost=256)) == raw  # a client that drops ".0" still matches
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_sign_verify_round_trip_through_jwks(algorithm: str) -> None:
+    ring = KeyRing.ephemeral(algorithm)  # type: ignore[arg-type]
+    ticket = ring.sign_ticket(dict(TICKET, key_id=ring.kid))
+    keys = verify_keys_from_jwks(orjson.loads(ring.jwks_bytes()))
+    vk = keys[ring.kid]
+    sig = base64.b64decode(ticket["signature"])
+    assert vk.verify(canonical(ticket), sig)
+    assert not vk.verify(canonical(dict(ticket, cost=257.0)), sig)
+    if algorithm == "rsa":
+        assert len(sig) == 256  # RSA-2048 PKCS#1 v1.5
+        assert "BEGIN PUBLIC KEY" in ring.public_pem()
+
+
+def test_keygen_writes_0600_and_ring_signs_with_newest(tmp_path: Path) -> None:
+    old = write_private_key(tmp_path / "k1.pem", "rsa")
+    new = write_private_key(tmp_path / "k2.pem", "ed25519")
+    assert stat.S_IMODE(os.stat(tmp_path / "k1.pem").st_mode) == 0o600
+    ring = KeyRing.from_files([tmp_path / "k1.pem", tmp_path / "k2.pem"])
+    assert ring.kid == new.kid
+    assert {k["kid"] for k in orjson.loads(ring.jwks_bytes())["keys"]} == {old.kid, new.kid}
+    with pytest.raises(FileExistsError):
+        write_private_key(tmp_path / "k1.pem", "rsa")
+
+
+def test_bad_key_files_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "junk.pem").write_text("not a key")
+    with pytest.raises(SigningKeyError, match="not an unencrypted PEM"):
+        load_private_key(tmp_path / "junk.pem")
+    with pytest.raises(SigningKeyError, match="cannot read"):
+        load_private_key(tmp_path / "missing.pem")

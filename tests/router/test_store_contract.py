@@ -1,0 +1,185 @@
+"""One contract, two stores: the memory store and a real redis-server must agree."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from router.state.base import HealthUpdate, Store, StoreUnavailable, reqnum_floor, worker_id
+from router.state.memory import MemoryStore
+from router.state.redis import RedisStore
+from tests.conftest import RedisServer
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        s: Store = MemoryStore()
+    else:
+        url = request.getfixturevalue("redis_url")
+        s = RedisStore(url)
+    yield s
+    await s.close()
+
+
+async def ready(store: Store, endpoint: str, url: str, perf: float = 100.0,
+                max_load: float | None = None) -> str:
+    now = time.time()
+    w = await store.upsert_worker(endpoint, url, perf, max_load, "static", now)
+    assert w.status == "loading"
+    assert await store.record_health(w.id, HealthUpdate("loading", "ready", 1, 0, now, None))
+    return w.id
+
+
+async def test_upsert_is_idempotent_and_keeps_health(store: Store) -> None:
+    wid = await ready(store, "demo", "http://127.0.0.1:1")
+    again = await store.upsert_worker("demo", "http://127.0.0.1:1", 250.0, 500.0, "static",
+                                      time.time())
+    assert again.id == wid == worker_id("demo", "http://127.0.0.1:1")
+    assert again.status == "ready"
+    assert (again.perf, again.max_load) == (250.0, 500.0)
+    assert [w.id for w in await store.list_workers()] == [wid]
+
+
+async def test_issue_reqnums_start_at_time_floor_and_increase(store: Store) -> None:
+    wid = await ready(store, "demo", "http://127.0.0.1:1")
+    now = time.time()
+    first = (await store.issue([wid], "ordered", 10, now, 60, 0))[0]
+    assert first is not None
+    assert first.reqnum == reqnum_floor(now)
+    assert first.url == "http://127.0.0.1:1"
+    nums = [first.reqnum]
+    for _ in range(20):
+        got = (await store.issue([wid], "ordered", 10, now, 60, 0))[0]
+        assert got is not None
+        nums.append(got.reqnum)
+    assert nums == sorted(set(nums)) and nums[-1] == nums[0] + 20
+
+
+async def test_request_idx_assigned_once_and_kept(store: Store) -> None:
+    wid = await ready(store, "demo", "http://127.0.0.1:1")
+    a = (await store.issue([wid], "ordered", 1, time.time(), 60, 0))[0]
+    b = (await store.issue([wid], "ordered", 1, time.time(), 60, 0))[0]
+    c = (await store.issue([wid], "ordered", 1, time.time(), 60, 77))[0]
+    assert a and b and c
+    assert a.request_idx > 0 and b.request_idx > a.request_idx
+    assert c.request_idx == 77
+
+
+async def test_reqnums_are_per_worker(store: Store) -> None:
+    w1 = await ready(store, "demo", "http://127.0.0.1:1")
+    w2 = await ready(store, "demo", "http://127.0.0.1:2")
+    now = time.time()
+    a1 = (await store.issue([w1], "ordered", 1, now, 60, 0))[0]
+    a2 = (await store.issue([w1], "ordered", 1, now, 60, 0))[0]
+    b1 = (await store.issue([w2], "ordered", 1, now, 60, 0))[0]
+    assert a1 and a2 and b1
+    assert a2.reqnum == a1.reqnum + 1
+    assert b1.reqnum == reqnum_floor(now)
+
+
+async def test_issue_skips_not_ready_and_full_workers(store: Store) -> None:
+    busy = await ready(store, "demo", "http://127.0.0.1:1", max_load=100)
+    loading = (await store.upsert_worker("demo", "http://127.0.0.1:2", 100, None, "static",
+                                         time.time())).id
+    free = await ready(store, "demo", "http://127.0.0.1:3")
+    now = time.time()
+    assert (await store.issue([busy], "ordered", 80, now, 60, 0))[0]  # idle: fits
+    got = (await store.issue([busy, loading, free], "ordered", 80, now, 60, 0))[0]
+    assert got is not None and got.worker_id == free  # busy is full, loading is not ready
+    assert (await store.issue([busy, loading], "ordered", 80, now, 60, 0))[0] is None
+
+
+async def test_rescore_uses_fresh_load(store: Store) -> None:
+    slow = await ready(store, "demo", "http://127.0.0.1:1", perf=100)
+    fast = await ready(store, "demo", "http://127.0.0.1:2", perf=400)
+    now = time.time()
+    picks = []
+    for _ in range(5):
+        got = (await store.issue([slow, fast], "rescore", 100, now, 60, 0))[0]
+        assert got is not None
+        picks.append(got.worker_id)
+    # scores fast 0.25, 0.5, 0.75 beat slow's 1.0; the fourth ties at 1.0 and the earlier
+    # candidate (slow) wins; the fifth is fast again (1.0 < slow's now 2.0)
+    assert picks == [fast, fast, fast, slow, fast]
+    w = await store.get_worker(fast)
+    assert w is not None and w.pending_cost == 400 and w.pending_requests == 4
+
+
+async def test_report_drops_seen_tickets_and_expiry_drops_unused(store: Store) -> None:
+    wid = await ready(store, "demo", "http://127.0.0.1:1")
+    now = time.time()
+    t = [(await store.issue([wid], "ordered", 10, now, 5, 0))[0] for _ in range(3)]
+    assert all(t)
+    seen = t[1].reqnum  # type: ignore[union-attr]
+    ok = await store.record_health(
+        wid, HealthUpdate("ready", "ready", 2, 0, now, (7.0, 1, seen)))
+    assert ok
+    w = await store.get_worker(wid)
+    assert w is not None
+    assert (w.reported_cost, w.pending_cost, w.pending_requests) == (7.0, 10.0, 1)
+    assert w.load == 17.0 and w.max_reqnum_seen == seen
+    # the third ticket is never used: after it expires an issue step sweeps it
+    later = (await store.issue([wid], "ordered", 1, now + 6, 5, 0))[0]
+    assert later is not None
+    w = await store.get_worker(wid)
+    assert w is not None and (w.pending_cost, w.pending_requests) == (1.0, 1)
+
+
+async def test_record_health_is_compare_and_set(store: Store) -> None:
+    wid = await ready(store, "demo", "http://127.0.0.1:1")
+    assert await store.drain_worker(wid) is not None
+    # a poll computed from the old "ready" status must not undo the admin drain
+    assert not await store.record_health(wid, HealthUpdate("ready", "ready", 3, 0, 1.0, None))
+    w = await store.get_worker(wid)
+    assert w is not None and w.status == "draining" and w.admin_drain
+
+
+async def test_remove_worker(store: Store) -> None:
+    wid = await ready(store, "demo", "http://127.0.0.1:1")
+    assert await store.remove_worker(wid)
+    assert not await store.remove_worker(wid)
+    assert await store.get_worker(wid) is None
+    assert await store.list_workers() == []
+    assert await store.drain_worker(wid) is None
+
+
+async def test_leases_one_holder_at_a_time(store: Store) -> None:
+    ids = ["a", "b", "c"]
+    assert await store.claim_leases(ids, "r1", 5.0) == {"a", "b", "c"}
+    assert await store.claim_leases(ids, "r2", 5.0) == set()
+    assert await store.claim_leases(["a"], "r1", 5.0) == {"a"}  # renewal
+
+
+@pytest.mark.redis
+async def test_redis_restart_empty_reqnums_keep_increasing(redis_server: RedisServer,
+                                                          redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    try:
+        wid = await ready(store, "demo", "http://127.0.0.1:1")
+        before = [(await store.issue([wid], "ordered", 1, time.time(), 60, 0))[0]
+                  for _ in range(50)]
+        last = before[-1]
+        assert last is not None
+        redis_server.kill()
+        with pytest.raises(StoreUnavailable):
+            (await store.issue([wid], "ordered", 1, time.time(), 60, 0))[0]
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        redis_server.start()  # empty: every counter and worker is gone
+        await store.ping()  # the same client reconnects by itself
+        wid = await ready(store, "demo", "http://127.0.0.1:1")
+        after = (await store.issue([wid], "ordered", 1, time.time(), 60, 0))[0]
+        assert after is not None and after.reqnum > last.reqnum
+    finally:
+        await store.close()
+
+
+async def test_request_idx_assigned_even_when_no_worker_fits(store: Store) -> None:
+    ticket, idx = await store.issue([], "ordered", 1, time.time(), 60, 0)
+    assert ticket is None and idx > 0
+    ticket, idx2 = await store.issue([], "ordered", 1, time.time(), 60, 0)
+    assert idx2 > idx
+    assert (await store.issue([], "ordered", 1, time.time(), 60, 42))[1] == 42
