@@ -212,5 +212,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[CTX].metrics.render()
+    ctx = request.app[CTX]
+    ctx.snapshot.export_metrics()
+    body = ctx.metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -56,6 +56,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except AuthError as exc:
         return error_response(exc.status, exc.code, exc.message)
     except StoreUnavailable as exc:
+        from router.context import CTX
+
+        if CTX in request.app:
+            request.app[CTX].metrics.store_errors.inc()
         return error_response(503, "store_unavailable",
                               f"router state store is unreachable ({exc}); retry shortly",
                               headers={"Retry-After": "1"})

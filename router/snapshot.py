@@ -45,7 +45,6 @@ class Snapshot:
         for w in by_id.values():
             by_endpoint.setdefault(w.endpoint, []).append(w)
         self._by_id, self._by_endpoint = by_id, by_endpoint
-        self._export()
 
     def upsert(self, w: WorkerRecord) -> None:
         self._by_id[w.id] = w
@@ -73,7 +72,8 @@ class Snapshot:
             w.reported_cost, w.reported_requests, seen = u.report
             w.max_reqnum_seen = max(w.max_reqnum_seen, seen)
 
-    def _export(self) -> None:
+    def export_metrics(self) -> None:
+        """Set the per-endpoint gauges from the snapshot (called when /metrics is scraped)."""
         m = self.metrics
         for ep in set(self.endpoint_names) | set(self._by_endpoint):
             workers = self.endpoint(ep)
