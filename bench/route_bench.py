@@ -24,10 +24,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,7 +52,7 @@ function done(summary, latency, requests)
   io.write(string.format("BENCH missing=%%d p50_us=%%d p99_us=%%d\\n", m,
            latency:percentile(50), latency:percentile(99)))
 end
-""" % BODY
+""".replace("%%", "%").replace("'%s'", "'" + BODY + "'")
 
 
 def free_port() -> int:

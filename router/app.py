@@ -26,6 +26,7 @@ from router.config import ApiKeySettings, Settings
 from router.context import CTX, RouterContext
 from router.errors import error_middleware, json_response
 from router.health import HealthPoller
+from router.loops import repeat
 from router.metrics import CONTENT_TYPE_LATEST, Metrics
 from router.signing import KeyRing
 from router.snapshot import Snapshot
@@ -89,16 +90,10 @@ async def reconcile(ctx: RouterContext, spawned: list[SpawnedWorker]) -> int:
     return added
 
 
-async def _refresh_loop(ctx: RouterContext, spawned: list[SpawnedWorker]) -> None:
-    while True:
-        try:
-            await ctx.snapshot.refresh()
-            await reconcile(ctx, spawned)
-        except StoreUnavailable as exc:
-            log.debug("snapshot refresh failed: %s", exc)
-        except Exception:
-            log.exception("snapshot refresh failed")
-        await asyncio.sleep(ctx.settings.store.snapshot_interval_s)
+async def refresh_once(ctx: RouterContext, spawned: list[SpawnedWorker]) -> None:
+    """Re-read the store into the snapshot, then re-add configured workers it lacks."""
+    await ctx.snapshot.refresh()
+    await reconcile(ctx, spawned)
 
 
 def _router_url(settings: Settings) -> str:
@@ -159,7 +154,9 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Appl
         poller = HealthPoller(ctx.store, ctx.snapshot, ctx.session, ctx.endpoints,
                               ctx.replica_id, ctx.metrics)
         tasks = [
-            _task(_refresh_loop(ctx, app[SPAWNED]), "snapshot-refresh"),
+            _task(repeat(lambda: refresh_once(ctx, app[SPAWNED]),
+                         settings.store.snapshot_interval_s, "snapshot refresh"),
+                  "snapshot-refresh"),
             _task(poller.run_forever(), "health-poller"),
         ]
         yield

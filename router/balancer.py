@@ -14,7 +14,7 @@ import heapq
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 from router.config import Policy
 
@@ -22,9 +22,29 @@ Mode = Literal["ordered", "rescore"]
 SHORTLIST = 3  # candidates sent to the atomic issue step
 
 
+class Worker(Protocol):
+    """What a policy reads of a worker (a snapshot record or a simulator's worker)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def perf(self) -> float: ...
+    @property
+    def load(self) -> float: ...
+    @property
+    def requests(self) -> int: ...
+    @property
+    def max_load(self) -> float | None: ...
+    @property
+    def ready(self) -> bool: ...
+
+
+W = TypeVar("W", bound=Worker)
+
+
 @dataclass(slots=True)
 class Candidate:
-    """What a policy needs to know of one worker."""
+    """A plain worker for tests and the simulator."""
 
     id: str
     perf: float
@@ -34,19 +54,22 @@ class Candidate:
     ready: bool = True
 
 
-def fits(w: Candidate, cost: float) -> bool:
+def fits(w: Worker, cost: float) -> bool:
     """True if `w` can take `cost` more: under max_load, or idle (a big request must run)."""
     return w.max_load is None or w.load <= 0 or w.load + cost <= w.max_load
 
 
-def work_score(w: Candidate, cost: float) -> float:
+def work_score(w: Worker, cost: float) -> float:
     """Time for `w` to clear its queue plus this request: the quantity least_work minimizes."""
     return (w.load + cost) / w.perf
 
 
-def rendezvous(session_id: str, workers: Sequence[Candidate]) -> Candidate | None:
-    """The worker a session sticks to: highest hash of (session, worker); stable as others come and go."""
-    best: Candidate | None = None
+def rendezvous(session_id: str, workers: Sequence[W]) -> W | None:
+    """The worker a session sticks to: highest hash of (session, worker).
+
+    Stable as other workers come and go (rendezvous hashing).
+    """
+    best: W | None = None
     best_h = b""
     key = session_id.encode()
     for w in workers:
@@ -58,17 +81,17 @@ def rendezvous(session_id: str, workers: Sequence[Candidate]) -> Candidate | Non
 
 def shortlist(
     policy: Policy,
-    workers: Sequence[Candidate],
+    workers: Sequence[W],
     cost: float,
     *,
     rng: random.Random,
     tick: int = 0,
     session_id: str | None = None,
     k: int = SHORTLIST,
-) -> tuple[list[Candidate], Mode]:
+) -> tuple[list[W], Mode]:
     """Rank up to `k` ready workers that fit `cost`; return them with how to finalize."""
     ready = [w for w in workers if w.ready]
-    pinned: Candidate | None = None
+    pinned: W | None = None
     if session_id:
         sticky = rendezvous(session_id, ready)
         if sticky is not None and fits(sticky, cost):
@@ -81,8 +104,8 @@ def shortlist(
 
 
 def _rank(
-    policy: Policy, pool: list[Candidate], cost: float, rng: random.Random, tick: int, k: int
-) -> list[Candidate]:
+    policy: Policy, pool: list[W], cost: float, rng: random.Random, tick: int, k: int
+) -> list[W]:
     if not pool:
         return []
     if policy == "least_work":
@@ -103,11 +126,11 @@ def _rank(
     raise ValueError(f"unknown policy {policy!r}")
 
 
-def finalize(candidates: Sequence[Candidate], cost: float, mode: Mode) -> int | None:
+def finalize(candidates: Sequence[Worker], cost: float, mode: Mode) -> int | None:
     """Pick among `candidates` (fresh loads) the index to issue to, or None if none fits.
 
     `ordered`: the first ready one that fits. `rescore`: the ready one that fits with the
-    least work score, earlier index on ties. Mirrored by the Lua in state/redis_scripts.py.
+    least work score, earlier index on ties. Mirrored by the Lua in state/redis.py.
     """
     best: int | None = None
     best_score = 0.0

@@ -313,7 +313,7 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
     )
     sg.done()
 
-    api_keys = []
+    api_keys: list[ApiKeySettings] = []
     for r in top.tables("api_keys"):
         key, digest = r.str_("key", ""), r.str_("key_sha256", "").lower()
         if bool(key) == bool(digest):

@@ -13,15 +13,16 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
 import orjson
 
 from router.config import EndpointSettings, HealthSettings
+from router.loops import repeat
 from router.metrics import Metrics
 from router.snapshot import Snapshot
-from router.state.base import HealthUpdate, Status, Store, StoreUnavailable, WorkerRecord
+from router.state.base import HealthUpdate, Status, Store, WorkerRecord
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,10 @@ def parse_report(body: bytes) -> tuple[tuple[float, int, int] | None, float | No
     if _num(cost) and isinstance(reqs, int) and isinstance(seen, int):
         report = (float(cost), max(0, reqs), max(0, seen))
     perf = doc.get("perf")
-    perf_ok = _num(perf) and perf > 0
-    return report, float(perf) if perf_ok else None, draining
+    return report, float(perf) if _num(perf) and perf > 0 else None, draining
 
 
-def _num(v: Any) -> bool:
+def _num(v: Any) -> TypeGuard[float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
@@ -151,12 +151,4 @@ class HealthPoller:
             self.snapshot.apply_health(w.id, update)
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except StoreUnavailable as exc:
-                self.metrics.store_errors.inc()
-                log.debug("health poll skipped: %s", exc)
-            except Exception:
-                log.exception("health poll failed")
-            await asyncio.sleep(self.tick_s / 4)
+        await repeat(self.run_once, self.tick_s / 4, "health poll")

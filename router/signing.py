@@ -11,7 +11,7 @@ import binascii
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -109,23 +109,27 @@ class VerifyKey:
                 "kid": self.kid, "alg": "RS256", "use": "sig"}
 
 
-@dataclass(frozen=True, slots=True)
 class SigningKey:
     """A private key with its id; signs canonical ticket bytes."""
 
-    kid: str
-    private: PrivateKey
+    __slots__ = ("_sign", "kid", "private")
+
+    def __init__(self, kid: str, private: PrivateKey) -> None:
+        self.kid = kid
+        self.private = private
+        # Bound once: /route signs on every request, and isinstance on the key ABCs is slow.
+        if isinstance(private, ed25519.Ed25519PrivateKey):
+            self._sign: Callable[[bytes], bytes] = private.sign
+        else:
+            rsa_key = private
+            self._sign = lambda message: rsa_key.sign(message, _PKCS1, _SHA256)
 
     @property
     def verify_key(self) -> VerifyKey:
         return VerifyKey(self.kid, self.private.public_key())
 
     def sign(self, message: bytes) -> str:
-        if isinstance(self.private, ed25519.Ed25519PrivateKey):
-            sig = self.private.sign(message)
-        else:
-            sig = self.private.sign(message, _PKCS1, _SHA256)
-        return base64.b64encode(sig).decode()
+        return base64.b64encode(self._sign(message)).decode()
 
 
 def generate_private_key(algorithm: Algorithm) -> PrivateKey:

@@ -12,8 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from router.metrics import Metrics
-from router.state.base import STATUSES, HealthUpdate, Issued, Store, StoreUnavailable, \
-    WorkerRecord
+from router.state.base import STATUSES, HealthUpdate, Issued, Store, StoreUnavailable, WorkerRecord
 
 
 class Snapshot:

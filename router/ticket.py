@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+import secrets
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -24,9 +24,11 @@ async def read_json_object(request: web.Request, limit: int = _MAX_BODY_BYTES) -
     """The request body as a JSON object, or a 400/413 ApiError."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
+    raw = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(raw)):
+        raw += chunk
+        if len(raw) > limit:
+            raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
     try:
         body = orjson.loads(raw) if raw.strip() else None
     except orjson.JSONDecodeError as exc:
@@ -88,10 +90,12 @@ async def route(request: web.Request) -> web.Response:
     try:
         answer = await _issue(ctx, endpoint, cost, request_idx, session_id)
     except StoreUnavailable:
-        ctx.metrics.requests.labels(endpoint, "ticket", "503").inc()
-        ctx.metrics.tickets.labels(endpoint, "store_error").inc()
+        m = ctx.metrics
+        m.child(m.requests, endpoint, "ticket", "503").inc()
+        m.child(m.tickets, endpoint, "store_error").inc()
         raise
-    ctx.metrics.duration.labels(endpoint, "ticket").observe(time.perf_counter() - started)
+    m = ctx.metrics
+    m.child(m.duration, endpoint, "ticket").observe(time.perf_counter() - started)
     return answer
 
 
@@ -100,8 +104,8 @@ async def _issue(ctx: RouterContext, endpoint: str, cost: float, request_idx: in
     ep = ctx.endpoints[endpoint]
     ctx.tick += 1
     workers = ctx.snapshot.endpoint(endpoint)
-    ranked, mode = shortlist(ep.policy, [w.candidate() for w in workers], cost, rng=ctx.rng,
-                             tick=ctx.tick, session_id=session_id)
+    ranked, mode = shortlist(ep.policy, workers, cost, rng=ctx.rng, tick=ctx.tick,
+                             session_id=session_id)
     now = time.time()
     issued = None
     if ranked or request_idx <= 0:
@@ -121,9 +125,10 @@ async def _issue(ctx: RouterContext, endpoint: str, cost: float, request_idx: in
         "url": issued.url,
     }
     ctx.keyring.sign_ticket(ticket)
-    ticket["__request_id"] = uuid.uuid4().hex
-    ctx.metrics.tickets.labels(endpoint, "issued").inc()
-    ctx.metrics.requests.labels(endpoint, "ticket", "200").inc()
+    ticket["__request_id"] = secrets.token_hex(16)
+    m = ctx.metrics
+    m.child(m.tickets, endpoint, "issued").inc()
+    m.child(m.requests, endpoint, "ticket", "200").inc()
     return json_response(ticket)
 
 
@@ -132,8 +137,9 @@ def _no_worker(ctx: RouterContext, endpoint: str, request_idx: int) -> web.Respo
     retry = ctx.endpoints[endpoint].retry_after_s
     counts = ctx.snapshot.status_counts(endpoint)
     busy = counts["ready"] > 0
-    ctx.metrics.tickets.labels(endpoint, "all_busy" if busy else "no_ready_worker").inc()
-    ctx.metrics.requests.labels(endpoint, "ticket", "200").inc()
+    m = ctx.metrics
+    m.child(m.tickets, endpoint, "all_busy" if busy else "no_ready_worker").inc()
+    m.child(m.requests, endpoint, "ticket", "200").inc()
     return json_response(
         {"endpoint": endpoint, "status": counts,
          "request_idx": request_idx, "retry_after_s": retry,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from router.balancer import Candidate, Mode
+from router.balancer import Mode
 
 Status = Literal["loading", "ready", "unhealthy", "draining"]
 STATUSES: tuple[Status, ...] = ("ready", "loading", "unhealthy", "draining")
@@ -59,9 +59,9 @@ class WorkerRecord:
     def requests(self) -> int:
         return self.reported_requests + self.pending_requests
 
-    def candidate(self) -> Candidate:
-        return Candidate(self.id, self.perf, self.load, self.requests, self.max_load,
-                         self.status == "ready")
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
 
     def public(self) -> dict[str, Any]:
         """The admin API's view of the worker."""

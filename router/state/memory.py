@@ -100,7 +100,7 @@ class MemoryStore(Store):
         live = [w for w in records if w is not None]
         for w in live:  # tickets issued in reqnum order expire in that order too
             self._drop_pending(w, lambda r, e: e < now)
-        i = finalize([w.candidate() for w in live], cost, mode)
+        i = finalize(live, cost, mode)
         if i is None:
             return None, request_idx
         w = live[i]

@@ -7,7 +7,7 @@ router reads through its local snapshot, so a `/route` costs exactly one EVALSHA
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
@@ -179,7 +179,7 @@ return held
 """
 
 
-def _unavailable(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turn connection failures and timeouts into StoreUnavailable (503 at the edge)."""
 
     @functools.wraps(fn)
@@ -260,13 +260,13 @@ class RedisStore(Store):
 
     @_unavailable
     async def get_worker(self, wid: str) -> WorkerRecord | None:
-        h = await self.redis.hgetall(self.keys.worker(wid))
+        h: dict[str, str] = await self.redis.hgetall(self.keys.worker(wid))  # type: ignore[assignment]
         return _record(h) if h else None
 
     @_unavailable
     async def list_workers(self) -> list[WorkerRecord]:
         k = self.keys
-        endpoints = sorted(await self.redis.smembers(k.endpoints))
+        endpoints: list[str] = sorted(await self.redis.smembers(k.endpoints))  # type: ignore[arg-type]
         if not endpoints:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Any
-
 import urllib.error
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import orjson
 

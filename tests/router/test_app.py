@@ -55,7 +55,7 @@ async def post_route(client: Client, body: Any, headers: dict[str, str] | None =
 
 async def test_route_returns_a_signed_ticket(router: tuple[Client, RouterContext],
                                              workers: list[FakeWorker]) -> None:
-    client, ctx = router
+    client, _ = router
     status, t, _ = await post_route(client, {"endpoint": "demo", "api_key": DEV_KEY,
                                              "cost": 256})
     assert status == 200
@@ -181,7 +181,7 @@ async def test_max_load_full_gives_busy_answer(workers: list[FakeWorker]) -> Non
 
 
 async def test_public_endpoints(router: tuple[Client, RouterContext]) -> None:
-    client, ctx = router
+    client, _ = router
     for path in ("/pubkey", "/pubkey/"):
         resp = await client.get(path)
         assert resp.status == 200 and "BEGIN PUBLIC KEY" in await resp.text()
