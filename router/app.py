@@ -107,6 +107,7 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Appl
     """The router app; `keyring` overrides the configured keys (tests, benchmarks)."""
     app = web.Application(middlewares=[error_middleware])
     app[SPAWNED] = []
+    keys = keyring or load_keyring(settings)  # fail before listening on a bad key file
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()
@@ -115,7 +116,7 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Appl
             settings=settings,
             endpoints={e.name: e for e in settings.endpoints},
             auth=KeyRingAuth(api_keys(settings)),
-            keyring=keyring or load_keyring(settings),
+            keyring=keys,
             metrics=metrics,
             store=store,
             snapshot=Snapshot(store, metrics, (e.name for e in settings.endpoints)),

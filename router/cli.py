@@ -105,7 +105,7 @@ def serve(settings: Settings) -> int:
         log.info("uvloop not installed; using the default event loop")
     try:
         app = build_app(settings)
-        log.info("router listening on http://%s:%d (store: %s; endpoints: %s)",
+        log.info("starting router on http://%s:%d (store: %s; endpoints: %s)",
                  settings.server.host, settings.server.port, settings.store.backend,
                  ", ".join(e.name for e in settings.endpoints) or "none")
         web.run_app(app, host=settings.server.host, port=settings.server.port,

@@ -1,0 +1,30 @@
+# The router image. Build:  docker build -t inference-router .
+# Run:    docker run -p 8080:8080 -v $PWD/configs:/etc/router:ro inference-router \
+#             serve --config /etc/router/router.toml
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin router
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY router ./router
+COPY workers ./workers
+COPY configs ./configs
+RUN pip install . && rm -rf /root/.cache
+
+USER router
+# Listen on every interface inside the container; the port matches the Vast SDK's default.
+ENV ROUTER_SERVER_HOST=0.0.0.0 \
+    ROUTER_SERVER_PORT=8080
+EXPOSE 8080
+
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/livez', timeout=2).status == 200 else 1)"]
+
+ENTRYPOINT ["inference-router"]
+CMD ["serve"]
