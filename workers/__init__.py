@@ -1,6 +1,8 @@
-"""The reference worker sidecar.
+"""The reference worker sidecar (DESIGN §3.3, §4, §9).
 
-`cli` parses flags and serves; `app` builds the aiohttp app (ticket check, load
-accounting, /readyz report, self-registration); `verify` holds the pure ticket checks;
-`backends` are the model servers it can front (`synthetic` is a built-in stand-in).
+`cli` turns flags into `settings.WorkerSettings` and serves `app.build_app(settings)`,
+draining on SIGTERM. `app` runs each inference request through the pure checks in
+`verify` (ticket) and `load` (admission), then hands only the model payload to a
+`backends.Backend` (`synthetic` is a built-in stand-in). Around it: `keys` (the router's
+JWKS and/or a PEM file), `registration` (self-registration), `metrics` (Prometheus).
 """

@@ -5,149 +5,227 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from workers.app import STATE, WorkerSettings, build_app
-from workers.backends import BACKENDS
-from workers.backends.base import Backend
+from router.signing import SigningKeyError
+from workers.app import STATE, build_app
+from workers.backends import Backend
+from workers.keys import load_pubkey_file
+from workers.settings import BACKEND_NAMES, SettingsError, WorkerSettings
+from workers.tasks import cancel_and_wait
 
-log = logging.getLogger("workers")
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
-Reference worker: verifies the router's signed tickets, accounts its own load, reports
-it on /readyz, and forwards only the model payload to its backend.
+Reference worker: checks the router's signed tickets, accounts its own load, reports it
+on /readyz (and /metrics), and hands only the model payload to its backend.
 
-  inference-worker --backend synthetic --port 3001 --public-url http://127.0.0.1:3001 \\
-      --endpoint demo --router-url http://127.0.0.1:8080
+  inference-worker --backend synthetic --port 3001 --endpoint demo \\
+      --router-url http://127.0.0.1:8080
 
-With --register-token (or WORKER_REGISTER_TOKEN) it registers itself with the router.
-On SIGTERM it reports draining, finishes in-flight requests (up to --grace-s), deregisters
-and exits 0.
+Keys come from the router's /.well-known/jwks.json (fetched in the background until the
+router answers) and/or --pubkey-file. With --register-token (or WORKER_REGISTER_TOKEN)
+the worker registers itself with the router and re-registers every 15 s. On SIGTERM or
+SIGINT it reports draining, refuses new work, lets in-flight requests finish (up to
+--grace-s), deregisters and exits 0; a second signal stops waiting.
 """
 
+_SHUTDOWN_AFTER_GRACE_S = 1.0  # aiohttp's own wait for connections once grace is over
 
-def _positive(text: str) -> float:
+
+def _number(text: str, *, allow_zero: bool) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number {'>=' if allow_zero else '>'} 0, got {text}")
     return v
 
 
+def _positive(text: str) -> float:
+    return _number(text, allow_zero=False)
+
+
 def _non_negative(text: str) -> float:
-    v = _positive(text) if text.strip() not in ("0", "0.0") else 0.0
+    return _number(text, allow_zero=True)
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {v}")
+    return v
+
+
+def _window(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return v
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inference-worker", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", choices=BACKENDS, default="synthetic",
+    p.add_argument("--backend", choices=BACKEND_NAMES, default="synthetic",
                    help="model backend to front (default: synthetic, a built-in stand-in)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=3000, help="port to listen on (default 3000)")
-    p.add_argument("--public-url", help="URL the router gives clients for this worker "
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=3000, metavar="N",
+                   help="port to listen on (default 3000)")
+    p.add_argument("--public-url", metavar="URL",
+                   help="URL the router gives clients for this worker "
                    "(default http://HOST:PORT); tickets must name exactly this URL")
-    p.add_argument("--endpoint", default="default", help="endpoint this worker serves")
-    p.add_argument("--router-url", help="router base URL: keys come from its JWKS")
+    p.add_argument("--endpoint", default="default", metavar="NAME",
+                   help="endpoint this worker serves; tickets must name it (default: default)")
+    p.add_argument("--router-url", metavar="URL",
+                   help="router base URL: its JWKS gives the keys, and --register-token "
+                   "registers there")
     p.add_argument("--register-token", default=os.environ.get("WORKER_REGISTER_TOKEN"),
-                   help="worker token to register with the router (env WORKER_REGISTER_TOKEN)")
-    p.add_argument("--perf", type=_positive, help="cost units/s this worker processes "
-                   "(default: the backend's figure)")
-    p.add_argument("--max-load", type=_positive, help="most in-flight cost to accept")
-    p.add_argument("--max-queue-time-s", type=_positive, default=30.0,
-                   help="answer 429 when queued work would take longer than this")
-    p.add_argument("--replay-window", type=int, default=1024,
-                   help="reqnums accepted out of order below the highest seen")
-    p.add_argument("--clock-skew-s", type=_non_negative, default=5.0,
-                   help="allowed clock difference when checking ticket expiry")
-    p.add_argument("--pubkey-file", type=Path, help="router public key PEM (besides JWKS)")
+                   metavar="TOKEN",
+                   help="worker token to register with the router (default: the "
+                   "WORKER_REGISTER_TOKEN environment variable)")
+    p.add_argument("--perf", type=_positive, metavar="N",
+                   help="cost units/s this worker processes, reported to the router "
+                   "(default: the backend's own figure)")
+    p.add_argument("--max-load", type=_positive, metavar="N",
+                   help="most in-flight cost to accept (default: no limit)")
+    p.add_argument("--max-queue-time-s", type=_positive, default=30.0, metavar="S",
+                   help="answer 429 when queued work would take longer than this "
+                   "(default 30)")
+    p.add_argument("--replay-window", type=_window, default=1024, metavar="N",
+                   help="reqnums accepted out of order below the highest seen (default 1024)")
+    p.add_argument("--clock-skew-s", type=_non_negative, default=5.0, metavar="S",
+                   help="clock difference allowed when checking ticket expiry (default 5)")
+    p.add_argument("--pubkey-file", type=Path, metavar="PEM",
+                   help="router public key PEM, used with or instead of the JWKS")
     p.add_argument("--no-verify", action="store_true",
-                   help="serve requests without a ticket (development only)")
-    p.add_argument("--grace-s", type=_non_negative, default=30.0,
-                   help="on SIGTERM, time in-flight requests get to finish")
+                   help="serve requests without a ticket: anyone who can reach the worker "
+                   "may use it (development only)")
+    p.add_argument("--grace-s", type=_non_negative, default=30.0, metavar="S",
+                   help="on SIGTERM, time in-flight requests get to finish (default 30)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     syn = p.add_argument_group("synthetic backend")
-    syn.add_argument("--ttft-ms", type=_non_negative, default=50.0, help="time to first token")
-    syn.add_argument("--tokens-per-s", type=_positive, default=100.0,
-                     help="speed of one stream")
-    syn.add_argument("--capacity", type=_positive,
-                     help="tokens/s shared by all streams (default: --perf or 200)")
+    syn.add_argument("--ttft-ms", type=_non_negative, default=50.0, metavar="MS",
+                     help="time to first token in ms (default 50)")
+    syn.add_argument("--tokens-per-s", type=_positive, default=200.0, metavar="N",
+                     help="speed of one stream (default 200)")
+    syn.add_argument("--capacity", type=_positive, metavar="N",
+                     help="tokens/s shared by all streams in flight (default: --perf, "
+                     "else 4 x --tokens-per-s)")
     return p
 
 
-def make_backend(args: argparse.Namespace) -> Backend:
-    from workers.backends.synthetic import SyntheticBackend
-
-    return SyntheticBackend(capacity=args.capacity or args.perf or 200.0,
-                            tokens_per_s=args.tokens_per_s, ttft_ms=args.ttft_ms)
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    return WorkerSettings(
+        backend=args.backend, host=args.host, port=args.port,
+        public_url=args.public_url or "", endpoint=args.endpoint,
+        router_url=args.router_url, register_token=args.register_token or None,
+        perf=args.perf, max_load=args.max_load, max_queue_time_s=args.max_queue_time_s,
+        replay_window=args.replay_window, clock_skew_s=args.clock_skew_s,
+        pubkey_file=args.pubkey_file, verify=not args.no_verify, grace_s=args.grace_s,
+        ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s, capacity=args.capacity)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        p.error("--port must be between 0 and 65535")
-    if args.replay_window < 1:
-        p.error("--replay-window must be >= 1")
     if not args.no_verify and not args.router_url and not args.pubkey_file:
-        p.error("give --router-url or --pubkey-file to verify tickets (or --no-verify)")
-    if args.pubkey_file and not args.pubkey_file.is_file():
-        p.error(f"--pubkey-file {args.pubkey_file}: no such file")
+        p.error("give --router-url or --pubkey-file so tickets can be verified "
+                "(or --no-verify to serve anyone)")
+    if args.register_token and not args.router_url:
+        p.error("--register-token needs --router-url")
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as exc:
+        p.error(_flag_message(str(exc)))
+    if settings.pubkey_file is not None:
+        try:
+            load_pubkey_file(settings.pubkey_file)
+        except SigningKeyError as exc:
+            p.error(f"--pubkey-file: {exc}")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = WorkerSettings(
-        public_url=(args.public_url or f"http://{args.host}:{args.port}").rstrip("/"),
-        endpoint=args.endpoint, router_url=args.router_url,
-        register_token=args.register_token, perf=args.perf, max_load=args.max_load,
-        max_queue_time_s=args.max_queue_time_s, replay_window=args.replay_window,
-        clock_skew_s=args.clock_skew_s, pubkey_file=args.pubkey_file,
-        verify=not args.no_verify, grace_s=args.grace_s)
-    if args.no_verify:
-        log.warning("--no-verify: serving requests without checking tickets")
+    if not settings.verify:
+        log.warning("--no-verify: tickets are not checked; this worker serves anyone who "
+                    "can reach %s", settings.public_url)
     try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
-    try:
-        asyncio.run(serve(settings, make_backend(args), args.host, args.port))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(settings))
     except OSError as exc:
-        print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"inference-worker: cannot serve on {settings.host}:{settings.port}: {exc}",
+              file=sys.stderr)
         return 1
     return 0
 
 
-async def serve(settings: WorkerSettings, backend: Backend, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT, then drain: report it, finish in-flight work, exit."""
+def _flag_message(message: str) -> str:
+    """Name the flag, not the settings field: 'grace_s: ...' -> '--grace-s: ...'."""
+    name, sep, rest = message.partition(": ")
+    flag = "--" + name.replace("_", "-")
+    return f"{flag}: {rest}" if sep else message
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def serve(settings: WorkerSettings, backend: Backend | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: report it, finish in-flight work, leave."""
     app = build_app(settings, backend)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=settings.grace_s)
+                           handler_cancellation=True,
+                           shutdown_timeout=_SHUTDOWN_AFTER_GRACE_S)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await web.TCPSite(runner, host, port).start()
-        log.info("worker for endpoint %s serving on %s:%d as %s (backend %s)",
-                 settings.endpoint, host, port, settings.public_url, backend.name)
-        await stop.wait()
+        await web.TCPSite(runner, settings.host, settings.port).start()
         state = app[STATE]
-        state.draining = True
-        log.info("draining: %d request(s) in flight", state.inflight_requests)
-        deadline = time.monotonic() + settings.grace_s
-        while state.inflight_requests and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        log.info("worker for endpoint %s on %s:%d as %s (backend %s, perf %.6g)",
+                 settings.endpoint, settings.host, settings.port, settings.public_url,
+                 state.backend.name, state.perf)
+        await stop.wait()
+        stop.clear()  # a second signal stops the grace period early
+        state.start_draining()
+        log.info("draining: %d request(s) in flight, waiting up to %ss",
+                 state.load.requests, settings.grace_s)
+        await _wait_any(state.load.idle, stop, settings.grace_s)
+        if state.load.requests:
+            log.warning("stopping with %d request(s) still in flight", state.load.requests)
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         await runner.cleanup()
+    log.info("worker stopped")
+
+
+async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:
+    tasks = [asyncio.create_task(a.wait(), name="worker-drain-idle"),
+             asyncio.create_task(b.wait(), name="worker-drain-signal")]
+    try:
+        await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(*tasks)

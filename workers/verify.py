@@ -124,10 +124,21 @@ class TicketVerifier:
 
     def verify(self, ticket: Mapping[str, Any], now: float) -> int:
         """Check `ticket` and record its reqnum; return the reqnum or raise TicketRejected."""
-        for field, types in _FIELD_TYPES.items():
-            value = ticket.get(field)
+        reqnum = self.check(ticket, now)
+        self.window.record(reqnum)
+        return reqnum
+
+    def check(self, ticket: Mapping[str, Any], now: float) -> int:
+        """Check `ticket` without recording its reqnum; return the reqnum or raise.
+
+        For callers that may still refuse the request (admission) after a valid ticket:
+        they record with `window.record(reqnum)` only once they serve, so a 429 does not
+        burn the ticket. No await may separate `check` from `record`.
+        """
+        for name, types in _FIELD_TYPES.items():
+            value = ticket.get(name)
             if not isinstance(value, types) or isinstance(value, bool):
-                raise TicketRejected("malformed", f"ticket field {field!r} missing or mistyped")
+                raise TicketRejected("malformed", f"ticket field {name!r} missing or mistyped")
         sig_text: str = ticket["signature"]
         if len(sig_text) > _MAX_SIGNATURE_CHARS:
             raise TicketRejected("malformed", "signature is too long")
@@ -151,5 +162,4 @@ class TicketVerifier:
             raise TicketRejected("expired", "ticket has expired")
         reqnum: int = ticket["reqnum"]
         self.window.check(reqnum)
-        self.window.record(reqnum)
         return reqnum

@@ -1,4 +1,9 @@
-"""What the worker needs of a model backend: readiness, a workload estimate, serving."""
+"""What the worker needs of a model backend: readiness, a workload estimate, serving.
+
+A backend is either in process (`synthetic`) or a client of a model server (TGI, vLLM
+or another OpenAI-compatible server, BentoML) that it proxies to. The worker owns
+tickets, admission and load accounting; a backend only answers model requests.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,12 @@ class Backend(ABC):
 
     name: str = "backend"
     health_path: str = "/health"  # the model server's own health path
-    routes: tuple[str, ...] = ()  # inference paths the worker serves
+    routes: tuple[str, ...] = ()  # inference paths the worker serves (POST)
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 (optional hook)
         """Open clients, start the model (called once at worker start)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional hook)
         """Release what start() opened."""
 
     @abstractmethod
@@ -35,4 +40,10 @@ class Backend(ABC):
 
     @abstractmethod
     async def serve(self, request: web.Request, path: str, payload: Any) -> web.StreamResponse:
-        """Answer one inference request; `payload` holds no ticket fields."""
+        """Answer one inference request; `payload` holds no ticket fields.
+
+        Stream with `web.StreamResponse`, writing each chunk as it is produced. A client
+        that hangs up shows as `ConnectionResetError` on write or as cancellation: let
+        cancellation propagate; errors before any byte is sent may be JSON responses
+        `{"error": {"code", "message"}}`.
+        """

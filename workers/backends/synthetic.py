@@ -1,8 +1,9 @@
 """A model stand-in: deterministic text at a controllable speed, in TGI and OpenAI formats.
 
-Time to first token is `ttft_ms`; each stream then runs at `tokens_per_s`, but all
-streams share `capacity` tokens/s (processor sharing), so a busy worker slows down like
-a GPU does and the balancer has something real to balance.
+The first token comes after `ttft_ms`; then each stream runs at `tokens_per_s`, but all
+streams in flight share `capacity` tokens/s (processor sharing: with n in flight each
+gets min(tokens_per_s, capacity / n)), so a busy worker slows down like a GPU does and
+the balancer has something real to balance. Cost units are tokens: perf() = capacity.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -23,45 +25,85 @@ from workers.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
-_WORDS = ("the model routes each request to a worker that has capacity while tokens stream "
-          "back quickly and the fleet stays balanced under load with signed tickets for "
-          "every call so nothing is lost").split()
-_DEFAULT_TOKENS = 16
-_MAX_TOKENS = 4096
+WORDS = ("the model routes each request to a worker that has capacity while tokens stream "
+         "back quickly and the fleet stays balanced under load with signed tickets for "
+         "every call so nothing is lost").split()
+DEFAULT_TOKENS = 16
+MAX_TOKENS = 4096
+_TOKEN_ID_BASE = 1000  # fake vocabulary ids, clear of the usual special tokens
+
+Token = tuple[int, str]
 
 
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+class BadRequest(Exception):
+    """The payload is not a request this route understands."""
+
+
+def _count(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
 
 
 def max_tokens(payload: Any) -> int:
-    """Tokens asked for: max_new_tokens, parameters.max_new_tokens or max_tokens."""
-    n = None
+    """Tokens to generate: max_new_tokens, parameters.max_new_tokens or max_tokens."""
+    n: int | None = None
     if isinstance(payload, dict):
         params = payload.get("parameters")
-        n = (_int(payload.get("max_new_tokens"))
-             or (_int(params.get("max_new_tokens")) if isinstance(params, dict) else None)
-             or _int(payload.get("max_tokens")))
-    return max(1, min(_MAX_TOKENS, n or _DEFAULT_TOKENS))
+        candidates = (payload.get("max_new_tokens"),
+                      params.get("max_new_tokens") if isinstance(params, dict) else None,
+                      payload.get("max_tokens"), payload.get("max_completion_tokens"))
+        n = next((c for c in map(_count, candidates) if c is not None), None)
+    return max(1, min(MAX_TOKENS, DEFAULT_TOKENS if n is None else n))
 
 
-def prompt_of(payload: Any) -> str:
+def prompt_of(path: str, payload: Any) -> str:
+    """The prompt text of a request to `path`; raise BadRequest if it has none."""
     if not isinstance(payload, dict):
-        return ""
-    for key in ("inputs", "prompt"):
-        if isinstance(payload.get(key), str):
-            return str(payload[key])
+        raise BadRequest("the request body must be a JSON object")
+    if path in ("/generate", "/generate_stream"):
+        inputs = payload.get("inputs")
+        if not isinstance(inputs, str):
+            raise BadRequest("'inputs' (a string) is required")
+        return inputs
+    if path == "/v1/completions":
+        prompt = payload.get("prompt")
+        if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+            return "\n".join(prompt)
+        if not isinstance(prompt, str):
+            raise BadRequest("'prompt' (a string or a list of strings) is required")
+        return prompt
     messages = payload.get("messages")
-    if isinstance(messages, list):
-        return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
-    return ""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' (a non-empty list) is required")
+    return "\n".join(_content_text(m) for m in messages)
 
 
-def tokens_for(prompt: str, n: int) -> list[str]:
-    """The same prompt always gives the same text (stable across processes)."""
+def _content_text(message: Any) -> str:
+    if not isinstance(message, dict):
+        raise BadRequest("each message must be an object")
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        return " ".join(p["text"] for p in content
+                        if isinstance(p, dict) and isinstance(p.get("text"), str))
+    raise BadRequest("message content must be a string or a list of parts")
+
+
+def tokens_for(prompt: str, n: int) -> list[Token]:
+    """The same prompt always gives the same tokens, in any process (no hash() salt)."""
     seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big")
     rng = random.Random(seed)
-    return [" " + rng.choice(_WORDS) for _ in range(n)]
+    out = []
+    for _ in range(n):
+        i = rng.randrange(len(WORDS))
+        out.append((_TOKEN_ID_BASE + i, " " + WORDS[i]))
+    return out
 
 
 class SyntheticBackend(Backend):
@@ -69,13 +111,13 @@ class SyntheticBackend(Backend):
     health_path = "/health"
     routes = ("/generate", "/generate_stream", "/v1/completions", "/v1/chat/completions")
 
-    def __init__(self, capacity: float = 200.0, tokens_per_s: float = 100.0,
+    def __init__(self, capacity: float = 800.0, tokens_per_s: float = 200.0,
                  ttft_ms: float = 50.0, model: str = "synthetic") -> None:
         self.capacity = capacity
         self.tokens_per_s = tokens_per_s
         self.ttft_s = ttft_ms / 1000
         self.model = model
-        self.active = 0  # streams producing tokens now
+        self.active = 0  # requests generating now (they share `capacity`)
 
     async def ready(self) -> bool:
         return True
@@ -86,94 +128,153 @@ class SyntheticBackend(Backend):
     def workload(self, path: str, payload: Any) -> float:
         return float(max_tokens(payload))
 
-    async def _tokens(self, payload: Any) -> AsyncIterator[str]:
-        await asyncio.sleep(self.ttft_s)
+    def rate(self) -> float:
+        """Tokens/s one stream gets now."""
+        return min(self.tokens_per_s, self.capacity / max(1, self.active))
+
+    async def generate(self, prompt: str, n: int) -> AsyncGenerator[Token, None]:
+        """Yield `n` tokens at the shared speed; close it (aclosing) to free its share."""
         self.active += 1
         try:
-            for i, tok in enumerate(tokens_for(prompt_of(payload), max_tokens(payload))):
+            await asyncio.sleep(self.ttft_s)
+            for i, token in enumerate(tokens_for(prompt, n)):
                 if i:
-                    rate = min(self.tokens_per_s, self.capacity / max(1, self.active))
-                    await asyncio.sleep(1.0 / rate)
-                yield tok
+                    await asyncio.sleep(1.0 / self.rate())
+                yield token
         finally:
             self.active -= 1
 
     async def serve(self, request: web.Request, path: str, payload: Any) -> web.StreamResponse:
-        stream = isinstance(payload, dict) and payload.get("stream") is True
+        try:
+            prompt = prompt_of(path, payload)
+        except BadRequest as exc:
+            return _json({"error": {"code": "bad_request", "message": str(exc)}}, status=400)
+        n = max_tokens(payload)
+        stream = payload.get("stream") is True
         if path == "/generate_stream" or (path == "/generate" and stream):
-            return await self._sse(request, self._tgi_events(payload))
+            return await _sse(request, self._tgi_events(payload, prompt, n))
         if path == "/generate":
-            text = "".join([t async for t in self._tokens(payload)])
-            return _json({"generated_text": text})
+            return _json(await self._tgi_full(payload, prompt, n))
         chat = path == "/v1/chat/completions"
         if stream:
-            return await self._sse(request, self._openai_chunks(payload, chat), done=True)
-        return _json(await self._openai_full(payload, chat))
+            return await _sse(request, self._openai_chunks(payload, prompt, n, chat), done=True)
+        return _json(await self._openai_full(payload, prompt, n, chat))
 
-    async def _sse(self, request: web.Request, events: AsyncIterator[bytes],
-                   done: bool = False) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        try:
-            async for event in events:
-                await resp.write(event)
-            if done:
-                await resp.write(b"data: [DONE]\n\n")
-            await resp.write_eof()
-        except ConnectionResetError:
-            log.debug("client went away mid-stream")
-        return resp
+    async def _text(self, prompt: str, n: int) -> str:
+        async with aclosing(self.generate(prompt, n)) as tokens:
+            return "".join([text async for _, text in tokens])
 
-    async def _tgi_events(self, payload: Any) -> AsyncIterator[bytes]:
+    # TGI: https://huggingface.github.io/text-generation-inference/ (/generate, /generate_stream)
+
+    async def _tgi_full(self, payload: dict[str, Any], prompt: str, n: int) -> dict[str, Any]:
+        body: dict[str, Any] = {"generated_text": await self._text(prompt, n)}
+        if _tgi_wants_details(payload):
+            body["details"] = _tgi_details(n)
+        return body
+
+    async def _tgi_events(self, payload: dict[str, Any], prompt: str,
+                          n: int) -> AsyncGenerator[bytes, None]:
+        details = _tgi_wants_details(payload)
         text = ""
-        n = max_tokens(payload)
-        i = 0
-        async for tok in self._tokens(payload):
-            text += tok
-            last = i == n - 1
-            yield b"data:" + orjson.dumps({
-                "index": i, "token": {"id": i, "text": tok, "logprob": 0.0, "special": False},
-                "generated_text": text if last else None,
-                "details": {"finish_reason": "length", "generated_tokens": n} if last else None,
-            }) + b"\n\n"
-            i += 1
+        async with aclosing(self.generate(prompt, n)) as tokens:
+            index = 0
+            async for token_id, token_text in tokens:
+                index += 1  # TGI counts generated tokens from 1
+                text += token_text
+                last = index == n
+                yield b"data:" + orjson.dumps({
+                    "index": index,
+                    "token": {"id": token_id, "text": token_text, "logprob": 0.0,
+                              "special": False},
+                    "generated_text": text if last else None,
+                    "details": _tgi_details(n) if last and details else None,
+                }) + b"\n\n"
 
-    def _head(self, chat: bool, chunk: bool) -> dict[str, Any]:
+    # OpenAI: /v1/completions and /v1/chat/completions, plain and streamed.
+
+    def _head(self, payload: dict[str, Any], chat: bool, chunk: bool) -> dict[str, Any]:
         kind = "chat.completion" if chat else "text_completion"
+        model = payload.get("model")
         return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
                 "object": kind + ".chunk" if chat and chunk else kind,
-                "created": int(time.time()), "model": self.model}
+                "created": int(time.time()),
+                "model": model if isinstance(model, str) and model else self.model}
 
-    async def _openai_chunks(self, payload: Any, chat: bool) -> AsyncIterator[bytes]:
-        head = self._head(chat, chunk=True)
-        if chat:
-            yield _chunk(head, {"index": 0, "delta": {"role": "assistant", "content": ""},
-                                "finish_reason": None})
-        async for tok in self._tokens(payload):
-            choice = ({"index": 0, "delta": {"content": tok}, "finish_reason": None} if chat
-                      else {"index": 0, "text": tok, "logprobs": None, "finish_reason": None})
-            yield _chunk(head, choice)
-        final = ({"index": 0, "delta": {}, "finish_reason": "length"} if chat
-                 else {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"})
-        yield _chunk(head, final)
-
-    async def _openai_full(self, payload: Any, chat: bool) -> dict[str, Any]:
-        text = "".join([t async for t in self._tokens(payload)])
-        n = max_tokens(payload)
-        prompt_tokens = max(1, len(prompt_of(payload)) // 4)
+    async def _openai_full(self, payload: dict[str, Any], prompt: str, n: int,
+                           chat: bool) -> dict[str, Any]:
+        text = await self._text(prompt, n)
         choice: dict[str, Any] = (
             {"index": 0, "message": {"role": "assistant", "content": text},
-             "finish_reason": "length"} if chat
+             "logprobs": None, "finish_reason": "length"} if chat
             else {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"})
-        return {**self._head(chat, chunk=False), "choices": [choice],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n,
-                          "total_tokens": prompt_tokens + n}}
+        return {**self._head(payload, chat, chunk=False), "choices": [choice],
+                "usage": _usage(prompt, n)}
+
+    async def _openai_chunks(self, payload: dict[str, Any], prompt: str, n: int,
+                             chat: bool) -> AsyncGenerator[bytes, None]:
+        head = self._head(payload, chat, chunk=True)
+        if chat:
+            yield _chunk(head, {"index": 0, "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None, "finish_reason": None})
+        async with aclosing(self.generate(prompt, n)) as tokens:
+            async for _, text in tokens:
+                yield _chunk(head, {"index": 0, "delta": {"content": text}, "logprobs": None,
+                                    "finish_reason": None} if chat else
+                             {"index": 0, "text": text, "logprobs": None,
+                              "finish_reason": None})
+        yield _chunk(head, {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+                     if chat else
+                     {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"})
+        options = payload.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            yield b"data: " + orjson.dumps({**head, "choices": [],
+                                            "usage": _usage(prompt, n)}) + b"\n\n"
+
+
+async def _sse(request: web.Request, events: AsyncGenerator[bytes, None],
+               done: bool = False) -> web.StreamResponse:
+    """Write each event as it is produced (never buffered); end with [DONE] for OpenAI.
+
+    Headers go out with the first event, as a model server's do once the first token is
+    decoded, so the worker's time-to-first-byte is the time to first token.
+    """
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    try:
+        async with aclosing(events):
+            async for event in events:
+                if not resp.prepared:
+                    await resp.prepare(request)
+                await resp.write(event)
+        if not resp.prepared:
+            await resp.prepare(request)
+        if done:
+            await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+    except ConnectionResetError:
+        log.debug("client went away mid-stream")
+    return resp
+
+
+def _tgi_wants_details(payload: dict[str, Any]) -> bool:
+    params = payload.get("parameters")
+    return isinstance(params, dict) and params.get("details") is True
+
+
+def _tgi_details(n: int) -> dict[str, Any]:
+    return {"finish_reason": "length", "generated_tokens": n, "seed": None}
+
+
+def _usage(prompt: str, n: int) -> dict[str, int]:
+    prompt_tokens = max(1, len(prompt) // 4)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": n,
+            "total_tokens": prompt_tokens + n}
 
 
 def _chunk(head: dict[str, Any], choice: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
 
 
-def _json(body: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")

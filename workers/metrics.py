@@ -1,0 +1,36 @@
+"""The worker's Prometheus series (DESIGN §9), in a registry per app so tests can run many."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from workers.load import Load
+
+__all__ = ["CONTENT_TYPE_LATEST", "WorkerMetrics"]
+
+_TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class WorkerMetrics:
+    def __init__(self, load: Load) -> None:
+        self._load = load
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "worker_requests_total", "Inference requests answered, by route template and "
+            "status code (499: the client went away).", ["route", "code"], registry=r)
+        self.rejections = Counter(
+            "worker_ticket_rejections_total", "Tickets refused, by reason.", ["reason"],
+            registry=r)
+        inflight_cost = Gauge("worker_inflight_cost", "Cost of the requests in flight.",
+                              registry=r)
+        inflight_cost.set_function(lambda: load.cost)
+        inflight_requests = Gauge("worker_inflight_requests", "Requests in flight.",
+                                  registry=r)
+        inflight_requests.set_function(lambda: load.requests)
+        self.ttfb = Histogram(
+            "worker_backend_ttfb_seconds", "Time from handing a request to the backend until "
+            "its response started.", buckets=_TTFB_BUCKETS, registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,92 @@
+"""The worker's settings: one frozen dataclass, validated once at start."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+BackendName = Literal["synthetic"]
+BACKEND_NAMES: tuple[BackendName, ...] = ("synthetic",)
+
+
+class SettingsError(ValueError):
+    """A setting is out of range; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """Everything `build_app` needs; `public_url` defaults to http://{host}:{port}."""
+
+    backend: BackendName = "synthetic"
+    host: str = "127.0.0.1"
+    port: int = 3000
+    public_url: str = ""
+    endpoint: str = "default"
+    router_url: str | None = None
+    register_token: str | None = field(default=None, repr=False)
+    perf: float | None = None  # cost units/s; None: the backend's own figure
+    max_load: float | None = None  # most in-flight cost accepted; None: no limit
+    max_queue_time_s: float = 30.0
+    replay_window: int = 1024
+    clock_skew_s: float = 5.0
+    pubkey_file: Path | None = None
+    verify: bool = True
+    grace_s: float = 30.0
+    register_interval_s: float = 15.0
+    jwks_refetch_interval_s: float = 5.0  # unknown key_id: refetch at most this often
+    # synthetic backend
+    ttft_ms: float = 50.0
+    tokens_per_s: float = 200.0
+    capacity: float | None = None  # tokens/s shared by all streams; None: perf, else 200
+
+    def __post_init__(self) -> None:
+        if not self.public_url:
+            object.__setattr__(self, "public_url", f"http://{self.host}:{self.port}")
+        object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+        if self.router_url is not None:
+            object.__setattr__(self, "router_url", self.router_url.rstrip("/"))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.backend not in BACKEND_NAMES:
+            raise SettingsError(f"backend: must be one of {', '.join(BACKEND_NAMES)}")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError("port: must be between 0 and 65535")
+        for name, url in (("public_url", self.public_url), ("router_url", self.router_url)):
+            if url is not None and not _is_http_url(url):
+                raise SettingsError(f"{name}: must be an http(s) URL, got {url!r}")
+        if not self.endpoint:
+            raise SettingsError("endpoint: must not be empty")
+        for name in ("perf", "max_load", "capacity"):
+            value = getattr(self, name)
+            if value is not None and not _positive(value):
+                raise SettingsError(f"{name}: must be a finite number > 0")
+        for name in ("max_queue_time_s", "tokens_per_s", "register_interval_s"):
+            if not _positive(getattr(self, name)):
+                raise SettingsError(f"{name}: must be a finite number > 0")
+        for name in ("clock_skew_s", "grace_s", "ttft_ms", "jwks_refetch_interval_s"):
+            if not _non_negative(getattr(self, name)):
+                raise SettingsError(f"{name}: must be a finite number >= 0")
+        if self.replay_window < 1:
+            raise SettingsError("replay_window: must be >= 1")
+        if self.verify and self.router_url is None and self.pubkey_file is None:
+            raise SettingsError("verify: needs router_url or pubkey_file to get the router's "
+                                "keys (or turn verification off)")
+        if self.register_token and self.router_url is None:
+            raise SettingsError("register_token: needs router_url")
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _positive(v: float) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+def _non_negative(v: float) -> bool:
+    return math.isfinite(v) and v >= 0
