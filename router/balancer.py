@@ -110,8 +110,12 @@ def _rank(
         return []
     if policy == "least_work":
         # random second key: ties (e.g. an idle fleet of equal workers) spread evenly
-        return [w for _, _, w in heapq.nsmallest(
-            k, ((work_score(w, cost), rng.random(), w) for w in pool), key=lambda t: t[:2])]
+        scored = [((w.load + cost) / w.perf, rng.random(), w) for w in pool]
+        if len(scored) > k:
+            scored = heapq.nsmallest(k, scored, key=_by_score)
+        else:
+            scored.sort(key=_by_score)
+        return [w for _, _, w in scored]
     if policy == "least_requests":
         return [w for _, _, w in heapq.nsmallest(
             k, ((w.requests, rng.random(), w) for w in pool), key=lambda t: t[:2])]
@@ -124,6 +128,10 @@ def _rank(
         two = rng.sample(pool, min(2, len(pool)))
         return sorted(two, key=lambda w: work_score(w, cost))
     raise ValueError(f"unknown policy {policy!r}")
+
+
+def _by_score(t: tuple[float, float, object]) -> tuple[float, float]:
+    return t[0], t[1]
 
 
 def finalize(candidates: Sequence[Worker], cost: float, mode: Mode) -> int | None:
