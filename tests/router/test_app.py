@@ -29,16 +29,6 @@ Client = TestClient[Any, Any]
 
 
 @pytest.fixture
-async def workers() -> AsyncIterator[list[FakeWorker]]:
-    ws = [FakeWorker(), FakeWorker()]
-    for w in ws:
-        await w.start()
-    yield ws
-    for w in ws:
-        await w.stop()
-
-
-@pytest.fixture
 async def router(workers: list[FakeWorker]) -> AsyncIterator[tuple[Client, RouterContext]]:
     async with router_client(settings([w.url for w in workers])) as (client, ctx):
         await until(lambda: ready_count(ctx) == 2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -16,16 +15,6 @@ from tests.conftest import RedisServer
 from tests.router.helpers import DEV_KEY, FakeWorker, ready_count, router_client, settings, until
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def workers() -> AsyncIterator[list[FakeWorker]]:
-    ws = [FakeWorker(), FakeWorker()]
-    for w in ws:
-        await w.start()
-    yield ws
-    for w in ws:
-        await w.stop()
 
 
 def store(url: str) -> StoreSettings:
