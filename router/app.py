@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from router import admin, ticket
+from router import admin, proxy, ticket
 from router.auth import KeyRingAuth
 from router.config import ApiKeySettings, Settings
 from router.context import CTX, RouterContext
@@ -134,7 +134,8 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Appl
 
     async def client(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        # auto_decompress off: proxied bodies pass through byte for byte, encoding and all.
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
             app[CTX].session = session
             yield
 
@@ -152,8 +153,8 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Appl
     async def loops(app: web.Application) -> AsyncIterator[None]:
         ctx = app[CTX]
         assert ctx.session is not None
-        poller = HealthPoller(ctx.store, ctx.snapshot, ctx.session, ctx.endpoints,
-                              ctx.replica_id, ctx.metrics)
+        poller = ctx.health = HealthPoller(ctx.store, ctx.snapshot, ctx.session,
+                                           ctx.endpoints, ctx.replica_id, ctx.metrics)
         tasks = [
             _task(repeat(lambda: refresh_once(ctx, app[SPAWNED]),
                          settings.store.snapshot_interval_s, "snapshot refresh"),
@@ -177,6 +178,7 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Appl
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     admin.add_routes(app)
+    proxy.add_routes(app)  # last: its /{endpoint}/{path} catches what nothing else did
     return app
 
 

@@ -109,7 +109,10 @@ def serve(settings: Settings) -> int:
                  settings.server.host, settings.server.port, settings.store.backend,
                  ", ".join(e.name for e in settings.endpoints) or "none")
         web.run_app(app, host=settings.server.host, port=settings.server.port,
-                    access_log=None, print=None, shutdown_timeout=settings.server.shutdown_grace_s)
+                    access_log=None, print=None, shutdown_timeout=settings.server.shutdown_grace_s,
+                    # a client hanging up cancels its handler, so a proxied upstream
+                    # request is dropped at once and its load released
+                    handler_cancellation=True)
     except SigningKeyError as exc:
         print(f"config error: signing.key_files: {exc}", file=sys.stderr)
         return 2

@@ -101,6 +101,14 @@ class EndpointSettings:
     health_path: str = "/readyz"
     max_queue_time_s: float = 30.0
     retry_after_s: float = 1.0
+    models: tuple[str, ...] = ()  # OpenAI `model` names that select this endpoint
+    # proxy mode
+    retries: int = 2
+    timeout_connect_s: float = 5.0
+    timeout_ttfb_s: float = 120.0  # until the worker's response headers
+    timeout_idle_s: float = 60.0  # between two chunks of a response
+    timeout_total_s: float = 900.0
+    max_body_bytes: int = 16 * 1024 * 1024
     health: HealthSettings = HealthSettings()
     workers: tuple[StaticWorker, ...] = ()
     spawn: tuple[SpawnSettings, ...] = ()
@@ -382,6 +390,13 @@ def _endpoint(r: _Reader) -> EndpointSettings:
         health_path=health_path,
         max_queue_time_s=r.num("max_queue_time_s", 30.0),
         retry_after_s=r.num("retry_after_s", 1.0, positive=True),
+        models=r.str_list("models", ()),
+        retries=r.int_("retries", 2, min_=0, max_=10),
+        timeout_connect_s=r.num("timeout_connect_s", 5.0, positive=True),
+        timeout_ttfb_s=r.num("timeout_ttfb_s", 120.0, positive=True),
+        timeout_idle_s=r.num("timeout_idle_s", 60.0, positive=True),
+        timeout_total_s=r.num("timeout_total_s", 900.0, positive=True),
+        max_body_bytes=r.int_("max_body_bytes", 16 * 1024 * 1024, min_=1),
         health=health,
         workers=tuple(workers),
         spawn=tuple(spawn),

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from router.auth import KeyRingAuth
 from router.config import EndpointSettings, Settings
+from router.health import HealthPoller
 from router.metrics import Metrics
 from router.signing import KeyRing
 from router.snapshot import Snapshot
@@ -27,6 +28,7 @@ class RouterContext:
     snapshot: Snapshot
     replica_id: str
     session: aiohttp.ClientSession | None = None  # upstream client (health polls, proxy)
+    health: HealthPoller | None = None  # for passive signals from proxy mode
     rng: random.Random = field(default_factory=random.Random)
     tick: int = 0  # round-robin position
 

@@ -24,7 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(Exception):
     """An error answer: HTTP status, a stable code, a message, and extra body fields."""
 
-    def __init__(self, status: int, code: str, message: str, *,
+    def __init__(self, status: int, code: str, message: str, /, *,
                  headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
@@ -40,8 +40,9 @@ def json_response(body: Any, status: int = 200,
                         content_type="application/json")
 
 
-def error_response(status: int, code: str, message: str, *,
+def error_response(status: int, code: str, message: str, /, *,
                    headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
+    """An error answer; `extra` fields (even one named `status`) join the body."""
     return json_response({"error": {"code": code, "message": message}, **extra}, status,
                          headers)
 

@@ -143,7 +143,16 @@ class HealthPoller:
             await self.store.remove_worker(w.id)
             self._last_poll.pop(w.id, None)
             return
-        update = transition(w, result, ep.health, now)
+        await self._apply(w, result, now)
+
+    async def observe(self, wid: str, result: PollResult) -> None:
+        """Count a passive signal (proxy mode: refused connection, 5xx) like a failed poll."""
+        w = self.snapshot.get(wid)
+        if w is not None and w.endpoint in self.endpoints:
+            await self._apply(w, result, time.time())
+
+    async def _apply(self, w: WorkerRecord, result: PollResult, now: float) -> None:
+        update = transition(w, result, self.endpoints[w.endpoint].health, now)
         if update.status != w.status:
             log.info("worker %s (%s) %s -> %s%s", w.id, w.url, w.status, update.status,
                      f": {result.detail}" if result.detail else "")

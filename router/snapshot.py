@@ -59,6 +59,12 @@ class Snapshot:
             w.pending_cost = issued.load - w.reported_cost
             w.pending_requests += 1
 
+    def apply_release(self, wid: str, cost: float) -> None:
+        w = self._by_id.get(wid)
+        if w is not None:
+            w.pending_cost = max(0.0, w.pending_cost - cost)
+            w.pending_requests = max(0, w.pending_requests - 1)
+
     def apply_health(self, wid: str, u: HealthUpdate) -> None:
         w = self._by_id.get(wid)
         if w is None:

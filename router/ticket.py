@@ -99,11 +99,18 @@ async def route(request: web.Request) -> web.Response:
     return answer
 
 
-async def _issue(ctx: RouterContext, endpoint: str, cost: float, request_idx: int,
-                 session_id: str | None) -> web.Response:
+async def issue_ticket(ctx: RouterContext, endpoint: str, cost: float, request_idx: int = 0,
+                       session_id: str | None = None, exclude: frozenset[str] = frozenset(),
+                       ) -> tuple[dict[str, Any] | None, int]:
+    """Pick a worker and sign its ticket: (ticket or None if none fits, request_idx).
+
+    `exclude`: worker ids not to pick (proxy retries). Used by both modes.
+    """
     ep = ctx.endpoints[endpoint]
     ctx.tick += 1
     workers = ctx.snapshot.endpoint(endpoint)
+    if exclude:
+        workers = [w for w in workers if w.id not in exclude]
     ranked, mode = shortlist(ep.policy, workers, cost, rng=ctx.rng, tick=ctx.tick,
                              session_id=session_id)
     now = time.time()
@@ -113,7 +120,7 @@ async def _issue(ctx: RouterContext, endpoint: str, cost: float, request_idx: in
             [c.id for c in ranked], mode, cost, now, ctx.settings.signing.ticket_ttl_s,
             request_idx)
     if issued is None:
-        return _no_worker(ctx, endpoint, request_idx)
+        return None, request_idx
     ctx.snapshot.apply_issue(issued, cost)
     ticket: dict[str, Any] = {
         "cost": cost,
@@ -126,23 +133,34 @@ async def _issue(ctx: RouterContext, endpoint: str, cost: float, request_idx: in
     }
     ctx.keyring.sign_ticket(ticket)
     ticket["__request_id"] = secrets.token_hex(16)
+    return ticket, request_idx
+
+
+async def _issue(ctx: RouterContext, endpoint: str, cost: float, request_idx: int,
+                 session_id: str | None) -> web.Response:
+    ticket, request_idx = await issue_ticket(ctx, endpoint, cost, request_idx, session_id)
+    if ticket is None:
+        return _no_worker(ctx, endpoint, request_idx)
     m = ctx.metrics
     m.child(m.tickets, endpoint, "issued").inc()
     m.child(m.requests, endpoint, "ticket", "200").inc()
     return json_response(ticket)
 
 
-def _no_worker(ctx: RouterContext, endpoint: str, request_idx: int) -> web.Response:
-    """200 without `url`: the Vast SDK keeps polling while `url` is absent (5xx would fail it)."""
+def no_worker_body(ctx: RouterContext, endpoint: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The status breakdown sent when no worker can take a request, and its headers."""
     retry = ctx.endpoints[endpoint].retry_after_s
     counts = ctx.snapshot.status_counts(endpoint)
-    busy = counts["ready"] > 0
+    body = {"endpoint": endpoint, "status": counts, "retry_after_s": retry,
+            "reason": "all_workers_busy" if counts["ready"] else "no_ready_worker"}
+    return body, {"Retry-After": str(max(1, math.ceil(retry)))}
+
+
+def _no_worker(ctx: RouterContext, endpoint: str, request_idx: int) -> web.Response:
+    """200 without `url`: the Vast SDK keeps polling while `url` is absent (5xx would fail it)."""
+    body, headers = no_worker_body(ctx, endpoint)
     m = ctx.metrics
-    m.child(m.tickets, endpoint, "all_busy" if busy else "no_ready_worker").inc()
+    m.child(m.tickets, endpoint, "all_busy" if body["status"]["ready"] else
+            "no_ready_worker").inc()
     m.child(m.requests, endpoint, "ticket", "200").inc()
-    return json_response(
-        {"endpoint": endpoint, "status": counts,
-         "request_idx": request_idx, "retry_after_s": retry,
-         "reason": "all_workers_busy" if busy else "no_ready_worker"},
-        headers={"Retry-After": str(max(1, math.ceil(retry)))},
-    )
+    return json_response({**body, "request_idx": request_idx}, headers=headers)

@@ -144,6 +144,14 @@ class Store(ABC):
         """
 
     @abstractmethod
+    async def release(self, wid: str, reqnum: int) -> bool:
+        """Forget an outstanding ticket whose request finished (proxy mode); True if found.
+
+        A ticket the worker already reported seeing is covered by its reported load,
+        which its next health report brings down.
+        """
+
+    @abstractmethod
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
         """Take or renew the health-poll lease of each worker; return those `holder` holds."""
 

@@ -112,6 +112,20 @@ class MemoryStore(Store):
         w.pending_requests += 1
         return Issued(w.id, w.url, reqnum, request_idx, w.load), request_idx
 
+    async def release(self, wid: str, reqnum: int) -> bool:
+        w, q = self._workers.get(wid), self._pending.get(wid)
+        if w is None or not q:
+            return False
+        for i, (r, cost, _) in enumerate(q):
+            if r == reqnum:
+                del q[i]
+                w.pending_cost -= cost
+                w.pending_requests -= 1
+                if not q:
+                    w.pending_cost, w.pending_requests = 0.0, 0
+                return True
+        return False
+
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
         now = time.monotonic()
         held = set()

@@ -162,6 +162,21 @@ redis.call('HSET', KEYS[1], 'status', 'draining', 'admin_drain', 1)
 return redis.call('HGETALL', KEYS[1])
 """
 
+# KEYS: worker hash, pending zset. ARGV: reqnum. Drops one outstanding ticket.
+_RELEASE = """
+local m = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], ARGV[1])
+if #m == 0 then return 0 end
+redis.call('ZREM', KEYS[2], m[1])
+if redis.call('ZCARD', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[1], 'pending_cost', 0, 'pending_requests', 0)
+else
+  local cost = tonumber(string.match(m[1], '^%d+:([^:]+):'))
+  redis.call('HINCRBYFLOAT', KEYS[1], 'pending_cost', -cost)
+  redis.call('HINCRBY', KEYS[1], 'pending_requests', -1)
+end
+return 1
+"""
+
 # KEYS: one lease per worker. ARGV: holder, ttl_ms. Returns the 1-based indexes held.
 _LEASES = """
 local held = {}
@@ -232,6 +247,7 @@ class RedisStore(Store):
         self._remove = self.redis.register_script(_REMOVE)
         self._drain = self.redis.register_script(_DRAIN)
         self._leases = self.redis.register_script(_LEASES)
+        self._release = self.redis.register_script(_RELEASE)
 
     @_unavailable
     async def ping(self) -> None:
@@ -325,6 +341,12 @@ class RedisStore(Store):
         if int(i) < 0:
             return None, int(ridx)
         return Issued(candidates[int(i)], url, int(reqnum), int(ridx), float(load)), int(ridx)
+
+    @_unavailable
+    async def release(self, wid: str, reqnum: int) -> bool:
+        n = await self._release(keys=[self.keys.worker(wid), self.keys.pending(wid)],
+                                args=[reqnum])
+        return bool(n)
 
     @_unavailable
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:

@@ -183,3 +183,19 @@ async def test_request_idx_assigned_even_when_no_worker_fits(store: Store) -> No
     ticket, idx2 = await store.issue([], "ordered", 1, time.time(), 60, 0)
     assert idx2 > idx
     assert (await store.issue([], "ordered", 1, time.time(), 60, 42))[1] == 42
+
+
+async def test_release_forgets_a_finished_ticket(store: Store) -> None:
+    wid = await ready(store, "demo", "http://127.0.0.1:1")
+    now = time.time()
+    a = (await store.issue([wid], "ordered", 10, now, 60, 0))[0]
+    b = (await store.issue([wid], "ordered", 5, now, 60, 0))[0]
+    assert a and b
+    assert await store.release(wid, b.reqnum)
+    assert not await store.release(wid, b.reqnum)  # once only
+    w = await store.get_worker(wid)
+    assert w is not None and (w.pending_cost, w.pending_requests) == (10.0, 1)
+    assert await store.release(wid, a.reqnum)
+    w = await store.get_worker(wid)
+    assert w is not None and (w.pending_cost, w.pending_requests) == (0.0, 0)
+    assert not await store.release("nope", 1)
