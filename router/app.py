@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from router import admin, proxy, ticket
+from router import admin, openapi, proxy, ticket
 from router.auth import KeyRingAuth
 from router.config import ApiKeySettings, Settings
 from router.context import CTX, RouterContext
@@ -177,6 +177,7 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Appl
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi.openapi)
     admin.add_routes(app)
     proxy.add_routes(app)  # last: its /{endpoint}/{path} catches what nothing else did
     return app
