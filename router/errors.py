@@ -70,6 +70,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = exc.reason.lower().replace(" ", "_")
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, exc.reason, headers=keep)
+    except ConnectionResetError:
+        # The client hung up: normal for a proxy, never worth a traceback.
+        log.debug("client went away during %s %s", request.method, request.path)
+        return web.Response(status=499)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error; see the router log")

@@ -245,7 +245,11 @@ async def _stream(request: web.Request, upstream: aiohttp.ClientResponse,
     chunked = upstream.headers.get("Transfer-Encoding", "").lower() == "chunked"
     if upstream.content_length is not None and not chunked:
         resp.content_length = upstream.content_length
-    await resp.prepare(request)
+    try:
+        await resp.prepare(request)
+    except ConnectionResetError:
+        log.debug("client went away before the response started")
+        return resp
     sse = upstream.content_type == "text/event-stream"
     it = upstream.content.iter_any()
     failed = False
