@@ -26,8 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.route_bench import cpu_model, free_port, wait_http  # noqa: E402
+from bench.route_bench import cpu_model, free_port, process, wait_http  # noqa: E402
 
 KEY = "bench-key"
 WRK_SCRIPT = """
@@ -90,23 +89,6 @@ def ensure(binary: str, package: str) -> str:
     if not found:
         raise SystemExit(f"{binary} not found after installing {package}")
     return found
-
-
-@contextmanager
-def process(argv: list[str], log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if log:
-            out.close()  # type: ignore[union-attr]
 
 
 def wrk(url: str, connections: int, duration: int, script: Path) -> dict[str, float]:

@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
 
@@ -103,18 +103,22 @@ def wait_http(url: str, timeout_s: float = 20.0, want: str | None = None,
 
 
 @contextmanager
-def process(argv: list[str], cpus: set[int] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
+def process(argv: list[str], cpus: set[int] | None = None,
+            log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `argv` (on `cpus`, output to `log`) for the block; stop it afterwards."""
+    with open(log, "wb") if log else nullcontext(subprocess.DEVNULL) as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def run_wrk(url: str, duration: int, connections: int, cpus: set[int],
