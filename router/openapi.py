@@ -115,6 +115,9 @@ def document() -> dict[str, Any]:
                 responses={**_PROXY_RESPONSES, "400": "Bad JSON or no model"})},
             "/v1/models": {"get": _op("Endpoints this key may use, as models", tag="proxy")},
             "/{endpoint}/{path}": {op: proxy_op for op in ("get", "post", "put", "delete")},
+            "/{endpoint}": {"post": _op("Forward to the worker's `/` (TGI compat route)",
+                                        tag="proxy", params=_PROXY_PARAMS[:1],
+                                        responses=_PROXY_RESPONSES)},
         },
     }
 

@@ -67,7 +67,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
-    """`/{endpoint}/{path}`: forward to the same path on a worker of that endpoint."""
+    """`/{endpoint}/{path}`: forward to the same path on a worker of that endpoint.
+
+    `/{endpoint}` alone goes to the worker's `/` (TGI's compat route, where Hugging Face's
+    `text-generation` client posts).
+    """
     ctx = request.app[CTX]
     name = request.match_info["endpoint"]
     ep = ctx.endpoints.get(name)
@@ -81,7 +85,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
             parsed = None  # the worker answers bad JSON itself
-    return await forward(request, ctx, ep, "/" + request.match_info["path"], body, parsed)
+    path = "/" + request.match_info.get("path", "")
+    return await forward(request, ctx, ep, path, body, parsed)
 
 
 async def openai(request: web.Request) -> web.StreamResponse:
@@ -285,4 +290,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/completions", openai)
     app.router.add_post("/v1/embeddings", openai)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_route("*", "/{endpoint}", proxy)
     app.router.add_route("*", "/{endpoint}/{path:.*}", proxy)

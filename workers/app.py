@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 
 from router.signing import VerifyKey
 from workers.backends import Backend, make_backend
+from workers.backends.base import BackendFailed
 from workers.keys import KeySource, load_pubkey_file
 from workers.load import Load, admission_delay
 from workers.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
@@ -149,6 +150,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Headers went out: the only honest signal left is to cut the connection.
         if isinstance(exc, ConnectionResetError):
             log.debug("client went away mid-response: %s", exc)
+        elif isinstance(exc, BackendFailed):
+            log.warning("backend failed mid-response to %s %s: %s", request.method,
+                        request.path, exc)
         else:
             log.exception("error mid-response to %s %s", request.method, request.path)
         if request.transport is not None:
@@ -197,7 +201,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
     """Any path not above: an inference request for the backend (or a JSON 404)."""
     state = request.app[STATE]
     path = "/" + request.match_info["path"]
-    route = path if path in state.backend.routes else "other"
+    route = state.backend.route_label(path)
     code = "500"
     try:
         resp = await _infer(request, state, path)
@@ -216,17 +220,22 @@ async def infer(request: web.Request) -> web.StreamResponse:
 
 
 async def _infer(request: web.Request, state: WorkerState, path: str) -> web.StreamResponse:
-    if path not in state.backend.routes:
+    backend = state.backend
+    if not backend.serves(path):
         return _error(404, "not_found", f"no route {path}")
-    if request.method != "POST":
-        return _error(405, "method_not_allowed", "inference routes take POST",
-                      headers={"Allow": "POST"})
+    method = "GET" if path in backend.get_routes else "POST"
+    if request.method != method:
+        return _error(405, "method_not_allowed", f"{path} takes {method}",
+                      headers={"Allow": method})
     if state.draining:
         return _error(503, "draining", "this worker is shutting down; route again")
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        return _error(400, "bad_json", f"request body is not valid JSON: {exc}")
+    raw = await request.read()
+    body: Any = None  # a GET route has no body: its ticket comes as X-Route-Ticket
+    if raw or method == "POST":
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return _error(400, "bad_json", f"request body is not valid JSON: {exc}")
     header = request.headers.get("X-Route-Ticket")
     reqnum: int | None = None
     if state.settings.verify:

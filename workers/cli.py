@@ -29,6 +29,9 @@ on /readyz (and /metrics), and hands only the model payload to its backend.
 
   inference-worker --backend synthetic --port 3001 --endpoint demo \\
       --router-url http://127.0.0.1:8080
+  inference-worker --backend openai --backend-url http://127.0.0.1:8000 \\
+      --host 0.0.0.0 --port 3000 --public-url http://10.0.0.7:3000 --endpoint llama \\
+      --router-url http://router:8080
 
 Keys come from the router's /.well-known/jwks.json (fetched in the background until the
 router answers) and/or --pubkey-file. With --register-token (or WORKER_REGISTER_TOKEN)
@@ -83,7 +86,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inference-worker", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=BACKEND_NAMES, default="synthetic",
-                   help="model backend to front (default: synthetic, a built-in stand-in)")
+                   help="model backend to front (default: synthetic, a built-in stand-in); "
+                   "tgi, openai (vLLM, SGLang, llama.cpp) and bentoml forward to a model "
+                   "server at --backend-url")
+    p.add_argument("--backend-url", metavar="URL",
+                   help="the model server's base URL, required with --backend tgi, openai "
+                   "or bentoml (e.g. http://127.0.0.1:8000)")
     p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
                    help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=3000, metavar="N",
@@ -102,7 +110,8 @@ def parser() -> argparse.ArgumentParser:
                    "WORKER_REGISTER_TOKEN environment variable)")
     p.add_argument("--perf", type=_positive, metavar="N",
                    help="cost units/s this worker processes, reported to the router "
-                   "(default: the backend's own figure)")
+                   "(default: synthetic --capacity; tgi and openai 1000 tokens/s; required "
+                   "with bentoml, in the service's own units)")
     p.add_argument("--max-load", type=_positive, metavar="N",
                    help="most in-flight cost to accept (default: no limit)")
     p.add_argument("--max-queue-time-s", type=_positive, default=30.0, metavar="S",
@@ -134,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     return WorkerSettings(
-        backend=args.backend, host=args.host, port=args.port,
+        backend=args.backend, backend_url=args.backend_url, host=args.host, port=args.port,
         public_url=args.public_url or "", endpoint=args.endpoint,
         router_url=args.router_url, register_token=args.register_token or None,
         perf=args.perf, max_load=args.max_load, max_queue_time_s=args.max_queue_time_s,

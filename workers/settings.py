@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-BackendName = Literal["synthetic"]
-BACKEND_NAMES: tuple[BackendName, ...] = ("synthetic",)
+BackendName = Literal["synthetic", "tgi", "openai", "bentoml"]
+BACKEND_NAMES: tuple[BackendName, ...] = ("synthetic", "tgi", "openai", "bentoml")
+# Backends that forward to a model server at `backend_url`.
+HTTP_BACKENDS: frozenset[str] = frozenset({"tgi", "openai", "bentoml"})
 
 
 class SettingsError(ValueError):
@@ -21,6 +23,7 @@ class WorkerSettings:
     """Everything `build_app` needs; `public_url` defaults to http://{host}:{port}."""
 
     backend: BackendName = "synthetic"
+    backend_url: str | None = None  # the model server (tgi, openai, bentoml backends)
     host: str = "127.0.0.1"
     port: int = 3000
     public_url: str = ""
@@ -46,13 +49,16 @@ class WorkerSettings:
         if not self.public_url:
             object.__setattr__(self, "public_url", f"http://{self.host}:{self.port}")
         object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
-        if self.router_url is not None:
-            object.__setattr__(self, "router_url", self.router_url.rstrip("/"))
+        for name in ("router_url", "backend_url"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, value.rstrip("/"))
         self._validate()
 
     def _validate(self) -> None:
         if self.backend not in BACKEND_NAMES:
             raise SettingsError(f"backend: must be one of {', '.join(BACKEND_NAMES)}")
+        self._validate_backend()
         if not 0 <= self.port <= 65535:
             raise SettingsError("port: must be between 0 and 65535")
         for name, url in (("public_url", self.public_url), ("router_url", self.router_url)):
@@ -77,6 +83,23 @@ class WorkerSettings:
                                 "keys (or turn verification off)")
         if self.register_token and self.router_url is None:
             raise SettingsError("register_token: needs router_url")
+
+    def _validate_backend(self) -> None:
+        if self.backend not in HTTP_BACKENDS:
+            if self.backend_url is not None:
+                raise SettingsError(f"backend_url: only for the {', '.join(sorted(HTTP_BACKENDS))} "
+                                    f"backends, not {self.backend}")
+            return
+        if self.backend_url is None:
+            raise SettingsError(f"backend_url: required with backend {self.backend} (the model "
+                                "server's base URL, e.g. http://127.0.0.1:8000)")
+        if not _is_http_url(self.backend_url):
+            raise SettingsError(f"backend_url: must be an http(s) URL, got {self.backend_url!r}")
+        # A BentoML service's cost unit is its own (pixels x steps, requests, ...): no
+        # default figure would be right, and a wrong one makes admission refuse or flood.
+        if self.backend == "bentoml" and self.perf is None:
+            raise SettingsError("perf: required with backend bentoml (cost units per second "
+                                "the service processes, in its own units)")
 
 
 def _is_http_url(url: str) -> bool:

@@ -158,3 +158,27 @@ def test_client_hang_up_releases_load(tmp_path: Path) -> None:
         assert "Traceback" not in s.router.log()
     finally:
         s.close()
+
+
+# text-generation 0.7 still calls pydantic's deprecated .dict(); not ours to fix.
+@pytest.mark.filterwarnings("ignore:The `dict` method is deprecated")
+def test_hugging_face_text_generation_client(stack: Stack) -> None:
+    tg = pytest.importorskip("text_generation")
+    client = tg.Client(f"{stack.url}/demo", headers=AUTH, timeout=20)
+    text = client.generate("What is deep learning?", max_new_tokens=8).generated_text
+    assert len(text.split()) == 8
+    tokens = [r.token.text for r in client.generate_stream("What is deep learning?",
+                                                           max_new_tokens=8)]
+    assert len(tokens) == 8 and "".join(tokens) == text
+
+
+def test_png_passes_through_the_proxy(stack: Stack) -> None:
+    req = urllib.request.Request(
+        f"{stack.url}/demo/generate",
+        data=orjson.dumps({"inputs": "a red square", "width": 32, "height": 32}),
+        headers={"Content-Type": "application/json", "Accept": "image/png", **AUTH})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.headers["Content-Type"] == "image/png"
+        body = resp.read()
+    assert body.startswith(b"\x89PNG\r\n\x1a\n") and int(resp.headers["Content-Length"]) == len(
+        body)

@@ -27,7 +27,7 @@ async def test_every_documented_operation_is_routed(workers: list[FakeWorker]) -
                 body: Any = await resp.read()
                 assert resp.status != 405, (method, path)
                 if resp.status == 404:  # an answer from the handler, not "no such route"
-                    assert b'"not_found"' not in body or path == "/{endpoint}/{path}", \
+                    assert b'"not_found"' not in body or path.startswith("/{endpoint}"), \
                         (method, path, body)
                 assert str(resp.status) in op["responses"] or resp.status in (400, 502), \
                     (method, path, resp.status, body)

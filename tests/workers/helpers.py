@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from router.signing import KeyRing
 from workers.app import build_app
+from workers.backends import Backend
 from workers.backends.synthetic import SyntheticBackend, Token
 from workers.settings import WorkerSettings
 
@@ -104,7 +105,7 @@ def settings(pubkey_file: Path | None = None, **overrides: Any) -> WorkerSetting
 
 
 @asynccontextmanager
-async def worker(s: WorkerSettings, backend: SyntheticBackend | None = None,
+async def worker(s: WorkerSettings, backend: Backend | None = None,
                  ) -> AsyncIterator[Client]:
     """Run the real worker app on 127.0.0.1:0 and give a client for it."""
     async with TestClient(TestServer(build_app(s, backend), host="127.0.0.1")) as client:

@@ -31,6 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
     ([], "give --router-url or --pubkey-file"),
     (["--pubkey-file", "/nonexistent/key.pem"], "--pubkey-file"),
     (["--register-token", "t", "--no-verify"], "--register-token"),
+    (["--backend", "tgi", "--no-verify"], "--backend-url: required with backend tgi"),
+    (["--backend", "openai", "--backend-url", "localhost:8000", "--no-verify"],
+     "--backend-url: must be an http(s) URL"),
+    (["--backend", "bentoml", "--backend-url", "http://127.0.0.1:3000", "--no-verify"],
+     "--perf: required with backend bentoml"),
+    (["--backend-url", "http://127.0.0.1:8000", "--no-verify"], "--backend-url: only for"),
 ])
 def test_bad_flags_exit_2_with_a_clear_message(argv: list[str], message: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,6 +65,13 @@ def test_defaults_and_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
     s = settings_from_args(args)
     assert s.register_token == "from-env" and "from-env" not in repr(s)
     assert s.router_url == "http://r:8080" and s.public_url == "http://0.0.0.0:3001"
+
+
+def test_backend_url_flag() -> None:
+    args = parser().parse_args(["--backend", "openai", "--backend-url",
+                                "http://127.0.0.1:8000/", "--no-verify"])
+    s = settings_from_args(args)
+    assert (s.backend, s.backend_url, s.perf) == ("openai", "http://127.0.0.1:8000", None)
 
 
 def test_settings_validate_once() -> None:

@@ -1,7 +1,10 @@
 """Model backends the worker can front; `make_backend` builds the one the settings name.
 
 `base.Backend` is the interface; `synthetic` is an in-process stand-in for a model
-server (deterministic text at a controlled speed) used by the demo, tests and benchmarks.
+server (deterministic text at a controlled speed, and PNG images) used by the demo,
+tests and benchmarks. `http.HttpBackend` forwards to a real model server and streams its
+answer back; `tgi`, `openai` (vLLM, SGLang, llama.cpp) and `bentoml` name its paths,
+its health check and, with the pure estimates in `workload`, what a request weighs.
 """
 
 from __future__ import annotations
@@ -23,4 +26,23 @@ def make_backend(settings: WorkerSettings) -> Backend:
                     or settings.tokens_per_s * _DEFAULT_STREAMS_AT_FULL_SPEED)
         return SyntheticBackend(capacity=capacity, tokens_per_s=settings.tokens_per_s,
                                 ttft_ms=settings.ttft_ms)
+    url = settings.backend_url
+    if url is None:  # settings validation makes this unreachable
+        raise ValueError(f"backend {settings.backend} needs backend_url")
+    from workers.backends.http import DEFAULT_PERF_TOKENS_S
+
+    if settings.backend == "tgi":
+        from workers.backends.tgi import TgiBackend
+
+        return TgiBackend(url, settings.perf or DEFAULT_PERF_TOKENS_S)
+    if settings.backend == "openai":
+        from workers.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(url, settings.perf or DEFAULT_PERF_TOKENS_S)
+    if settings.backend == "bentoml":
+        from workers.backends.bentoml import BentoMLBackend
+
+        if settings.perf is None:  # settings validation makes this unreachable
+            raise ValueError("backend bentoml needs perf")
+        return BentoMLBackend(url, settings.perf)
     raise ValueError(f"unknown backend {settings.backend!r}")

@@ -13,12 +13,25 @@ from typing import Any
 from aiohttp import web
 
 
+class BackendFailed(Exception):
+    """The model server failed after the response started: the worker cuts the connection."""
+
+
 class Backend(ABC):
     """A model server behind the worker (or, for `synthetic`, a stand-in in process)."""
 
     name: str = "backend"
     health_path: str = "/health"  # the model server's own health path
     routes: tuple[str, ...] = ()  # inference paths the worker serves (POST)
+    get_routes: tuple[str, ...] = ()  # read-only paths served on GET, without a body
+
+    def serves(self, path: str) -> bool:
+        """True if `path` is a route of this backend (on POST, or GET for `get_routes`)."""
+        return path in self.routes or path in self.get_routes
+
+    def route_label(self, path: str) -> str:
+        """The metrics label for `path`: a known route, else "other" (labels stay bounded)."""
+        return path if path in self.routes or path in self.get_routes else "other"
 
     async def start(self) -> None:  # noqa: B027 (optional hook)
         """Open clients, start the model (called once at worker start)."""
@@ -45,5 +58,5 @@ class Backend(ABC):
         Stream with `web.StreamResponse`, writing each chunk as it is produced. A client
         that hangs up shows as `ConnectionResetError` on write or as cancellation: let
         cancellation propagate; errors before any byte is sent may be JSON responses
-        `{"error": {"code", "message"}}`.
+        `{"error": {"code", "message"}}`; after it, raise `BackendFailed`.
         """

@@ -1,5 +1,8 @@
 """A model stand-in: deterministic text at a controllable speed, in TGI and OpenAI formats.
 
+`POST /generate` with `Accept: image/png` (or `image/*`) answers a small deterministic
+PNG instead, so binary answers can be tested end to end without a diffusion model.
+
 The first token comes after `ttft_ms`; then each stream runs at `tokens_per_s`, but all
 streams in flight share `capacity` tokens/s (processor sharing: with n in flight each
 gets min(tokens_per_s, capacity / n)), so a busy worker slows down like a GPU does and
@@ -22,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from workers.backends.base import Backend
+from workers.backends.png import pattern_png
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,8 @@ WORDS = ("the model routes each request to a worker that has capacity while toke
          "back quickly and the fleet stays balanced under load with signed tickets for "
          "every call so nothing is lost").split()
 DEFAULT_TOKENS = 16
+IMAGE_SIZE = 64  # default width and height of a synthetic picture
+MAX_IMAGE_SIZE = 256
 MAX_TOKENS = 4096
 _TOKEN_ID_BASE = 1000  # fake vocabulary ids, clear of the usual special tokens
 
@@ -65,7 +71,7 @@ def prompt_of(path: str, payload: Any) -> str:
     """The prompt text of a request to `path`; raise BadRequest if it has none."""
     if not isinstance(payload, dict):
         raise BadRequest("the request body must be a JSON object")
-    if path in ("/generate", "/generate_stream"):
+    if path in ("/", "/generate", "/generate_stream"):
         inputs = payload.get("inputs")
         if not isinstance(inputs, str):
             raise BadRequest("'inputs' (a string) is required")
@@ -109,7 +115,9 @@ def tokens_for(prompt: str, n: int) -> list[Token]:
 class SyntheticBackend(Backend):
     name = "synthetic"
     health_path = "/health"
-    routes = ("/generate", "/generate_stream", "/v1/completions", "/v1/chat/completions")
+    # "/" is TGI's compat route (Hugging Face's `text-generation` client posts there):
+    # a JSON list of one result, or the /generate_stream events with "stream": true.
+    routes = ("/", "/generate", "/generate_stream", "/v1/completions", "/v1/chat/completions")
 
     def __init__(self, capacity: float = 800.0, tokens_per_s: float = 200.0,
                  ttft_ms: float = 50.0, model: str = "synthetic") -> None:
@@ -145,20 +153,33 @@ class SyntheticBackend(Backend):
             self.active -= 1
 
     async def serve(self, request: web.Request, path: str, payload: Any) -> web.StreamResponse:
+        if path == "/generate" and wants_image(request.headers.get("Accept", "")):
+            return await self._image(payload)
         try:
             prompt = prompt_of(path, payload)
         except BadRequest as exc:
             return _json({"error": {"code": "bad_request", "message": str(exc)}}, status=400)
         n = max_tokens(payload)
         stream = payload.get("stream") is True
-        if path == "/generate_stream" or (path == "/generate" and stream):
+        if path == "/generate_stream" or (path in ("/", "/generate") and stream):
             return await _sse(request, self._tgi_events(payload, prompt, n))
         if path == "/generate":
             return _json(await self._tgi_full(payload, prompt, n))
+        if path == "/":
+            return _json([await self._tgi_full(payload, prompt, n)])
         chat = path == "/v1/chat/completions"
         if stream:
             return await _sse(request, self._openai_chunks(payload, prompt, n, chat), done=True)
         return _json(await self._openai_full(payload, prompt, n, chat))
+
+    async def _image(self, payload: Any) -> web.Response:
+        """A PNG for `{"inputs" or "prompt", "width", "height"}` (64 x 64 by default)."""
+        doc = payload if isinstance(payload, dict) else {}
+        prompt = next((p for p in (doc.get("inputs"), doc.get("prompt")) if isinstance(p, str)),
+                      "")
+        width, height = (_image_side(doc.get(k)) for k in ("width", "height"))
+        await asyncio.sleep(self.ttft_s)
+        return web.Response(body=pattern_png(prompt, width, height), content_type="image/png")
 
     async def _text(self, prompt: str, n: int) -> str:
         async with aclosing(self.generate(prompt, n)) as tokens:
@@ -167,9 +188,13 @@ class SyntheticBackend(Backend):
     # TGI: https://huggingface.github.io/text-generation-inference/ (/generate, /generate_stream)
 
     async def _tgi_full(self, payload: dict[str, Any], prompt: str, n: int) -> dict[str, Any]:
-        body: dict[str, Any] = {"generated_text": await self._text(prompt, n)}
+        async with aclosing(self.generate(prompt, n)) as gen:
+            tokens = [{"id": i, "text": t, "logprob": 0.0, "special": False}
+                      async for i, t in gen]
+        body: dict[str, Any] = {"generated_text": "".join(str(t["text"]) for t in tokens)}
         if _tgi_wants_details(payload):
-            body["details"] = _tgi_details(n)
+            # a full answer's details also list the prefill and every token (TGI's shape)
+            body["details"] = {**_tgi_details(n), "prefill": [], "tokens": tokens}
         return body
 
     async def _tgi_events(self, payload: dict[str, Any], prompt: str,
@@ -255,6 +280,17 @@ async def _sse(request: web.Request, events: AsyncGenerator[bytes, None],
     except ConnectionResetError:
         log.debug("client went away mid-stream")
     return resp
+
+
+def wants_image(accept: str) -> bool:
+    """True if an Accept header asks for an image (`image/png`, `image/*`), not `*/*`."""
+    return any(part.split(";", 1)[0].strip().lower().startswith("image/")
+               for part in accept.split(","))
+
+
+def _image_side(v: Any) -> int:
+    n = _count(v)
+    return IMAGE_SIZE if n is None else max(1, min(MAX_IMAGE_SIZE, n))
 
 
 def _tgi_wants_details(payload: dict[str, Any]) -> bool:
