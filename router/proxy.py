@@ -133,9 +133,15 @@ def _ticket_header(ticket: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(ticket)).rstrip(b"=").decode()
 
 
+def _connection_tokens(headers: Any) -> set[str]:
+    """Header names a `Connection` header declares hop-by-hop (RFC 9110 §7.6.1)."""
+    return {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
+
+
 def _upstream_headers(request: web.Request, ticket: dict[str, Any],
                       request_id: str) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST}
+    drop = _DROP_REQUEST | _connection_tokens(request.headers)
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
@@ -238,7 +244,8 @@ async def _attempt(request: web.Request, ctx: RouterContext, ep: EndpointSetting
 
 
 def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
-    return {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+    drop = _DROP_RESPONSE | _connection_tokens(upstream.headers)
+    return {k: v for k, v in upstream.headers.items() if k.lower() not in drop}
 
 
 async def _stream(request: web.Request, upstream: aiohttp.ClientResponse,

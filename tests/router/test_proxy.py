@@ -133,7 +133,8 @@ async def test_forwards_method_path_query_body_and_headers(ups: list[Upstream]) 
         resp = await client.post(
             "/demo/some/path?x=1&y=2", data=b'{"inputs": "hi", "max_new_tokens": 7}',
             headers={**AUTH, "Content-Type": "application/json", "X-Custom": "kept",
-                     "Connection": "keep-alive", "Keep-Alive": "timeout=5", "TE": "trailers",
+                     "Connection": "keep-alive, X-Hop", "X-Hop": "dropped",
+                     "Keep-Alive": "timeout=5", "TE": "trailers",
                      "X-Forwarded-For": "10.1.1.1", "X-Request-Id": "req-42",
                      "X-Route-Ticket": "forged"})
         assert resp.status == 200
@@ -146,7 +147,7 @@ async def test_forwards_method_path_query_body_and_headers(ups: list[Upstream]) 
         assert seen["body"] == b'{"inputs": "hi", "max_new_tokens": 7}'
         assert h["x-custom"] == "kept" and h["x-request-id"] == "req-42"
         assert "authorization" not in h  # the router key stays with the router
-        assert "keep-alive" not in h and "te" not in h
+        assert "keep-alive" not in h and "te" not in h and "x-hop" not in h
         assert h["x-forwarded-for"] == "10.1.1.1, 127.0.0.1"
         assert h["x-forwarded-proto"] == "http" and h["x-forwarded-host"]
         ticket = orjson.loads(base64.urlsafe_b64decode(h["x-route-ticket"] + "=="))
