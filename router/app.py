@@ -105,7 +105,8 @@ def _router_url(settings: Settings) -> str:
 
 def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Application:
     """The router app; `keyring` overrides the configured keys (tests, benchmarks)."""
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware],
+                          client_max_size=ticket.MAX_JSON_BODY_BYTES)
     app[SPAWNED] = []
     keys = keyring or load_keyring(settings)  # fail before listening on a bad key file
 
