@@ -33,23 +33,6 @@ from workers.backends.synthetic import tokens_for
 from workers.settings import WorkerSettings
 
 
-@pytest.fixture(scope="module")
-def ring() -> KeyRing:
-    return KeyRing.ephemeral("ed25519")
-
-
-@pytest.fixture
-def pubkey_file(tmp_path: Path, ring: KeyRing) -> Path:
-    path = tmp_path / "router.pub.pem"
-    path.write_text(ring.public_pem())
-    return path
-
-
-@pytest.fixture
-def tickets(ring: KeyRing) -> Tickets:
-    return Tickets(ring)
-
-
 @pytest.fixture
 def backend() -> RecordingBackend:
     return RecordingBackend()

@@ -12,7 +12,6 @@ import aiohttp
 import orjson
 import pytest
 
-from router.signing import KeyRing
 from tests.conftest import free_port
 from tests.workers.helpers import (
     PAYLOAD,
@@ -35,23 +34,6 @@ from workers.backends.http import HttpBackend
 from workers.backends.png import PNG_SIGNATURE, pattern_png
 
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
-
-
-@pytest.fixture(scope="module")
-def ring() -> KeyRing:
-    return KeyRing.ephemeral("ed25519")
-
-
-@pytest.fixture
-def pubkey_file(tmp_path: Path, ring: KeyRing) -> Path:
-    path = tmp_path / "router.pub.pem"
-    path.write_text(ring.public_pem())
-    return path
-
-
-@pytest.fixture
-def tickets(ring: KeyRing) -> Tickets:
-    return Tickets(ring)
 
 
 @pytest.fixture
