@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import re
 import secrets
@@ -29,7 +30,6 @@ from router.context import CTX, RouterContext
 from router.cost import BadCost, estimate
 from router.errors import ApiError, error_response, json_response
 from router.health import PollResult
-from router.state.base import worker_id
 from router.ticket import issue_ticket, no_worker_body
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     ctx.auth.require_endpoint(key_from_header(request.headers.get("Authorization")), name)
     body = await read_body(request, ep.max_body_bytes)
     parsed = None
-    if body and request.content_type == "application/json":
+    if body and "X-Cost" not in request.headers and request.content_type == "application/json":
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -168,10 +168,9 @@ async def forward(request: web.Request, ctx: RouterContext, ep: EndpointSettings
     resp: web.StreamResponse | None = None
     try:
         for attempt in range(ep.retries + 1):
-            ticket, _ = await issue_ticket(ctx, ep.name, cost, exclude=frozenset(tried))
+            ticket, _, wid = await issue_ticket(ctx, ep.name, cost, exclude=frozenset(tried))
             if ticket is None:
                 break
-            wid = worker_id(ep.name, ticket["url"])
             tried.add(wid)
             try:
                 resp = await _attempt(request, ctx, ep, path, body, ticket, wid, request_id)
@@ -206,8 +205,7 @@ async def _attempt(request: web.Request, ctx: RouterContext, ep: EndpointSetting
                    request_id: str) -> web.StreamResponse:
     assert ctx.session is not None
     url = ticket["url"] + path + (f"?{request.query_string}" if request.query_string else "")
-    timeout = aiohttp.ClientTimeout(total=ep.timeout_total_s, connect=ep.timeout_connect_s,
-                                    sock_read=ep.timeout_idle_s)
+    timeout = _client_timeout(ep)
     sent = time.perf_counter()
     try:
         async with asyncio.timeout(ep.timeout_ttfb_s):
@@ -241,6 +239,12 @@ async def _attempt(request: web.Request, ctx: RouterContext, ep: EndpointSetting
         return await _stream(request, upstream, request_id)
     finally:
         upstream.close()  # drops the connection if the body was not read to the end
+
+
+@functools.cache
+def _client_timeout(ep: EndpointSettings) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=ep.timeout_total_s, connect=ep.timeout_connect_s,
+                                 sock_read=ep.timeout_idle_s)
 
 
 def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:

@@ -103,8 +103,8 @@ async def route(request: web.Request) -> web.Response:
 
 async def issue_ticket(ctx: RouterContext, endpoint: str, cost: float, request_idx: int = 0,
                        session_id: str | None = None, exclude: frozenset[str] = frozenset(),
-                       ) -> tuple[dict[str, Any] | None, int]:
-    """Pick a worker and sign its ticket: (ticket or None if none fits, request_idx).
+                       ) -> tuple[dict[str, Any] | None, int, str]:
+    """Pick a worker and sign its ticket: (ticket or None if none fits, request_idx, worker id).
 
     `exclude`: worker ids not to pick (proxy retries). Used by both modes.
     """
@@ -122,7 +122,7 @@ async def issue_ticket(ctx: RouterContext, endpoint: str, cost: float, request_i
             [c.id for c in ranked], mode, cost, now, ctx.settings.signing.ticket_ttl_s,
             request_idx)
     if issued is None:
-        return None, request_idx
+        return None, request_idx, ""
     ctx.snapshot.apply_issue(issued, cost)
     ticket: dict[str, Any] = {
         "cost": cost,
@@ -135,12 +135,12 @@ async def issue_ticket(ctx: RouterContext, endpoint: str, cost: float, request_i
     }
     ctx.keyring.sign_ticket(ticket)
     ticket["__request_id"] = secrets.token_hex(16)
-    return ticket, request_idx
+    return ticket, request_idx, issued.worker_id
 
 
 async def _issue(ctx: RouterContext, endpoint: str, cost: float, request_idx: int,
                  session_id: str | None) -> web.Response:
-    ticket, request_idx = await issue_ticket(ctx, endpoint, cost, request_idx, session_id)
+    ticket, request_idx, _ = await issue_ticket(ctx, endpoint, cost, request_idx, session_id)
     if ticket is None:
         return _no_worker(ctx, endpoint, request_idx)
     m = ctx.metrics
