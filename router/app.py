@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -124,6 +126,11 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Appl
             replica_id=uuid.uuid4().hex[:12],
         )
         app[CTX] = ctx
+        threads = settings.signing.sign_threads(keys.signer.verify_key.algorithm,
+                                                len(os.sched_getaffinity(0)))
+        if threads:
+            ctx.sign_pool = ThreadPoolExecutor(threads, thread_name_prefix="sign")
+            log.info("signing tickets on %d thread(s)", threads)
         try:
             await ctx.snapshot.refresh()
             await reconcile(ctx, [])
@@ -132,6 +139,8 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Appl
                       "is back", exc)
         yield
         await store.close()
+        if ctx.sign_pool is not None:
+            ctx.sign_pool.shutdown(wait=True, cancel_futures=True)
 
     async def client(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -31,6 +32,7 @@ class RouterContext:
     health: HealthPoller | None = None  # for passive signals from proxy mode
     rng: random.Random = field(default_factory=random.Random)
     tick: int = 0  # round-robin position
+    sign_pool: ThreadPoolExecutor | None = None  # None: tickets are signed on the loop
 
 
 CTX = web.AppKey("router_context", RouterContext)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 import time
@@ -133,7 +134,11 @@ async def issue_ticket(ctx: RouterContext, endpoint: str, cost: float, request_i
         "request_idx": issued.request_idx,
         "url": issued.url,
     }
-    ctx.keyring.sign_ticket(ticket)
+    if ctx.sign_pool is None:
+        ctx.keyring.sign_ticket(ticket)
+    else:
+        await asyncio.get_running_loop().run_in_executor(
+            ctx.sign_pool, ctx.keyring.sign_ticket, ticket)
     ticket["__request_id"] = secrets.token_hex(16)
     return ticket, request_idx, issued.worker_id
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ from tests.router.helpers import (
     WORKER_TOKEN,
     FakeWorker,
     ready_count,
+    replace,
     router_client,
     settings,
     until,
@@ -246,3 +248,20 @@ async def test_ed25519_and_rsa_keyrings_both_sign(workers: list[FakeWorker]) -> 
             vk = ring.signer.verify_key
             assert vk.verify(canonical(t), base64.b64decode(t["signature"]))
             assert t["reqnum"] >= reqnum_floor(0)
+
+
+async def test_tickets_signed_on_a_thread_pool_verify(workers: list[FakeWorker]) -> None:
+    ring = KeyRing.ephemeral("rsa")
+    s = settings([w.url for w in workers])
+    s = replace(s, signing=replace(s.signing, threads=2))
+    async with router_client(s, keyring=ring) as (client, ctx):
+        assert ctx.sign_pool is not None
+        await until(lambda: ready_count(ctx) == 2)
+        answers = await asyncio.gather(*(
+            post_route(client, {"endpoint": "demo", "api_key": DEV_KEY, "cost": 10 + i})
+            for i in range(16)))
+    vk = ring.signer.verify_key
+    for i, (status, t, _) in enumerate(answers):
+        assert status == 200 and t["cost"] == 10 + i
+        assert vk.verify(canonical(t), base64.b64decode(t["signature"]))
+    assert len({(t["url"], t["reqnum"]) for _, t, _ in answers}) == 16

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, Settings
+from router.config import ConfigError, Settings, SigningSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,3 +85,27 @@ def test_bad_settings_name_themselves(tmp_path: Path, toml: str, env: dict[str, 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config file .*nope\.toml"):
         Settings.from_toml(tmp_path / "nope.toml", env={})
+
+
+@pytest.mark.parametrize(("algorithm", "threads", "cpus", "expected"), [
+    ("rsa", None, 1, 0),       # one CPU: a thread hop only adds cost
+    ("rsa", None, 2, 2),       # RSA releases the GIL: sign beside the loop
+    ("rsa", None, 16, 4),      # capped: more threads than this only queue
+    ("ed25519", None, 8, 0),   # cheaper than the hop to a thread
+    ("ed25519", 3, 1, 3),      # an explicit setting wins
+    ("rsa", 0, 8, 0),
+])
+def test_sign_threads(algorithm: str, threads: int | None, cpus: int, expected: int) -> None:
+    s = SigningSettings(threads=threads)
+    assert s.sign_threads(algorithm, cpus) == expected  # type: ignore[arg-type]
+
+
+def test_signing_threads_from_toml_and_env(tmp_path: Path) -> None:
+    p = tmp_path / "r.toml"
+    p.write_text("[signing]\nthreads = 2\n")
+    assert Settings.from_toml(p, env={}).signing.threads == 2
+    assert Settings.from_toml(p, env={"ROUTER_SIGNING_THREADS": "0"}).signing.threads == 0
+    assert Settings.from_toml(None, env={}).signing.threads is None
+    p.write_text("[signing]\nthreads = -1\n")
+    with pytest.raises(ConfigError, match=r"signing\.threads"):
+        Settings.from_toml(p, env={})
