@@ -143,13 +143,20 @@ def main() -> int:
     ap.add_argument("--sign-seconds", type=float, default=3.0,
                     help="seconds spent measuring the signing rate before each row")
     ap.add_argument("--markdown", action="store_true", help="print a RESULTS.md table")
+    ap.add_argument("--router-cpus", default="0", metavar="LIST",
+                    help="CPUs the router may run on, e.g. 0 or 0,1 (default 0); wrk, the "
+                         "worker and Redis run on the others, or on all when none is left")
+    ap.add_argument("--sign-threads", type=int, default=None, metavar="N",
+                    help="signing.threads for the router (default: its auto rule)")
+    ap.add_argument("--only", choices=("rsa", "ed25519"), default=None,
+                    help="run one algorithm's rows")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is required: apt-get install -y wrk", file=sys.stderr)
         return 2
     ncpu = os.cpu_count() or 1
-    router_cpus = {0}
-    other_cpus = set(range(1, ncpu)) or {0}
+    router_cpus = {int(c) for c in args.router_cpus.split(",")}
+    other_cpus = set(range(ncpu)) - router_cpus or set(range(ncpu))
     rates: dict[str, list[float]] = {"rsa": [], "ed25519": []}
 
     redis_bin = shutil.which("redis-server")
@@ -173,10 +180,10 @@ def main() -> int:
                 print("redis-server not found: skipping the Redis rows", file=sys.stderr)
             wait_http(f"http://127.0.0.1:{worker_port}/livez")
             for store in ("memory", "redis") if redis_bin else ("memory",):
-                for alg in ("rsa", "ed25519"):
+                for alg in (args.only,) if args.only else ("rsa", "ed25519"):
                     # The ceiling is measured on the router's CPU right before each row:
                     # this shared machine drifts, so only adjacent figures compare well.
-                    os.sched_setaffinity(0, router_cpus)
+                    os.sched_setaffinity(0, {min(router_cpus)})
                     rate = signing_rate(alg, args.sign_seconds)
                     os.sched_setaffinity(0, set(range(ncpu)))
                     rates[alg].append(rate)
@@ -213,6 +220,8 @@ url = "http://127.0.0.1:{worker_port}"
 perf = 1000
 """)
     argv = [sys.executable, "-m", "router", "serve", "--config", str(cfg)]
+    if args.sign_threads is not None:
+        os.environ["ROUTER_SIGNING_THREADS"] = str(args.sign_threads)
     with process(argv, router_cpus):
         wait_http(f"http://127.0.0.1:{port}/route", want='"url"', data=BODY.encode())
         run_wrk(f"http://127.0.0.1:{port}/route", 2, args.connections, other_cpus, script)
@@ -230,7 +239,8 @@ def print_table(rows: list[dict[str, object]], rates: dict[str, list[float]],
                 args: argparse.Namespace) -> None:
     print(f"\n/route bench, {date.today()}, {os.cpu_count()} CPUs ({cpu_model()}), "
           f"python {platform.python_version()}, wrk -c {args.connections} "
-          f"-d {args.duration}s; router pinned to CPU 0")
+          f"-d {args.duration}s; router on CPU(s) {args.router_cpus}, signing.threads "
+          f"{'auto' if args.sign_threads is None else args.sign_threads}")
     for alg, label in (("rsa", "RSA-2048"), ("ed25519", "Ed25519")):
         print(f"single-core signing rate {label}: "
               + ", ".join(f"{r:.0f}/s" for r in rates[alg]) + " (measured before each row)")
