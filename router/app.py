@@ -145,7 +145,10 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Appl
     async def client(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         # auto_decompress off: proxied bodies pass through byte for byte, encoding and all.
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        # No cookie jar: one session serves every client, and a cookie a worker set for
+        # one client must never be sent on another's request (it also saves jar work).
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                         cookie_jar=aiohttp.DummyCookieJar()) as session:
             app[CTX].session = session
             yield
 

@@ -47,6 +47,7 @@ class Upstream:
         app.router.add_post("/die", self.die)
         app.router.add_post("/png", self.png)
         app.router.add_post("/sleep", self.sleep)
+        app.router.add_get("/login", self.login)
         app.router.add_route("*", "/{tail:.*}", self.echo)
         self.server = TestServer(app, host="127.0.0.1")
         await self.server.start_server()
@@ -100,6 +101,11 @@ class Upstream:
 
     async def png(self, request: web.Request) -> web.Response:
         return web.Response(body=PNG, content_type="image/png")
+
+    async def login(self, request: web.Request) -> web.Response:
+        resp = web.json_response({"ok": True})
+        resp.set_cookie("session", "client-one-secret")
+        return resp
 
     async def sleep(self, request: web.Request) -> web.Response:
         await asyncio.sleep(5)
@@ -187,6 +193,23 @@ async def test_stream_chunks_are_not_buffered(ups: list[Upstream]) -> None:
         ups[0].gate.set()
         rest = await asyncio.wait_for(resp.content.read(), 5)
         assert rest == b"data: 0\n\ndata: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
+
+
+async def test_cookies_pass_through_and_never_reach_another_client(ups: list[Upstream]) -> None:
+    # A host name, not an IP: aiohttp's default cookie jar ignores cookies from IPs.
+    s = proxy_settings(ups[:1])
+    named = StaticWorker(ups[0].url.replace("127.0.0.1", "localhost"), perf=100.0)
+    s = replace(s, endpoints=(replace(s.endpoints[0], workers=(named,)), *s.endpoints[1:]))
+    async with router_client(s) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        resp = await client.get("/demo/login", headers=AUTH)
+        assert "client-one-secret" in resp.headers["Set-Cookie"]
+        client.session.cookie_jar.clear()  # the next request comes from someone else
+        assert (await client.post("/demo/echo", headers=AUTH)).status == 200
+        # the router's upstream session must not keep cookies between clients
+        assert "Cookie" not in ups[0].seen[-1]["headers"]
+        resp = await client.post("/demo/echo", headers={**AUTH, "Cookie": "mine=1"})
+        assert ups[0].seen[-1]["headers"]["Cookie"] == "mine=1"
 
 
 async def test_binary_body_passes_through(ups: list[Upstream]) -> None:

@@ -70,7 +70,9 @@ class HttpBackend(Backend):
             # No total or read timeout: a long generation is normal, and a client that
             # stops waiting hangs up, which cancels the request.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
-            auto_decompress=False)
+            auto_decompress=False,
+            # One session relays every client's requests: keep no cookies between them.
+            cookie_jar=aiohttp.DummyCookieJar())
 
     async def close(self) -> None:
         if self._session is not None:
