@@ -48,6 +48,7 @@ class Upstream:
         app.router.add_post("/png", self.png)
         app.router.add_post("/sleep", self.sleep)
         app.router.add_get("/login", self.login)
+        app.router.add_post("/short", self.short)
         app.router.add_route("*", "/{tail:.*}", self.echo)
         self.server = TestServer(app, host="127.0.0.1")
         await self.server.start_server()
@@ -101,6 +102,16 @@ class Upstream:
 
     async def png(self, request: web.Request) -> web.Response:
         return web.Response(body=PNG, content_type="image/png")
+
+    async def short(self, request: web.Request) -> web.StreamResponse:
+        """Promise 1000 bytes, send 10, drop the connection."""
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = 1000
+        await resp.prepare(request)
+        await resp.write(b'{"partial')
+        assert request.transport is not None
+        request.transport.close()
+        return resp
 
     async def login(self, request: web.Request) -> web.Response:
         resp = web.json_response({"ok": True})
@@ -193,6 +204,15 @@ async def test_stream_chunks_are_not_buffered(ups: list[Upstream]) -> None:
         ups[0].gate.set()
         rest = await asyncio.wait_for(resp.content.read(), 5)
         assert rest == b"data: 0\n\ndata: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
+
+
+async def test_truncated_small_answer_is_a_502_not_a_short_body(ups: list[Upstream]) -> None:
+    async with router_client(proxy_settings(ups[:1])) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        resp = await client.post("/demo/short", headers=AUTH)
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "upstream_failed"
+        await until(lambda: _pending(ctx) == 0.0)
 
 
 async def test_cookies_pass_through_and_never_reach_another_client(ups: list[Upstream]) -> None:
