@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from router.state.base import HealthUpdate, Store, StoreUnavailable, reqnum_floor, worker_id
+from router.state.base import HealthUpdate, Issued, Store, StoreUnavailable, reqnum_floor, worker_id
 from router.state.memory import MemoryStore
 from router.state.redis import RedisStore
 from tests.conftest import RedisServer
@@ -199,3 +200,51 @@ async def test_release_forgets_a_finished_ticket(store: Store) -> None:
     w = await store.get_worker(wid)
     assert w is not None and (w.pending_cost, w.pending_requests) == (0.0, 0)
     assert not await store.release("nope", 1)
+
+
+async def test_concurrent_issues_match_one_at_a_time(store: Store) -> None:
+    """A burst (batched into shared EVALSHAs on Redis) picks exactly as serial calls do."""
+    fleets = []
+    for ep in ("serial", "burst"):
+        fleets.append([await ready(store, ep, f"http://127.0.0.1:{i}", perf=perf, max_load=ml)
+                       for i, (perf, ml) in enumerate([(100.0, None), (300.0, None),
+                                                       (100.0, 250.0)], start=1)])
+    now = time.time()
+    costs = [100.0, 30.0, 250.0, 5.0] * 10
+    serial = [await store.issue(fleets[0], "rescore", c, now, 60, 0) for c in costs]
+    burst = await asyncio.gather(*(store.issue(fleets[1], "rescore", c, now, 60, 0)
+                                   for c in costs))
+
+    def picks(got: list[tuple[Issued | None, int]], fleet: list[str]) -> list[int]:
+        return [fleet.index(t.worker_id) if t else -1 for t, _ in got]
+
+    assert picks(burst, fleets[1]) == picks(serial, fleets[0])
+    assert len(set(picks(burst, fleets[1]))) == 3  # every worker got some
+    idxs = [idx for _, idx in burst]
+    assert len(set(idxs)) == len(costs) and min(idxs) > max(idx for _, idx in serial)
+    for wid in fleets[1]:
+        nums = [t.reqnum for t, _ in burst if t is not None and t.worker_id == wid]
+        assert nums == sorted(nums) and len(set(nums)) == len(nums)
+    for a, b in zip(fleets[0], fleets[1], strict=True):
+        wa, wb = await store.get_worker(a), await store.get_worker(b)
+        assert wa and wb and (wa.pending_cost, wa.pending_requests) == (
+            wb.pending_cost, wb.pending_requests)
+
+
+@pytest.mark.redis
+async def test_redis_batches_a_burst_of_issues(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    store = RedisStore(redis_url)
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        wid = await ready(store, "demo", "http://127.0.0.1:1")
+        await admin.config_resetstat()
+        got = await asyncio.gather(*(store.issue([wid], "ordered", 1, time.time(), 60, 0)
+                                     for _ in range(100)))
+        assert len({t.reqnum for t, _ in got if t is not None}) == 100
+        calls = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        assert calls <= 4  # 100 calls in one loop pass: ceil(100 / 64) batches
+    finally:
+        await admin.aclose()
+        await store.close()
