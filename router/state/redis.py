@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -186,19 +187,28 @@ redis.call('HSET', KEYS[1], 'status', 'draining', 'admin_drain', 1)
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: worker hash, pending zset. ARGV: reqnum. Drops one outstanding ticket.
+# Drop finished tickets, one per call of a batch (see _ISSUE on batching).
+# KEYS: (worker hash, pending zset) per call. ARGV: reqnum per call. Returns 1/0 per call.
 _RELEASE = """
-local m = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], ARGV[1])
-if #m == 0 then return 0 end
-redis.call('ZREM', KEYS[2], m[1])
-if redis.call('ZCARD', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[1], 'pending_cost', 0, 'pending_requests', 0)
-else
-  local cost = tonumber(string.match(m[1], '^%d+:([^:]+):'))
-  redis.call('HINCRBYFLOAT', KEYS[1], 'pending_cost', -cost)
-  redis.call('HINCRBY', KEYS[1], 'pending_requests', -1)
+local out = {}
+for j = 1, #ARGV do
+  local wk, pk = KEYS[2 * j - 1], KEYS[2 * j]
+  local m = redis.call('ZRANGEBYSCORE', pk, ARGV[j], ARGV[j])
+  if #m == 0 then
+    out[j] = 0
+  else
+    redis.call('ZREM', pk, m[1])
+    if redis.call('ZCARD', pk) == 0 then
+      redis.call('HSET', wk, 'pending_cost', 0, 'pending_requests', 0)
+    else
+      local cost = tonumber(string.match(m[1], '^%d+:([^:]+):'))
+      redis.call('HINCRBYFLOAT', wk, 'pending_cost', -cost)
+      redis.call('HINCRBY', wk, 'pending_requests', -1)
+    end
+    out[j] = 1
+  end
 end
-return 1
+return out
 """
 
 # KEYS: one lease per worker. ARGV: holder, ttl_ms. Returns the 1-based indexes held.
@@ -223,13 +233,73 @@ _MAX_BATCH = 64  # /route calls per EVALSHA: bounds the script's run time and ar
 
 
 @dataclass(slots=True)
-class _IssueCall:
-    """One queued `issue()`: its candidates, their keys and ARGV slice, and its answer."""
+class _Call:
+    """One queued script call: its KEYS and ARGV slices, and its slice of the answer."""
 
-    candidates: Sequence[str]
     keys: list[str]
     args: list[Any]
-    future: asyncio.Future[tuple[Issued | None, int]]
+    future: asyncio.Future[list[Any]]
+
+
+class _Batcher:
+    """Run the calls of one event-loop pass as one EVALSHA of a batch script.
+
+    The script takes `common` KEYS/ARGV first, then each call's, and answers `width`
+    values per call. A caller cancelled while waiting (its client gone) leaves the batch
+    running: what its call did in Redis stands, as it would have without batching.
+    """
+
+    def __init__(self, script: AsyncScript, width: int, name: str) -> None:
+        self.script, self.width, self.name = script, width, name
+        self._queue: list[_Call] = []
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def call(self, keys: list[str], args: list[Any], common_keys: list[str],
+                   common_args: list[Any]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        call = _Call(keys, args, loop.create_future())
+        self._queue.append(call)
+        if len(self._queue) == 1:
+            self._common = (common_keys, common_args)
+            loop.call_soon(self.flush)
+        elif len(self._queue) >= _MAX_BATCH:
+            self.flush()
+        return await call.future
+
+    def flush(self) -> None:
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        task = asyncio.create_task(self._run(batch, *self._common), name=self.name)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Call], common_keys: list[str],
+                   common_args: list[Any]) -> None:
+        keys, args = list(common_keys), list(common_args)
+        for call in batch:
+            keys += call.keys
+            args += call.args
+        try:
+            res: list[Any] = await self.script(keys=keys, args=args)
+        except BaseException as exc:
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(
+                        StoreUnavailable(f"redis unreachable: {type(exc).__name__}")
+                        if isinstance(exc, _UNREACHABLE) else exc)
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+            return
+        w = self.width
+        for j, call in enumerate(batch):
+            if not call.future.done():
+                call.future.set_result(res[j * w:(j + 1) * w])
+
+    async def close(self) -> None:
+        self.flush()
+        if self._running:
+            await asyncio.wait(self._running)
 
 
 def _unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -286,8 +356,9 @@ class RedisStore(Store):
         self._drain = self.redis.register_script(_DRAIN)
         self._leases = self.redis.register_script(_LEASES)
         self._release = self.redis.register_script(_RELEASE)
-        self._batch: list[_IssueCall] = []  # issue() calls waiting for this loop pass
-        self._batches: set[asyncio.Task[None]] = set()  # EVALSHAs in flight
+        # /route and proxy calls of one loop pass share one EVALSHA (see _ISSUE).
+        self._issues = _Batcher(self._issue, 5, "redis-issue-batch")
+        self._releases = _Batcher(self._release, 1, "redis-release-batch")
 
     @_unavailable
     async def ping(self) -> None:
@@ -367,61 +438,21 @@ class RedisStore(Store):
         self, candidates: Sequence[str], mode: Mode, cost: float, now: float, ttl_s: float,
         request_idx: int,
     ) -> tuple[Issued | None, int]:
-        """Queue the call for this loop pass's batch: one EVALSHA serves them all."""
         k = self.keys
         keys: list[str] = []
         for wid in candidates:
             keys += [k.worker(wid), k.pending(wid)]
-        call = _IssueCall(candidates, keys, [
-            len(candidates), mode, repr(float(cost)), repr(now), repr(ttl_s), request_idx,
-            reqnum_floor(now), int(now * 1000)], asyncio.get_running_loop().create_future())
-        self._batch.append(call)
-        if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
-        elif len(self._batch) >= _MAX_BATCH:
-            self._flush()
-        # A caller cancelled here (client gone) leaves its ticket issued: like any unused
-        # ticket it expires after ttl_s.
-        return await call.future
+        i, reqnum, ridx, load, url = await self._issues.call(
+            keys, [len(candidates), mode, repr(float(cost)), repr(now), repr(ttl_s),
+                   request_idx, reqnum_floor(now), int(now * 1000)],
+            [k.request_idx], [WORKER_TTL_S])
+        if int(i) < 0:
+            return None, int(ridx)
+        return Issued(candidates[int(i)], url, int(reqnum), int(ridx), float(load)), int(ridx)
 
-    def _flush(self) -> None:
-        if not self._batch:
-            return
-        batch, self._batch = self._batch, []
-        task = asyncio.create_task(self._run_batch(batch), name="redis-issue-batch")
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
-
-    async def _run_batch(self, batch: list[_IssueCall]) -> None:
-        keys, args = [self.keys.request_idx], [WORKER_TTL_S]
-        for call in batch:
-            keys += call.keys
-            args += call.args
-        try:
-            res: list[Any] = await self._issue(keys=keys, args=args)
-        except BaseException as exc:
-            for call in batch:
-                if not call.future.done():
-                    call.future.set_exception(
-                        StoreUnavailable(f"redis unreachable: {type(exc).__name__}")
-                        if isinstance(exc, _UNREACHABLE) else exc)
-            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-                raise
-            return
-        for j, call in enumerate(batch):
-            i, reqnum, ridx, load, url = res[5 * j:5 * j + 5]
-            if call.future.done():
-                continue  # the caller went away; its ticket expires unused
-            if int(i) < 0:
-                call.future.set_result((None, int(ridx)))
-            else:
-                call.future.set_result((Issued(call.candidates[int(i)], url, int(reqnum),
-                                               int(ridx), float(load)), int(ridx)))
-
-    @_unavailable
     async def release(self, wid: str, reqnum: int) -> bool:
-        n = await self._release(keys=[self.keys.worker(wid), self.keys.pending(wid)],
-                                args=[reqnum])
+        (n,) = await self._releases.call([self.keys.worker(wid), self.keys.pending(wid)],
+                                         [reqnum], [], [])
         return bool(n)
 
     @_unavailable
@@ -433,7 +464,6 @@ class RedisStore(Store):
         return {wids[int(i) - 1] for i in held}
 
     async def close(self) -> None:
-        self._flush()
-        if self._batches:
-            await asyncio.wait(self._batches)
+        await self._issues.close()
+        await self._releases.close()
         await self.redis.aclose()

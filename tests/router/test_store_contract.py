@@ -169,6 +169,11 @@ async def test_redis_restart_empty_reqnums_keep_increasing(redis_server: RedisSe
             (await store.issue([wid], "ordered", 1, time.time(), 60, 0))[0]
         with pytest.raises(StoreUnavailable):
             await store.ping()
+        # a batch that fails fails each of its callers, none left waiting
+        burst = await asyncio.wait_for(asyncio.gather(
+            *(store.issue([wid], "ordered", 1, time.time(), 60, 0) for _ in range(5)),
+            store.release(wid, last.reqnum), return_exceptions=True), 5)
+        assert all(isinstance(r, StoreUnavailable) for r in burst)
         redis_server.start()  # empty: every counter and worker is gone
         await store.ping()  # the same client reconnects by itself
         wid = await ready(store, "demo", "http://127.0.0.1:1")
@@ -232,7 +237,7 @@ async def test_concurrent_issues_match_one_at_a_time(store: Store) -> None:
 
 
 @pytest.mark.redis
-async def test_redis_batches_a_burst_of_issues(redis_url: str) -> None:
+async def test_redis_batches_bursts_of_issues_and_releases(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
     store = RedisStore(redis_url)
@@ -245,6 +250,13 @@ async def test_redis_batches_a_burst_of_issues(redis_url: str) -> None:
         assert len({t.reqnum for t, _ in got if t is not None}) == 100
         calls = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"]
         assert calls <= 4  # 100 calls in one loop pass: ceil(100 / 64) batches
+        released = await asyncio.gather(*(store.release(wid, t.reqnum)
+                                          for t, _ in got if t is not None))
+        assert all(released)
+        calls = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"] - calls
+        assert calls <= 4
+        w = await store.get_worker(wid)
+        assert w is not None and (w.pending_cost, w.pending_requests) == (0.0, 0)
     finally:
         await admin.aclose()
         await store.close()
