@@ -35,9 +35,9 @@ on /readyz (and /metrics), and hands only the model payload to its backend.
 
 Keys come from the router's /.well-known/jwks.json (fetched in the background until the
 router answers) and/or --pubkey-file. With --register-token (or WORKER_REGISTER_TOKEN)
-the worker registers itself with the router and re-registers every 15 s. On SIGTERM or
-SIGINT it reports draining, refuses new work, lets in-flight requests finish (up to
---grace-s), deregisters and exits 0; a second signal stops waiting.
+the worker registers itself with the router and re-registers every --register-interval-s
+(15 s). On SIGTERM or SIGINT it reports draining, refuses new work, lets in-flight
+requests finish (up to --grace-s), deregisters and exits 0; a second signal stops waiting.
 """
 
 _SHUTDOWN_AFTER_GRACE_S = 1.0  # aiohttp's own wait for connections once grace is over
@@ -108,6 +108,9 @@ def parser() -> argparse.ArgumentParser:
                    metavar="TOKEN",
                    help="worker token to register with the router (default: the "
                    "WORKER_REGISTER_TOKEN environment variable)")
+    p.add_argument("--register-interval-s", type=_positive, default=15.0, metavar="S",
+                   help="re-register this often, so a router whose store lost its state "
+                   "(Redis restarted empty) finds the worker again (default 15)")
     p.add_argument("--perf", type=_positive, metavar="N",
                    help="cost units/s this worker processes, reported to the router "
                    "(default: synthetic --capacity; tgi and openai 1000 tokens/s; required "
@@ -147,6 +150,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         public_url=args.public_url or "", endpoint=args.endpoint,
         router_url=args.router_url, register_token=args.register_token or None,
         perf=args.perf, max_load=args.max_load, max_queue_time_s=args.max_queue_time_s,
+        register_interval_s=args.register_interval_s,
         replay_window=args.replay_window, clock_skew_s=args.clock_skew_s,
         pubkey_file=args.pubkey_file, verify=not args.no_verify, grace_s=args.grace_s,
         ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s, capacity=args.capacity)
