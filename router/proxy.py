@@ -182,8 +182,9 @@ async def forward(request: web.Request, ctx: RouterContext, ep: EndpointSettings
                 if attempt < ep.retries:
                     m.child(m.retries, ep.name, retry.reason).inc()
             finally:
-                if await ctx.store.release(wid, ticket["reqnum"]):
-                    ctx.snapshot.apply_release(wid, cost)
+                where = await ctx.store.release(wid, ticket["reqnum"], cost)
+                if where is not None:
+                    ctx.snapshot.apply_release(wid, cost, where)
         if last is not None:
             resp = last
             return last

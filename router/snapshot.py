@@ -12,7 +12,15 @@ from collections import Counter
 from collections.abc import Iterable
 
 from router.metrics import Metrics
-from router.state.base import STATUSES, HealthUpdate, Issued, Store, StoreUnavailable, WorkerRecord
+from router.state.base import (
+    STATUSES,
+    HealthUpdate,
+    Issued,
+    Released,
+    Store,
+    StoreUnavailable,
+    WorkerRecord,
+)
 
 
 class Snapshot:
@@ -59,11 +67,16 @@ class Snapshot:
             w.pending_cost = issued.load - w.reported_cost
             w.pending_requests += 1
 
-    def apply_release(self, wid: str, cost: float) -> None:
+    def apply_release(self, wid: str, cost: float, where: Released) -> None:
         w = self._by_id.get(wid)
-        if w is not None:
+        if w is None:
+            return
+        if where == "pending":
             w.pending_cost = max(0.0, w.pending_cost - cost)
             w.pending_requests = max(0, w.pending_requests - 1)
+        elif where == "reported":
+            w.reported_cost = max(0.0, w.reported_cost - cost)
+            w.reported_requests = max(0, w.reported_requests - 1)
 
     def apply_health(self, wid: str, u: HealthUpdate) -> None:
         w = self._by_id.get(wid)

@@ -84,6 +84,10 @@ class Issued:
     load: float  # the worker's load after this ticket
 
 
+# Where a finished proxied request's cost was taken from (see Store.release).
+Released = Literal["pending", "reported"] | None
+
+
 @dataclass(frozen=True, slots=True)
 class HealthUpdate:
     """What one health poll decided, written only if the status is still `expected`."""
@@ -144,11 +148,13 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def release(self, wid: str, reqnum: int) -> bool:
-        """Forget an outstanding ticket whose request finished (proxy mode); True if found.
+    async def release(self, wid: str, reqnum: int, cost: float) -> Released:
+        """Take a finished request's cost off its worker's load (proxy mode).
 
-        A ticket the worker already reported seeing is covered by its reported load,
-        which its next health report brings down.
+        "pending": the ticket was still outstanding and is forgotten. "reported": the
+        worker had reported seeing it, so its cost sits in the reported load, which comes
+        down by `cost` until the next report says exactly. None: nothing to release.
+        Call it once per ticket.
         """
 
     @abstractmethod

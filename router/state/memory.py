@@ -11,6 +11,7 @@ from router.balancer import Mode, finalize
 from router.state.base import (
     HealthUpdate,
     Issued,
+    Released,
     Source,
     Store,
     WorkerRecord,
@@ -112,19 +113,24 @@ class MemoryStore(Store):
         w.pending_requests += 1
         return Issued(w.id, w.url, reqnum, request_idx, w.load), request_idx
 
-    async def release(self, wid: str, reqnum: int) -> bool:
+    async def release(self, wid: str, reqnum: int, cost: float) -> Released:
         w, q = self._workers.get(wid), self._pending.get(wid)
-        if w is None or not q:
-            return False
-        for i, (r, cost, _) in enumerate(q):
+        if w is None:
+            return None
+        for i, (r, c, _) in enumerate(q or ()):
             if r == reqnum:
+                assert q is not None
                 del q[i]
-                w.pending_cost -= cost
+                w.pending_cost -= c
                 w.pending_requests -= 1
                 if not q:
                     w.pending_cost, w.pending_requests = 0.0, 0
-                return True
-        return False
+                return "pending"
+        if reqnum <= w.max_reqnum_seen:
+            w.reported_cost = max(0.0, w.reported_cost - cost)
+            w.reported_requests = max(0, w.reported_requests - 1)
+            return "reported"
+        return None
 
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
         now = time.monotonic()

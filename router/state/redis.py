@@ -24,6 +24,7 @@ from router.balancer import Mode
 from router.state.base import (
     HealthUpdate,
     Issued,
+    Released,
     Source,
     Store,
     StoreUnavailable,
@@ -187,25 +188,38 @@ redis.call('HSET', KEYS[1], 'status', 'draining', 'admin_drain', 1)
 return redis.call('HGETALL', KEYS[1])
 """
 
-# Drop finished tickets, one per call of a batch (see _ISSUE on batching).
-# KEYS: (worker hash, pending zset) per call. ARGV: reqnum per call. Returns 1/0 per call.
+# Take finished proxied requests off their workers' load, one per call of a batch (see
+# _ISSUE on batching): drop the outstanding ticket, or, if the worker already reported
+# seeing it, lower the reported load until the next report (see Store.release).
+# KEYS: (worker hash, pending zset) per call. ARGV: (reqnum, cost) per call.
+# Returns per call: 1 pending, 2 reported, 0 nothing.
 _RELEASE = """
 local out = {}
-for j = 1, #ARGV do
+for j = 1, #KEYS / 2 do
   local wk, pk = KEYS[2 * j - 1], KEYS[2 * j]
-  local m = redis.call('ZRANGEBYSCORE', pk, ARGV[j], ARGV[j])
-  if #m == 0 then
-    out[j] = 0
-  else
+  local reqnum, cost = ARGV[2 * j - 1], tonumber(ARGV[2 * j])
+  local m = redis.call('ZRANGEBYSCORE', pk, reqnum, reqnum)
+  if #m > 0 then
     redis.call('ZREM', pk, m[1])
     if redis.call('ZCARD', pk) == 0 then
       redis.call('HSET', wk, 'pending_cost', 0, 'pending_requests', 0)
     else
-      local cost = tonumber(string.match(m[1], '^%d+:([^:]+):'))
-      redis.call('HINCRBYFLOAT', wk, 'pending_cost', -cost)
+      local c = tonumber(string.match(m[1], '^%d+:([^:]+):'))
+      redis.call('HINCRBYFLOAT', wk, 'pending_cost', -c)
       redis.call('HINCRBY', wk, 'pending_requests', -1)
     end
     out[j] = 1
+  else
+    local f = redis.call('HMGET', wk, 'max_reqnum_seen', 'reported_cost', 'reported_requests')
+    if f[1] and tonumber(reqnum) <= tonumber(f[1]) then
+      local rc = math.max(0, (tonumber(f[2]) or 0) - cost)
+      local rr = math.max(0, (tonumber(f[3]) or 0) - 1)
+      redis.call('HSET', wk, 'reported_cost', string.format('%.17g', rc),
+                 'reported_requests', string.format('%d', rr))
+      out[j] = 2
+    else
+      out[j] = 0
+    end
   end
 end
 return out
@@ -229,6 +243,7 @@ return held
 
 
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_RELEASED: tuple[Released, ...] = (None, "pending", "reported")  # by _RELEASE's answer
 _MAX_BATCH = 64  # /route calls per EVALSHA: bounds the script's run time and argument list
 
 
@@ -450,10 +465,10 @@ class RedisStore(Store):
             return None, int(ridx)
         return Issued(candidates[int(i)], url, int(reqnum), int(ridx), float(load)), int(ridx)
 
-    async def release(self, wid: str, reqnum: int) -> bool:
+    async def release(self, wid: str, reqnum: int, cost: float) -> Released:
         (n,) = await self._releases.call([self.keys.worker(wid), self.keys.pending(wid)],
-                                         [reqnum], [], [])
-        return bool(n)
+                                         [reqnum, repr(float(cost))], [], [])
+        return _RELEASED[int(n)]
 
     @_unavailable
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:

@@ -172,7 +172,7 @@ async def test_redis_restart_empty_reqnums_keep_increasing(redis_server: RedisSe
         # a batch that fails fails each of its callers, none left waiting
         burst = await asyncio.wait_for(asyncio.gather(
             *(store.issue([wid], "ordered", 1, time.time(), 60, 0) for _ in range(5)),
-            store.release(wid, last.reqnum), return_exceptions=True), 5)
+            store.release(wid, last.reqnum, 1), return_exceptions=True), 5)
         assert all(isinstance(r, StoreUnavailable) for r in burst)
         redis_server.start()  # empty: every counter and worker is gone
         await store.ping()  # the same client reconnects by itself
@@ -197,14 +197,40 @@ async def test_release_forgets_a_finished_ticket(store: Store) -> None:
     a = (await store.issue([wid], "ordered", 10, now, 60, 0))[0]
     b = (await store.issue([wid], "ordered", 5, now, 60, 0))[0]
     assert a and b
-    assert await store.release(wid, b.reqnum)
-    assert not await store.release(wid, b.reqnum)  # once only
+    assert await store.release(wid, b.reqnum, 5) == "pending"
+    assert await store.release(wid, b.reqnum, 5) is None  # once only
     w = await store.get_worker(wid)
     assert w is not None and (w.pending_cost, w.pending_requests) == (10.0, 1)
-    assert await store.release(wid, a.reqnum)
+    assert await store.release(wid, a.reqnum, 10) == "pending"
     w = await store.get_worker(wid)
     assert w is not None and (w.pending_cost, w.pending_requests) == (0.0, 0)
-    assert not await store.release("nope", 1)
+    assert await store.release("nope", 1, 1) is None
+
+
+async def test_release_of_a_reported_ticket_lowers_the_reported_load(store: Store) -> None:
+    """Proxy mode knows completions: a request finishing between two health reports
+    takes its cost off at once, though the last report had folded its ticket in."""
+    wid = await ready(store, "demo", "http://127.0.0.1:1")
+    now = time.time()
+    a = (await store.issue([wid], "ordered", 30, now, 60, 0))[0]
+    b = (await store.issue([wid], "ordered", 20, now, 60, 0))[0]
+    assert a and b
+    # the worker reports both in flight: their tickets leave the pending list
+    assert await store.record_health(
+        wid, HealthUpdate("ready", "ready", 2, 0, now, (50.0, 2, b.reqnum)))
+    w = await store.get_worker(wid)
+    assert w and (w.pending_cost, w.reported_cost, w.reported_requests) == (0.0, 50.0, 2)
+    assert await store.release(wid, a.reqnum, 30) == "reported"
+    w = await store.get_worker(wid)
+    assert w and (w.reported_cost, w.reported_requests) == (20.0, 1)
+    # a ticket above what the worker reported seeing is not in its reported load
+    c = (await store.issue([wid], "ordered", 7, now, 60, 0))[0]
+    assert c and await store.release(wid, c.reqnum, 7) == "pending"
+    assert await store.release(wid, c.reqnum, 7) is None
+    # never below zero, even when the router's cost estimate exceeds the worker's
+    assert await store.release(wid, b.reqnum, 999) == "reported"
+    w = await store.get_worker(wid)
+    assert w and (w.reported_cost, w.reported_requests) == (0.0, 0)
 
 
 async def test_concurrent_issues_match_one_at_a_time(store: Store) -> None:
@@ -250,7 +276,7 @@ async def test_redis_batches_bursts_of_issues_and_releases(redis_url: str) -> No
         assert len({t.reqnum for t, _ in got if t is not None}) == 100
         calls = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"]
         assert calls <= 4  # 100 calls in one loop pass: ceil(100 / 64) batches
-        released = await asyncio.gather(*(store.release(wid, t.reqnum)
+        released = await asyncio.gather(*(store.release(wid, t.reqnum, 1)
                                           for t, _ in got if t is not None))
         assert all(released)
         calls = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"] - calls
