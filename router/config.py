@@ -76,6 +76,20 @@ class ApiKeySettings:
     endpoints: tuple[str, ...] = ("*",)
     admin: bool = False
     register_workers: bool = False  # a worker token: may register/drain/remove workers
+    # Limits, shared by every replica through the store; None = unlimited. The rate
+    # counts /route and proxied requests; max_concurrent counts proxied requests in
+    # flight (in ticket mode the router never learns when a client's call ends).
+    rate_per_s: float | None = None
+    burst: float | None = None  # requests allowed at once above the rate; default max(1, rate)
+    max_concurrent: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.rate_per_s is not None or self.max_concurrent is not None
+
+    @property
+    def bucket(self) -> float:
+        return self.burst if self.burst is not None else max(1.0, self.rate_per_s or 1.0)
 
     def allows(self, endpoint: str) -> bool:
         return self.admin or "*" in self.endpoints or endpoint in self.endpoints
@@ -349,7 +363,13 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
             endpoints=r.str_list("endpoints", ("*",)),
             admin=r.bool_("admin", False),
             register_workers=r.bool_("register_workers", False),
+            rate_per_s=r.opt_num("rate_per_s"),
+            burst=None if r.data.get("burst") is None else r.num("burst", 1.0, min_=1.0),
+            max_concurrent=None if r.data.get("max_concurrent") is None
+            else r.int_("max_concurrent", 1, min_=1),
         ))
+        if api_keys[-1].burst is not None and api_keys[-1].rate_per_s is None:
+            raise ConfigError(f"{r.name('burst')}: needs rate_per_s")
         r.done()
 
     endpoints: list[EndpointSettings] = []

@@ -50,6 +50,9 @@ class Metrics:
                                ["endpoint", "reason"], registry=r)
         self.health_checks = Counter("router_health_checks_total", "Health polls made.",
                                      ["endpoint", "result"], registry=r)
+        self.limited = Counter("router_limited_total",
+                               "Requests refused by a per-key limit (429).",
+                               ["endpoint", "limit"], registry=r)
         self.store_errors = Counter("router_store_errors_total",
                                     "Store operations that failed (store unreachable).",
                                     registry=r)

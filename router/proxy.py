@@ -25,11 +25,12 @@ import orjson
 from aiohttp import web
 
 from router.auth import key_from_header
-from router.config import RESERVED_NAMES, EndpointSettings
+from router.config import RESERVED_NAMES, ApiKeySettings, EndpointSettings
 from router.context import CTX, RouterContext
 from router.cost import BadCost, estimate
 from router.errors import ApiError, error_response, json_response
 from router.health import PollResult
+from router.limits import check_rate, in_flight_slot
 from router.ticket import issue_ticket, no_worker_body
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     ep = ctx.endpoints.get(name)
     if ep is None or name in RESERVED_NAMES:
         raise ApiError(404, "not_found", f"no endpoint or route named {name!r}")
-    ctx.auth.require_endpoint(key_from_header(request.headers.get("Authorization")), name)
+    key = ctx.auth.require_endpoint(key_from_header(request.headers.get("Authorization")),
+                                    name)
     body = await read_body(request, ep.max_body_bytes)
     parsed = None
     if body and "X-Cost" not in request.headers and request.content_type == "application/json":
@@ -88,7 +90,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         except orjson.JSONDecodeError:
             parsed = None  # the worker answers bad JSON itself
     path = "/" + request.match_info.get("path", "")
-    return await forward(request, ctx, ep, path, body, parsed)
+    return await limited_forward(request, ctx, key, ep, path, body, parsed)
 
 
 async def openai(request: web.Request) -> web.StreamResponse:
@@ -108,10 +110,21 @@ async def openai(request: web.Request) -> web.StreamResponse:
     ep = model_endpoint(ctx, model)
     if ep is None:
         raise ApiError(404, "model_not_found", f"no endpoint serves model {model!r}")
-    ctx.auth.require_endpoint(presented, ep.name)
+    key = ctx.auth.require_endpoint(presented, ep.name)
     if len(body) > ep.max_body_bytes:
         raise ApiError(413, "body_too_large", f"request body over {ep.max_body_bytes} bytes")
-    return await forward(request, ctx, ep, request.path, body, doc)
+    return await limited_forward(request, ctx, key, ep, request.path, body, doc)
+
+
+async def limited_forward(request: web.Request, ctx: RouterContext, key: ApiKeySettings,
+                          ep: EndpointSettings, path: str, body: bytes,
+                          parsed: Any) -> web.StreamResponse:
+    """`forward()` within the key's limits: its rate, and a slot held to the last byte."""
+    if not key.limited:
+        return await forward(request, ctx, ep, path, body, parsed)
+    await check_rate(ctx, key, ep.name)
+    async with in_flight_slot(ctx, key, ep.name, ep.timeout_total_s):
+        return await forward(request, ctx, ep, path, body, parsed)
 
 
 def model_endpoint(ctx: RouterContext, model: str) -> EndpointSettings | None:

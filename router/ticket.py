@@ -15,6 +15,7 @@ from router.auth import key_from_header
 from router.balancer import shortlist
 from router.context import CTX, RouterContext
 from router.errors import ApiError, json_response
+from router.limits import check_rate
 from router.state.base import StoreUnavailable
 
 # The router app's client_max_size: /route and admin bodies. Proxied bodies are read
@@ -85,6 +86,8 @@ async def route(request: web.Request) -> web.Response:
         raise ApiError(404, "unknown_endpoint", f"no endpoint named {endpoint!r}")
     if not key.allows(endpoint):
         raise ApiError(403, "forbidden", f"this API key may not use endpoint {endpoint!r}")
+    if key.limited:
+        await check_rate(ctx, key, endpoint)
     cost = _number(body, "cost", ep.default_cost)
     request_idx = _request_idx(body)
     _number(body, "replay_timeout", 0.0)  # accepted for Vast compatibility; tickets expire

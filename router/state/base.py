@@ -158,6 +158,21 @@ class Store(ABC):
         """
 
     @abstractmethod
+    async def take_rate(self, key_id: str, rate_per_s: float, burst: float, now: float) -> float:
+        """Count one request against a key's rate (GCRA, see `gcra`): 0.0 if allowed,
+        else the seconds until one would be (and nothing is counted)."""
+
+    @abstractmethod
+    async def acquire_slot(self, key_id: str, limit: int, token: str, now: float,
+                           lease_s: float) -> bool:
+        """Hold one of a key's `limit` in-flight slots under `token` until released or
+        `now + lease_s`; False if all are held."""
+
+    @abstractmethod
+    async def release_slot(self, key_id: str, token: str) -> None:
+        """Give back the slot held under `token` (no-op if it is gone)."""
+
+    @abstractmethod
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
         """Take or renew the health-poll lease of each worker; return those `holder` holds."""
 
@@ -168,3 +183,19 @@ class Store(ABC):
 def reqnum_floor(now: float) -> int:
     """Where a missing reqnum counter starts (DESIGN §3.4)."""
     return int(now * 1000) * 1000
+
+
+def gcra(tat: float | None, now: float, rate_per_s: float, burst: float) -> tuple[float, float]:
+    """One request against a GCRA allowance: (new theoretical arrival time, retry after).
+
+    `tat` is the stored theoretical arrival time (None: unused, full allowance). A request
+    is allowed while the allowance is at most `burst - 1` requests ahead of `now`; then
+    retry after is 0.0 and the returned time is one interval later. Otherwise `tat` comes
+    back unchanged with the seconds to wait. The Redis store's script does the same sums.
+    """
+    interval = 1.0 / rate_per_s
+    t = now if tat is None or tat < now else tat
+    ahead = t - now - (burst - 1.0) * interval
+    if ahead > 0:
+        return t, ahead
+    return t + interval, 0.0

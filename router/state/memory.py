@@ -15,6 +15,7 @@ from router.state.base import (
     Source,
     Store,
     WorkerRecord,
+    gcra,
     reqnum_floor,
     worker_id,
 )
@@ -28,6 +29,8 @@ class MemoryStore(Store):
         self._pending: dict[str, deque[tuple[int, float, float]]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._request_idx = 0
+        self._rates: dict[str, float] = {}  # GCRA theoretical arrival time per key
+        self._slots: dict[str, dict[str, float]] = {}  # key -> token -> lease expiry
 
     async def ping(self) -> None:
         return None
@@ -131,6 +134,29 @@ class MemoryStore(Store):
             w.reported_requests = max(0, w.reported_requests - 1)
             return "reported"
         return None
+
+    async def take_rate(self, key_id: str, rate_per_s: float, burst: float, now: float) -> float:
+        tat, retry = gcra(self._rates.get(key_id), now, rate_per_s, burst)
+        if retry == 0.0:
+            self._rates[key_id] = tat
+        return retry
+
+    async def acquire_slot(self, key_id: str, limit: int, token: str, now: float,
+                           lease_s: float) -> bool:
+        held = self._slots.setdefault(key_id, {})
+        for t in [t for t, until in held.items() if until <= now]:
+            del held[t]
+        if len(held) >= limit:
+            return False
+        held[token] = now + lease_s
+        return True
+
+    async def release_slot(self, key_id: str, token: str) -> None:
+        held = self._slots.get(key_id)
+        if held is not None:
+            held.pop(token, None)
+            if not held:
+                del self._slots[key_id]
 
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
         now = time.monotonic()

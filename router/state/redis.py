@@ -225,6 +225,31 @@ end
 return out
 """
 
+# GCRA rate limit, the same sums as base.gcra(). KEYS: rate key. ARGV: now, interval,
+# burst. Returns the seconds to wait as a string ('0' = allowed and counted).
+_RATE = """
+local now, interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local ahead = tat - now - (burst - 1) * interval
+if ahead > 0 then return string.format('%.17g', ahead) end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX',
+           math.max(1, math.ceil((tat - now) * 1000)))
+return '0'
+"""
+
+# In-flight slots of one key. KEYS: slots zset. ARGV: limit, token, now, lease expiry.
+# Drops expired leases, then takes a slot if one is free: 1 taken, 0 all held.
+_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
+local ttl = math.ceil(tonumber(ARGV[4]) - tonumber(ARGV[3])) + 1
+if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
 # KEYS: one lease per worker. ARGV: holder, ttl_ms. Returns the 1-based indexes held.
 _LEASES = """
 local held = {}
@@ -371,6 +396,8 @@ class RedisStore(Store):
         self._drain = self.redis.register_script(_DRAIN)
         self._leases = self.redis.register_script(_LEASES)
         self._release = self.redis.register_script(_RELEASE)
+        self._rate = self.redis.register_script(_RATE)
+        self._slot = self.redis.register_script(_SLOT)
         # /route and proxy calls of one loop pass share one EVALSHA (see _ISSUE).
         self._issues = _Batcher(self._issue, 5, "redis-issue-batch")
         self._releases = _Batcher(self._release, 1, "redis-release-batch")
@@ -469,6 +496,23 @@ class RedisStore(Store):
         (n,) = await self._releases.call([self.keys.worker(wid), self.keys.pending(wid)],
                                          [reqnum, repr(float(cost))], [], [])
         return _RELEASED[int(n)]
+
+    @_unavailable
+    async def take_rate(self, key_id: str, rate_per_s: float, burst: float, now: float) -> float:
+        wait = await self._rate(keys=[self.keys.rate(key_id)],
+                                args=[repr(now), repr(1.0 / rate_per_s), repr(float(burst))])
+        return float(wait)
+
+    @_unavailable
+    async def acquire_slot(self, key_id: str, limit: int, token: str, now: float,
+                           lease_s: float) -> bool:
+        got = await self._slot(keys=[self.keys.slots(key_id)],
+                               args=[limit, token, repr(now), repr(now + lease_s)])
+        return bool(got)
+
+    @_unavailable
+    async def release_slot(self, key_id: str, token: str) -> None:
+        await self.redis.zrem(self.keys.slots(key_id), token)
 
     @_unavailable
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:

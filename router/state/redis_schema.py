@@ -23,6 +23,13 @@ REQUEST_IDX = "ridx"
 # Health-poll lease per worker (SET NX PX): value is the holding replica's id.
 LEASE = "lease:"
 WORKER = "w:"
+# Per API key (by a prefix of its SHA-256, never the key): the GCRA theoretical arrival
+# time of its rate limit, a float of seconds; expires when the allowance is full again.
+RATE = "rate:"
+# Per API key: sorted set of its proxied requests in flight, score = lease expiry. A
+# lease outlives any request (the endpoint's total timeout), so a crashed replica's
+# slots free themselves.
+SLOTS = "slots:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +55,9 @@ class Keys:
 
     def lease(self, wid: str) -> str:
         return f"{self.prefix}{LEASE}{wid}"
+
+    def rate(self, key_id: str) -> str:
+        return f"{self.prefix}{RATE}{key_id}"
+
+    def slots(self, key_id: str) -> str:
+        return f"{self.prefix}{SLOTS}{key_id}"

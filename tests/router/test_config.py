@@ -73,6 +73,12 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
      "endpoints[0].workers[0].url: must be an http(s) URL"),
     ('[[endpoints]]\nname = "a"\n[endpoints.health]\ninterval_s = 0', {},
      "endpoints[0].health.interval_s: must be > 0"),
+    ('[[api_keys]]\nkey = "k"\nrate_per_s = 0', {}, "api_keys[0].rate_per_s: must be > 0"),
+    ('[[api_keys]]\nkey = "k"\nburst = 5', {}, "api_keys[0].burst: needs rate_per_s"),
+    ('[[api_keys]]\nkey = "k"\nrate_per_s = 1\nburst = 0.5', {},
+     "api_keys[0].burst: must be >= 1"),
+    ('[[api_keys]]\nkey = "k"\nmax_concurrent = 0', {},
+     "api_keys[0].max_concurrent: must be between 1"),
     ('[server]\nprot = 1', {}, "server.prot: unknown setting"),
     ("[server\n", {}, "invalid TOML"),
 ])
@@ -109,3 +115,14 @@ def test_signing_threads_from_toml_and_env(tmp_path: Path) -> None:
     p.write_text("[signing]\nthreads = -1\n")
     with pytest.raises(ConfigError, match=r"signing\.threads"):
         Settings.from_toml(p, env={})
+
+
+def test_api_key_limits(tmp_path: Path) -> None:
+    s = Settings.from_toml(write(tmp_path, '[[api_keys]]\nkey = "a"\nrate_per_s = 2.5\n'
+                                 'max_concurrent = 4\n[[api_keys]]\nkey = "b"\n'
+                                 'rate_per_s = 10\nburst = 40\n[[api_keys]]\nkey = "c"\n'),
+                           env={})
+    a, b, c = s.api_keys
+    assert (a.rate_per_s, a.bucket, a.max_concurrent, a.limited) == (2.5, 2.5, 4, True)
+    assert (b.bucket, b.max_concurrent) == (40.0, None)
+    assert not c.limited and c.rate_per_s is None

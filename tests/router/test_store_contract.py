@@ -286,3 +286,30 @@ async def test_redis_batches_bursts_of_issues_and_releases(redis_url: str) -> No
     finally:
         await admin.aclose()
         await store.close()
+
+
+async def test_rate_limit_allows_a_burst_then_the_rate(store: Store) -> None:
+    now = 1000.0
+    assert [await store.take_rate("k1", 2.0, 3.0, now) for _ in range(3)] == [0.0] * 3
+    wait = await store.take_rate("k1", 2.0, 3.0, now)
+    assert wait == pytest.approx(0.5)  # one request per 0.5 s once the burst is spent
+    assert await store.take_rate("k1", 2.0, 3.0, now + 0.25) == pytest.approx(0.25)
+    assert await store.take_rate("k1", 2.0, 3.0, now + 0.5) == 0.0
+    assert await store.take_rate("k1", 2.0, 3.0, now + 0.5) > 0
+    assert await store.take_rate("k2", 2.0, 3.0, now) == 0.0  # keys are independent
+    # a refused request is not counted: after 1.5 s idle, the burst is back in full
+    assert [await store.take_rate("k1", 2.0, 3.0, now + 2.0) for _ in range(3)] == [0.0] * 3
+
+
+async def test_in_flight_slots_are_bounded_released_and_leased(store: Store) -> None:
+    now = 1000.0
+    assert await store.acquire_slot("k", 2, "a", now, 60)
+    assert await store.acquire_slot("k", 2, "b", now, 60)
+    assert not await store.acquire_slot("k", 2, "c", now, 60)
+    await store.release_slot("k", "a")
+    await store.release_slot("k", "a")  # twice is harmless
+    assert await store.acquire_slot("k", 2, "c", now, 60)
+    assert not await store.acquire_slot("k", 2, "d", now + 59, 60)
+    # a holder that never released (its replica died): the lease frees the slot
+    assert await store.acquire_slot("k", 2, "d", now + 61, 60)
+    assert await store.acquire_slot("other", 1, "x", now, 60)
