@@ -105,8 +105,12 @@ def _router_url(settings: Settings) -> str:
     return f"http://{host}:{settings.server.port}"
 
 
-def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Application:
-    """The router app; `keyring` overrides the configured keys (tests, benchmarks)."""
+def build_app(settings: Settings, *, keyring: KeyRing | None = None,
+              spawn_workers: bool = True) -> web.Application:
+    """The router app; `keyring` overrides the configured keys (tests, benchmarks).
+
+    `spawn_workers` False: leave `[[endpoints.spawn]]` workers to another process.
+    """
     app = web.Application(middlewares=[error_middleware],
                           client_max_size=ticket.MAX_JSON_BODY_BYTES)
     app[SPAWNED] = []
@@ -153,7 +157,7 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None) -> web.Appl
             yield
 
     async def spawn(app: web.Application) -> AsyncIterator[None]:
-        spawned = plan(list(settings.endpoints))
+        spawned = plan(list(settings.endpoints)) if spawn_workers else []
         if not spawned:
             yield
             return
@@ -222,7 +226,8 @@ async def readyz(request: web.Request) -> web.Response:
     except StoreUnavailable as exc:
         return json_response({"ready": False, "reason": f"store unreachable: {exc}"}, 503)
     return json_response({"ready": True, "store": ctx.settings.store.backend,
-                          "key_id": ctx.keyring.kid})
+                          "key_id": ctx.keyring.kid, "replica": ctx.replica_id,
+                          "pid": os.getpid()})
 
 
 async def metrics(request: web.Request) -> web.Response:

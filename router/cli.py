@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
-from router.config import ConfigError, Settings
+from router.config import ConfigError, Settings, check_processes
 from router.signing import SigningKeyError, write_private_key
 
 log = logging.getLogger("router")
@@ -24,7 +27,14 @@ Every setting can also come from the environment: ROUTER_SERVER_PORT=9000,
 ROUTER_STORE_BACKEND=redis, ROUTER_STORE_REDIS_URL=redis://..., ROUTER_SIGNING_ALGORITHM,
 ROUTER_SIGNING_KEY_FILES=a.pem,b.pem, ROUTER_LOG_LEVEL, ROUTER_API_KEY / ROUTER_ADMIN_KEY
 (one extra key). See configs/router.example.toml for every setting.
+
+To use several cores, `serve --processes N` runs N router processes on one port
+(SO_REUSEPORT) that share the Redis store; it needs store.backend = "redis",
+signing.key_files and [[api_keys]], so that every process signs with the same keys.
 """
+
+# Set by `serve --processes N` in each child: its index (0 starts any spawned workers).
+_CHILD_ENV = "ROUTER_PROCESS_INDEX"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                        help="override log_level")
+    serve.add_argument("--processes", type=int, metavar="N",
+                       help="override server.processes: N processes on one port "
+                       "(SO_REUSEPORT), all on the Redis store (default 1)")
     keygen = sub.add_parser("keygen", help="write a new signing key (PEM, mode 0600)",
                             description="Write a new private signing key. Add its path to "
                             "signing.key_files (newest last) to rotate keys.")
@@ -49,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     if args.command == "keygen":
         try:
@@ -70,9 +84,55 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    child = os.environ.get(_CHILD_ENV)
+    tag = f" [p{child}]" if child is not None else ""
     logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return serve(settings)
+                        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
+    if settings.server.processes > 1 and child is None:
+        return supervise(settings, argv)
+    return serve(settings, index=int(child) if child is not None else 0)
+
+
+def supervise(settings: Settings, argv: list[str]) -> int:
+    """Run `server.processes` copies of this command as children; stop with them.
+
+    Signals are forwarded once (the children have their own session, so a terminal's
+    Ctrl-C does not reach them twice). If a child exits unbidden the others are stopped
+    and the exit code is that child's.
+    """
+    n = settings.server.processes
+    cmd = [sys.executable, "-m", "router", *argv]
+    children = [subprocess.Popen(cmd, env={**os.environ, _CHILD_ENV: str(i)},
+                                 start_new_session=True) for i in range(n)]
+    log.info("serving on port %d with %d processes (pids %s)", settings.server.port, n,
+             ", ".join(str(c.pid) for c in children))
+    stopping = False
+
+    def stop(sig: int, _frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    rc = 0
+    running = {c.pid: c for c in children}
+    while running:
+        pid, status = os.wait()
+        child = running.pop(pid, None)
+        if child is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        child.returncode = code
+        if not stopping:
+            log.error("router process %d exited with %d; stopping the others", pid, code)
+            rc = code or 1
+            stop(signal.SIGTERM)
+        elif code != 0 and rc == 0:
+            rc = code if code > 0 else 1
+    return rc
 
 
 def _override(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -85,13 +145,20 @@ def _override(settings: Settings, args: argparse.Namespace) -> Settings:
         if not 0 <= args.port <= 65535:
             raise ConfigError("--port: must be between 0 and 65535")
         server = replace(server, port=args.port)
+    if args.processes is not None:
+        if not 1 <= args.processes <= 64:
+            raise ConfigError("--processes: must be between 1 and 64")
+        server = replace(server, processes=args.processes)
     if any(ep.spawn for ep in settings.endpoints) and server.port == 0:
         raise ConfigError("server.port: must be fixed (not 0) when endpoints spawn workers")
     level = args.log_level or settings.log_level
-    return replace(settings, server=server, log_level=level)
+    settings = replace(settings, server=server, log_level=level)
+    check_processes(settings)
+    return settings
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, index: int = 0) -> int:
+    """Serve until a signal; `index` > 0: a child of `--processes` beside child 0."""
     from aiohttp import web
 
     from router.app import build_app
@@ -104,7 +171,8 @@ def serve(settings: Settings) -> int:
     except ImportError:
         log.info("uvloop not installed; using the default event loop")
     try:
-        app = build_app(settings)
+        # spawned demo workers belong to child 0 only: the others would start them again
+        app = build_app(settings, spawn_workers=index == 0)
         log.info("starting router on http://%s:%d (store: %s; endpoints: %s)",
                  settings.server.host, settings.server.port, settings.store.backend,
                  ", ".join(e.name for e in settings.endpoints) or "none")
@@ -112,7 +180,9 @@ def serve(settings: Settings) -> int:
                     access_log=None, print=None, shutdown_timeout=settings.server.shutdown_grace_s,
                     # a client hanging up cancels its handler, so a proxied upstream
                     # request is dropped at once and its load released
-                    handler_cancellation=True)
+                    handler_cancellation=True,
+                    # several processes accept on one port, the kernel spreads connections
+                    reuse_port=settings.server.processes > 1 or None)
     except SigningKeyError as exc:
         print(f"config error: signing.key_files: {exc}", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     shutdown_grace_s: float = 30.0
+    processes: int = 1  # router processes sharing the port (SO_REUSEPORT); > 1 needs Redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +326,7 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
         host=s.str_("host", "127.0.0.1"),
         port=s.int_("port", 8080, min_=0, max_=65535),
         shutdown_grace_s=s.num("shutdown_grace_s", 30.0),
+        processes=s.int_("processes", 1, min_=1, max_=64),
     )
     s.done()
 
@@ -381,7 +383,28 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
             raise ConfigError(f"endpoints: duplicate endpoint name {n!r}")
     level = top.choice("log_level", "info", ("debug", "info", "warning", "error"))
     top.done()
-    return Settings(server, store, signing, tuple(api_keys), tuple(endpoints), level)
+    settings = Settings(server, store, signing, tuple(api_keys), tuple(endpoints), level)
+    check_processes(settings)
+    return settings
+
+
+def check_processes(settings: Settings) -> None:
+    """Several processes must share everything a client can tell apart: state, keys."""
+    if settings.server.processes == 1:
+        return
+    n = settings.server.processes
+    if settings.store.backend != "redis":
+        raise ConfigError(f"server.processes: {n} processes need store.backend = \"redis\" "
+                          "(with the memory store each would have its own workers and "
+                          "reqnums); use 1")
+    if not settings.signing.key_files:
+        raise ConfigError("server.processes: several processes need signing.key_files "
+                          "(each would make its own ephemeral key)")
+    if not settings.api_keys:
+        raise ConfigError("server.processes: several processes need [[api_keys]] (each "
+                          "would make its own admin key)")
+    if settings.server.port == 0:
+        raise ConfigError("server.port: must be fixed (not 0) with several processes")
 
 
 def _endpoint(r: _Reader) -> EndpointSettings:

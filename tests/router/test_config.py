@@ -79,6 +79,10 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
      "api_keys[0].burst: must be >= 1"),
     ('[[api_keys]]\nkey = "k"\nmax_concurrent = 0', {},
      "api_keys[0].max_concurrent: must be between 1"),
+    ('[server]\nprocesses = 2', {}, 'server.processes: 2 processes need store.backend'),
+    ('[server]\nprocesses = 0', {}, "server.processes: must be between 1 and 64"),
+    ('[server]\nprocesses = 2\n[store]\nbackend = "redis"', {},
+     "server.processes: several processes need signing.key_files"),
     ('[server]\nprot = 1', {}, "server.prot: unknown setting"),
     ("[server\n", {}, "invalid TOML"),
 ])
