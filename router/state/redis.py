@@ -380,12 +380,16 @@ def _pairs(flat: list[str]) -> dict[str, str]:
 class RedisStore(Store):
     def __init__(self, url: str, *, prefix: str = "ir:", timeout_s: float = 0.5,
                  max_connections: int = 64) -> None:
-        # A bounded pool and no retries: when Redis stalls, requests fail fast (503)
-        # instead of queueing unbounded connections and coroutines behind it.
+        # A bounded pool, and no retry on a timeout: when Redis stalls, requests fail
+        # fast (503) instead of queueing connections and coroutines behind it. One retry
+        # on a broken connection: after Redis restarts, every pooled connection is dead,
+        # and each would otherwise fail the first request to pick it up, minutes later.
+        # (Were the link to break after a script was sent, a retry could run it twice:
+        # an unused ticket, which expires, or a rate count too many, once.)
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=timeout_s, decode_responses=True,
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self.redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self.keys = Keys(prefix)

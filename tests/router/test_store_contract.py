@@ -313,3 +313,21 @@ async def test_in_flight_slots_are_bounded_released_and_leased(store: Store) -> 
     # a holder that never released (its replica died): the lease frees the slot
     assert await store.acquire_slot("k", 2, "d", now + 61, 60)
     assert await store.acquire_slot("other", 1, "x", now, 60)
+
+
+@pytest.mark.redis
+async def test_redis_restart_leaves_no_stale_connection_behind(redis_server: RedisServer,
+                                                              redis_url: str) -> None:
+    """Pooled connections from before a restart are dead; none may fail a request after."""
+    store = RedisStore(redis_url)
+    try:
+        wid = await ready(store, "demo", "http://127.0.0.1:1")
+        # fill the pool: concurrent calls each hold a connection
+        await asyncio.gather(*(store.get_worker(wid) for _ in range(12)))
+        await asyncio.gather(*(store.take_rate(f"k{i}", 1, 1, time.time()) for i in range(12)))
+        redis_server.restart_empty()
+        for _ in range(30):  # sequential: each may pick a connection idle since the restart
+            await store.get_worker(wid)
+            await store.take_rate("k", 1000, 1000, time.time())
+    finally:
+        await store.close()
