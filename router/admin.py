@@ -64,7 +64,9 @@ async def list_workers(request: web.Request) -> web.Response:
 async def _target(request: web.Request, ctx: RouterContext) -> WorkerRecord:
     wid = request.match_info["worker_id"]
     presented = key_from_header(request.headers.get("Authorization"))
-    ctx.auth.lookup(presented)  # 401 before revealing whether the worker exists
+    # 401/403 before saying whether the worker exists: only keys that may manage some
+    # worker learn that; a worker token then only for its own endpoints
+    ctx.auth.require_registrar(presented, None)
     w = await ctx.store.get_worker(wid)
     if w is None:
         raise ApiError(404, "unknown_worker", f"no worker with id {wid!r}")

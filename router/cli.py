@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from router.config import ConfigError, Settings, check_processes
+from router.logs import configure as configure_logging
 from router.signing import SigningKeyError, write_private_key
 
 log = logging.getLogger("router")
@@ -86,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     child = os.environ.get(_CHILD_ENV)
     tag = f" [p{child}]" if child is not None else ""
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
+    configure_logging(settings.log_level, tag)
     if settings.server.processes > 1 and child is None:
         return supervise(settings, argv)
     return serve(settings, index=int(child) if child is not None else 0)
@@ -181,6 +181,9 @@ def serve(settings: Settings, index: int = 0) -> int:
                     # a client hanging up cancels its handler, so a proxied upstream
                     # request is dropped at once and its load released
                     handler_cancellation=True,
+                    # closes connections idle this long, and ones whose request headers
+                    # have not all arrived by then (slowloris)
+                    keepalive_timeout=settings.server.request_read_timeout_s,
                     # several processes accept on one port, the kernel spreads connections
                     reuse_port=settings.server.processes > 1 or None)
     except SigningKeyError as exc:

@@ -38,6 +38,9 @@ class ServerSettings:
     port: int = 8080
     shutdown_grace_s: float = 30.0
     processes: int = 1  # router processes sharing the port (SO_REUSEPORT); > 1 needs Redis
+    # A request's headers and body must arrive within this (slow clients hold a
+    # connection and a coroutine each); also how long an idle connection is kept.
+    request_read_timeout_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +330,7 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
         port=s.int_("port", 8080, min_=0, max_=65535),
         shutdown_grace_s=s.num("shutdown_grace_s", 30.0),
         processes=s.int_("processes", 1, min_=1, max_=64),
+        request_read_timeout_s=s.num("request_read_timeout_s", 15.0, positive=True),
     )
     s.done()
 

@@ -6,9 +6,10 @@ trace. Unexpected exceptions are logged once with their traceback and answered 5
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -19,6 +20,7 @@ from router.state.base import StoreUnavailable
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -32,6 +34,19 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
         self.extra = extra
+
+
+async def read_within(request: web.Request, coro: Awaitable[T]) -> T:
+    """Await a read of the request body, or 408 if the client is too slow to send it."""
+    from router.context import CTX
+
+    timeout_s = request.app[CTX].settings.server.request_read_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await coro
+    except TimeoutError:
+        raise ApiError(408, "request_timeout",
+                       f"the request body did not arrive within {timeout_s:g} s") from None
 
 
 def json_response(body: Any, status: int = 200,

@@ -28,7 +28,7 @@ from router.auth import key_from_header
 from router.config import RESERVED_NAMES, ApiKeySettings, EndpointSettings
 from router.context import CTX, RouterContext
 from router.cost import BadCost, estimate
-from router.errors import ApiError, error_response, json_response
+from router.errors import ApiError, error_response, json_response, read_within
 from router.health import PollResult
 from router.limits import check_rate, in_flight_slot
 from router.ticket import issue_ticket, no_worker_body
@@ -61,6 +61,10 @@ class _Retry(Exception):
 async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
+    return await read_within(request, _read_capped(request, limit))
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes:
     body = bytearray()
     while chunk := await request.content.read(65536):
         body += chunk

@@ -14,7 +14,7 @@ from aiohttp import web
 from router.auth import key_from_header
 from router.balancer import shortlist
 from router.context import CTX, RouterContext
-from router.errors import ApiError, json_response
+from router.errors import ApiError, json_response, read_within
 from router.limits import check_rate
 from router.state.base import StoreUnavailable
 
@@ -30,7 +30,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
     try:
-        raw = await request.read()  # capped by the app's client_max_size
+        raw = await read_within(request, request.read())  # capped by client_max_size
     except web.HTTPRequestEntityTooLarge as exc:
         raise ApiError(413, "body_too_large", f"request body over {limit} bytes") from exc
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from router.logs import configure as configure_logging
 from router.signing import SigningKeyError
 from workers.app import STATE, build_app
 from workers.backends import Backend
@@ -173,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             load_pubkey_file(settings.pubkey_file)
         except SigningKeyError as exc:
             p.error(f"--pubkey-file: {exc}")
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     if not settings.verify:
         log.warning("--no-verify: tickets are not checked; this worker serves anyone who "
                     "can reach %s", settings.public_url)
