@@ -40,7 +40,8 @@ _ROUTE = _op("Pick a worker and get a signed ticket (ticket mode)", tag="ticket"
                  "200": "A ticket, or (no `url`) the worker status breakdown to poll on",
                  "400": "Bad input", "401": "Missing or invalid API key",
                  "403": "Key not allowed on this endpoint", "404": "Unknown endpoint",
-                 "503": "State store unreachable"})
+                 "408": "Body too slow to arrive", "413": "Body too large",
+                 "429": "Over the key's rate limit", "503": "State store unreachable"})
 _WORKER_ID = [{"name": "worker_id", "in": "path", "required": True,
                "schema": {"type": "string"}}]
 _PROXY_PARAMS = [{"name": "endpoint", "in": "path", "required": True,
@@ -48,9 +49,13 @@ _PROXY_PARAMS = [{"name": "endpoint", "in": "path", "required": True,
                  {"name": "path", "in": "path", "required": True,
                   "schema": {"type": "string"}, "description": "worker path, may contain /"}]
 _PROXY_RESPONSES = {"200": "The worker's answer, streamed as it arrives",
-                    "401": "Missing or invalid API key", "404": "Unknown endpoint",
-                    "413": "Body over the endpoint's limit",
-                    "503": "No worker can take the request", "504": "Worker timed out"}
+                    "400": "Bad X-Cost", "401": "Missing or invalid API key",
+                    "403": "Key not allowed on this endpoint", "404": "Unknown endpoint",
+                    "408": "Body too slow to arrive", "413": "Body over the endpoint's limit",
+                    "429": "Over the key's rate or in-flight limit",
+                    "502": "The worker failed", "503": "No worker can take the request",
+                    "504": "Worker timed out",
+                    "default": "Any other status is the worker's own answer, passed through"}
 _OPENAI_BODY = {"type": "object", "required": ["model"],
                 "properties": {"model": {"type": "string"}}}
 
@@ -113,7 +118,9 @@ def document() -> dict[str, Any]:
             "/v1/embeddings": {"post": _op(
                 "OpenAI embeddings, routed by `model`", tag="proxy", body=_OPENAI_BODY,
                 responses={**_PROXY_RESPONSES, "400": "Bad JSON or no model"})},
-            "/v1/models": {"get": _op("Endpoints this key may use, as models", tag="proxy")},
+            "/v1/models": {"get": _op("Endpoints this key may use, as models", tag="proxy",
+                                      responses={"200": "Models",
+                                                 "401": "Missing or invalid API key"})},
             "/{endpoint}/{path}": {op: proxy_op for op in ("get", "post", "put", "delete")},
             "/{endpoint}": {"post": _op("Forward to the worker's `/` (TGI compat route)",
                                         tag="proxy", params=_PROXY_PARAMS[:1],

@@ -1,0 +1,125 @@
+"""Property-based bad input (hypothesis) against real router and worker processes.
+
+Whatever arrives, the answer is a JSON error in the 4xx range or a valid answer: never a
+500, never a stack trace, and the process stays up.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.parse
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.e2e.procs import request, route
+from tests.security.test_hostile_clients import SECRET, Router, router  # noqa: F401
+
+EXAMPLES = 100
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                max_size=4),
+    max_leaves=12)
+route_fields = {"endpoint": st.sampled_from(["demo", "nope", ""]) | json_values,
+                "api_key": st.sampled_from(["dev-key", "wrong"]) | json_values,
+                "cost": st.floats() | json_values, "request_idx": json_values,
+                "session_id": json_values, "replay_timeout": json_values}
+
+
+def dumps(value: Any) -> bytes:
+    """JSON as a client might send it: integers past 64 bits included (orjson refuses)."""
+    return json.dumps(value).encode()
+
+
+def no_server_error(status: int, doc: Any) -> None:
+    assert status < 500 or (isinstance(doc, dict) and doc.get("error", {}).get("code") in {
+        "no_worker", "store_unavailable", "upstream_timeout", "worker_unreachable"}), doc
+    text = doc if isinstance(doc, str) else orjson.dumps(doc).decode()
+    assert "Traceback" not in text and 'File "' not in text
+    if status >= 400:
+        assert isinstance(doc, dict) and isinstance(doc.get("error", {}).get("code"), str), doc
+
+
+@FUZZ
+@given(body=st.fixed_dictionaries({}, optional=route_fields) | json_values)
+def test_route_bodies(router: Router, body: Any) -> None:  # noqa: F811
+    status, doc = request("POST", f"{router.url}/route/", raw=dumps(body))
+    no_server_error(status, doc)
+    assert status in {200, 400, 401, 403, 404}
+
+
+@FUZZ
+@given(raw=st.binary(max_size=300))
+def test_route_raw_bytes(router: Router, raw: bytes) -> None:  # noqa: F811
+    status, doc = request("POST", f"{router.url}/route", raw=raw)
+    no_server_error(status, doc)
+    assert status in {400, 401, 403, 404}
+
+
+header_names = st.from_regex(r"\A[A-Za-z][A-Za-z0-9-]{0,20}\Z")
+header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+
+
+@FUZZ
+@given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
+       endpoint=st.sampled_from(["demo", "nope", "v1", "api"]),
+       path=st.text(max_size=40), query=st.text(max_size=20),
+       headers=st.dictionaries(header_names, header_values, max_size=5),
+       body=st.binary(max_size=200))
+def test_proxy_paths_and_headers(router: Router, method: str, endpoint: str,  # noqa: F811
+                                 path: str, query: str, headers: dict[str, str],
+                                 body: bytes) -> None:
+    url = (f"{router.url}/{endpoint}/{urllib.parse.quote(path, safe='/')}"
+           f"?{urllib.parse.quote(query, safe='=&')}")
+    headers = {k: v for k, v in headers.items()
+               if k.lower() not in {"content-length", "transfer-encoding", "host",
+                                    "connection", "expect"}}
+    status, doc = request(method, url, headers={**headers, "Authorization": f"Bearer {SECRET}"},
+                          raw=body)
+    no_server_error(status, doc)
+
+
+ticket_fields = st.sampled_from(["cost", "endpoint", "expires_at", "key_id", "reqnum",
+                                 "request_idx", "url", "signature", "__request_id"])
+
+
+@FUZZ
+@given(shape=st.sampled_from(["auth_data", "merged", "header"]),
+       changes=st.dictionaries(ticket_fields, json_values, max_size=3),
+       dropped=st.sets(ticket_fields, max_size=2), payload=json_values)
+def test_worker_ticket_shapes(router: Router, shape: str, changes: dict[str, Any],  # noqa: F811
+                              dropped: set[str], payload: Any) -> None:
+    ticket = route(router.url)
+    ticket.update(changes)
+    for f in dropped:
+        ticket.pop(f, None)
+    url, headers = f"{router.worker_url}/generate", {}
+    if shape == "auth_data":
+        body: Any = {"auth_data": ticket, "payload": payload}
+    elif shape == "merged":
+        body = {**ticket, **payload} if isinstance(payload, dict) else ticket
+    else:
+        headers["X-Route-Ticket"] = base64.urlsafe_b64encode(dumps(ticket)).decode()
+        body = payload
+    status, doc = request("POST", url, headers=headers, raw=dumps(body))
+    no_server_error(status, doc)
+    if changes or dropped:
+        # a ticket changed after signing, or missing a field, never gets through
+        unchanged = all(k in {"__request_id"} for k in [*changes, *dropped])
+        if not unchanged:
+            assert status in {400, 401}, (status, doc, changes, dropped)
+
+
+def test_still_serving_after_the_fuzz(router: Router) -> None:  # noqa: F811
+    assert request("GET", f"{router.url}/livez")[0] == 200
+    assert "url" in route(router.url)
+    assert router.proc.proc is not None and router.proc.proc.poll() is None
+    assert "Traceback" not in router.proc.log()
