@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.parse
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -123,3 +125,19 @@ def test_still_serving_after_the_fuzz(router: Router) -> None:  # noqa: F811
     assert "url" in route(router.url)
     assert router.proc.proc is not None and router.proc.proc.poll() is None
     assert "Traceback" not in router.proc.log()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("url", "http://127.0.0.1/" + "x" * 200_000), ("endpoint", "e" * 200_000),
+    ("key_id", "k" * 200_000), ("signature", "A" * 200_000), ("reqnum", 10**40),
+    ("cost", 1e308), ("expires_at", 10**40), ("request_idx", -(10**40)),
+])
+def test_huge_ticket_fields_are_refused_quickly(router: Router, field: str,  # noqa: F811
+                                                value: Any) -> None:
+    ticket = {**route(router.url), field: value}
+    started = time.monotonic()
+    status, doc = request("POST", f"{router.worker_url}/generate",
+                          raw=dumps({"auth_data": ticket, "payload": {"inputs": "x"}}))
+    assert status in {400, 401, 413}, (status, doc)
+    assert isinstance(doc, dict) and doc["error"]["code"]
+    assert time.monotonic() - started < 2.0
