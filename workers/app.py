@@ -53,7 +53,7 @@ class WorkerState:
             static[key.kid] = key
         router_url = settings.router_url if settings.verify else None
         self.keys = KeySource(self.verifier, router_url, static,
-                              settings.jwks_refetch_interval_s)
+                              settings.jwks_refetch_interval_s, settings.jwks_refresh_s)
         self.registrar: Registrar | None = None
         if settings.register_token and settings.router_url:
             self.registrar = Registrar(

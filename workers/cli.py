@@ -125,6 +125,9 @@ def parser() -> argparse.ArgumentParser:
                    help="reqnums accepted out of order below the highest seen (default 1024)")
     p.add_argument("--clock-skew-s", type=_non_negative, default=5.0, metavar="S",
                    help="clock difference allowed when checking ticket expiry (default 5)")
+    p.add_argument("--jwks-refresh-s", type=_non_negative, default=60.0, metavar="S",
+                   help="refetch the router's JWKS this often, so keys it dropped stop "
+                   "verifying (default 60; 0: only when a ticket names an unknown key)")
     p.add_argument("--pubkey-file", type=Path, metavar="PEM",
                    help="router public key PEM, used with or instead of the JWKS")
     p.add_argument("--no-verify", action="store_true",
@@ -151,7 +154,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         public_url=args.public_url or "", endpoint=args.endpoint,
         router_url=args.router_url, register_token=args.register_token or None,
         perf=args.perf, max_load=args.max_load, max_queue_time_s=args.max_queue_time_s,
-        register_interval_s=args.register_interval_s,
+        register_interval_s=args.register_interval_s, jwks_refresh_s=args.jwks_refresh_s,
         replay_window=args.replay_window, clock_skew_s=args.clock_skew_s,
         pubkey_file=args.pubkey_file, verify=not args.no_verify, grace_s=args.grace_s,
         ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s, capacity=args.capacity)

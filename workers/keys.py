@@ -1,7 +1,8 @@
 """The router's public keys on the worker: a PEM file and/or the router's JWKS.
 
 The JWKS is fetched at start by a background task that retries with backoff until the
-router answers (it may start after the worker). A ticket with an unknown `key_id` asks
+router answers (it may start after the worker), then again every `refresh_s`, so a key
+the router dropped from its ring stops verifying here too. A ticket with an unknown `key_id` asks
 for one refetch: at most one per `refetch_interval_s`, and concurrent asks share the
 fetch in flight, so a flood of forged key ids cannot turn into a flood of fetches.
 """
@@ -44,11 +45,13 @@ class KeySource:
     """Keeps `verifier.keys` = the PEM file's key + the router's current JWKS."""
 
     def __init__(self, verifier: TicketVerifier, router_url: str | None,
-                 static_keys: dict[str, VerifyKey], refetch_interval_s: float = 5.0) -> None:
+                 static_keys: dict[str, VerifyKey], refetch_interval_s: float = 5.0,
+                 refresh_s: float = 60.0) -> None:
         self.verifier = verifier
         self.jwks_url = f"{router_url.rstrip('/')}/.well-known/jwks.json" if router_url else None
         self.static_keys = dict(static_keys)
         self.refetch_interval_s = refetch_interval_s
+        self.refresh_s = refresh_s  # 0: fetch once, then only on an unknown key_id
         self.verifier.keys = dict(self.static_keys)
         self._session: aiohttp.ClientSession | None = None
         self._loader: asyncio.Task[None] | None = None
@@ -65,7 +68,7 @@ class KeySource:
         self._session = session
         if self.jwks_url is not None:
             self._loader = asyncio.get_running_loop().create_task(
-                self.load_until_done(), name="worker-jwks-load")
+                self.load_and_refresh(), name="worker-jwks-load")
 
     async def close(self) -> None:
         await cancel_and_wait(self._loader, self._refetch)
@@ -105,6 +108,13 @@ class KeySource:
             raise_if_cancelled()
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    async def load_and_refresh(self) -> None:
+        """Load the keys, then refresh them every `refresh_s` (a failure keeps them)."""
+        await self.load_until_done()
+        while self.refresh_s > 0:
+            await asyncio.sleep(self.refresh_s)
+            await self.fetch_once()
 
     async def refetch(self) -> bool:
         """Refetch for an unknown key_id; True if keys were (re)loaded by this or a shared fetch.

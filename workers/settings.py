@@ -40,6 +40,7 @@ class WorkerSettings:
     grace_s: float = 30.0
     register_interval_s: float = 15.0
     jwks_refetch_interval_s: float = 5.0  # unknown key_id: refetch at most this often
+    jwks_refresh_s: float = 60.0  # refetch the JWKS this often anyway (0: never): revocation
     # synthetic backend
     ttft_ms: float = 50.0
     tokens_per_s: float = 200.0
@@ -73,7 +74,8 @@ class WorkerSettings:
         for name in ("max_queue_time_s", "tokens_per_s", "register_interval_s"):
             if not _positive(getattr(self, name)):
                 raise SettingsError(f"{name}: must be a finite number > 0")
-        for name in ("clock_skew_s", "grace_s", "ttft_ms", "jwks_refetch_interval_s"):
+        for name in ("clock_skew_s", "grace_s", "ttft_ms", "jwks_refetch_interval_s",
+                     "jwks_refresh_s"):
             if not _non_negative(getattr(self, name)):
                 raise SettingsError(f"{name}: must be a finite number >= 0")
         if self.replay_window < 1:

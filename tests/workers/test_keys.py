@@ -177,3 +177,23 @@ async def test_failed_refetch_keeps_the_keys(router: tuple[FakeRouter, str]) -> 
         assert await source.refetch() is False
         assert time.monotonic() - started < 3
         assert set(verifier.keys) == {fake.ring.kid}
+
+
+async def test_refresh_revokes_a_dropped_key_without_any_ticket(
+        router: tuple[FakeRouter, str]) -> None:
+    fake, url = router
+    fake.ring = rotated(fake.ring)  # two keys published: the old one and the new signer
+    old, new = fake.ring.keys[0].kid, fake.ring.kid
+    verifier = TicketVerifier({}, "http://w:1", "demo")
+    source = KeySource(verifier, url, {}, refetch_interval_s=60, refresh_s=0.05)
+    async with aiohttp.ClientSession() as session:
+        source.start(session)
+        async def keys_are(*kids: str) -> bool:
+            return set(verifier.keys) == set(kids)
+
+        try:
+            await until(lambda: keys_are(old, new))
+            fake.ring = KeyRing(fake.ring.keys[1:])  # the router drops the old key
+            await until(lambda: keys_are(new))
+        finally:
+            await source.close()
