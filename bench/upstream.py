@@ -4,7 +4,9 @@
 
 `POST /echo` answers a small JSON body at once; `POST /stream?chunks=256&interval_ms=2`
 sends that many SSE events, one every interval (each carries its send time, so a client
-can measure per-chunk delay); `GET /readyz` is the router's health check.
+can measure per-chunk delay); `GET /readyz` is the router's health check, and so is
+`GET /w/{i}/readyz`: a fleet of virtual workers `http://HOST:PORT/w/{i}` on one port
+(bench/scale_bench.py).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def main() -> None:
     app.router.add_post("/echo", echo)
     app.router.add_post("/stream", stream)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/w/{i}/readyz", readyz)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
 
 

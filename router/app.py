@@ -39,6 +39,10 @@ from router.state.base import Source, worker_id
 log = logging.getLogger(__name__)
 
 SPAWNED = web.AppKey("spawned_workers", list[SpawnedWorker])
+# A snapshot refresh reads every worker: at most this many per second, so 10,000 workers
+# on Redis are re-read every 5 s (the issue step still scores its shortlist with fresh
+# loads), and a tenth as many on the memory store.
+_REFRESH_WORKERS_PER_S = 2000.0
 
 
 def load_keyring(settings: Settings) -> KeyRing:
@@ -83,8 +87,8 @@ async def reconcile(ctx: RouterContext, spawned: list[SpawnedWorker]) -> int:
     their next health check). Returns how many were added.
     """
     added = 0
-    for endpoint, url, perf, max_load, source in configured_workers(ctx.settings, spawned):
-        if ctx.snapshot.get(worker_id(endpoint, url)) is None:
+    for wid, (endpoint, url, perf, max_load, source) in _configured(ctx, spawned):
+        if ctx.snapshot.get(wid) is None:
             record = await ctx.store.upsert_worker(endpoint, url, perf, max_load, source,
                                                    time.time())
             ctx.snapshot.upsert(record)
@@ -92,8 +96,32 @@ async def reconcile(ctx: RouterContext, spawned: list[SpawnedWorker]) -> int:
     return added
 
 
+def _configured(ctx: RouterContext, spawned: list[SpawnedWorker],
+                ) -> list[tuple[str, tuple[str, str, float, float | None, Source]]]:
+    """Configured workers with their ids, computed once: reconcile runs every refresh."""
+    key = len(spawned)
+    if ctx.configured is None or ctx.configured[0] != key:
+        ctx.configured = (key, [(worker_id(w[0], w[1]), w)
+                                for w in configured_workers(ctx.settings, spawned)])
+    return ctx.configured[1]
+
+
 async def refresh_once(ctx: RouterContext, spawned: list[SpawnedWorker]) -> None:
-    """Re-read the store into the snapshot, then re-add configured workers it lacks."""
+    """Re-read the store into the snapshot, then re-add configured workers it lacks.
+
+    The loop ticks every `store.snapshot_interval_s`; a large fleet is re-read less often
+    (a full read costs per worker), and the memory store, which this replica's writes
+    already mirror into the snapshot, about once a second (for expired tickets).
+    """
+    now = time.monotonic()
+    if now < ctx.next_refresh:
+        return
+    n = len(ctx.snapshot.workers())
+    per_s = _REFRESH_WORKERS_PER_S
+    if ctx.settings.store.backend == "memory":
+        per_s = per_s / 10  # nothing else writes to it: only expired tickets to catch up
+    ctx.next_refresh = now + max(ctx.settings.store.snapshot_interval_s, n / per_s,
+                                 1.0 if ctx.settings.store.backend == "memory" else 0.0)
     await ctx.snapshot.refresh()
     await reconcile(ctx, spawned)
 

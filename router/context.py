@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -33,6 +34,10 @@ class RouterContext:
     rng: random.Random = field(default_factory=random.Random)
     tick: int = 0  # round-robin position
     sign_pool: ThreadPoolExecutor | None = None  # None: tickets are signed on the loop
+    next_refresh: float = 0.0  # monotonic time the snapshot is next re-read
+    # (spawned count, [(worker id, configured worker)]): reconcile's list, built once
+    configured: tuple[int, list[tuple[str, tuple[str, str, float, float | None, Any]]]] | \
+        None = None
 
 
 CTX = web.AppKey("router_context", RouterContext)

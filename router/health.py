@@ -17,6 +17,7 @@ from typing import Any, TypeGuard
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from router.config import EndpointSettings, HealthSettings
 from router.loops import repeat
@@ -82,11 +83,13 @@ def _num(v: Any) -> TypeGuard[float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
-async def poll(session: aiohttp.ClientSession, url: str, timeout_s: float) -> PollResult:
-    """GET one worker's health path and classify the answer."""
+async def poll(session: aiohttp.ClientSession, url: str | URL,
+               limit: float | aiohttp.ClientTimeout) -> PollResult:
+    """GET one worker's health path within `limit` (seconds) and classify the answer."""
+    if not isinstance(limit, aiohttp.ClientTimeout):
+        limit = aiohttp.ClientTimeout(total=limit)
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s),
-                               allow_redirects=False) as resp:
+        async with session.get(url, timeout=limit, allow_redirects=False) as resp:
             body = await resp.content.read(65536)
             report, perf, draining = parse_report(body)
             if resp.status == 200 and not draining:
@@ -98,6 +101,14 @@ async def poll(session: aiohttp.ClientSession, url: str, timeout_s: float) -> Po
         return PollResult(False, refused=True, detail=str(exc.os_error or exc))
     except (aiohttp.ClientError, TimeoutError) as exc:
         return PollResult(False, detail=type(exc).__name__)
+
+
+def _phase(wid: str) -> float:
+    """A stable fraction in [-0.5, 0.5) from the worker id (a hex hash already)."""
+    try:
+        return int(wid[:8], 16) / 2**32 - 0.5
+    except ValueError:
+        return 0.0
 
 
 class HealthPoller:
@@ -113,6 +124,10 @@ class HealthPoller:
         self.metrics = metrics
         self._last_poll: dict[str, float] = {}
         self._sem = asyncio.Semaphore(_MAX_CONCURRENT_POLLS)
+        # Parsed once per worker and endpoint: a poll a second per worker adds up.
+        self._urls: dict[str, URL] = {}
+        self._timeouts = {name: aiohttp.ClientTimeout(total=e.health.timeout_s)
+                          for name, e in endpoints.items()}
         self.tick_s = min((e.health.interval_s for e in endpoints.values()), default=1.0)
 
     async def run_once(self, now: float | None = None) -> int:
@@ -126,22 +141,32 @@ class HealthPoller:
         held = await self.store.claim_leases([w.id for w in due], self.holder, self.tick_s * 3)
         mine = [w for w in due if w.id in held]
         for w in mine:
-            self._last_poll[w.id] = now
+            # Polls keep a per-worker phase: after the first (at once, for a quick start)
+            # a fleet registered together is spread over the interval, not polled in
+            # bursts of thousands that stall the loop.
+            first = w.id not in self._last_poll
+            self._last_poll[w.id] = now + (_phase(w.id) * self.endpoints[
+                w.endpoint].health.interval_s * 0.5 if first else 0.0)
         await asyncio.gather(*(self._check(w) for w in mine))
         return len(mine)
 
     async def _check(self, w: WorkerRecord) -> None:
         ep = self.endpoints[w.endpoint]
+        url = self._urls.get(w.id)
+        if url is None:
+            url = self._urls[w.id] = URL(w.url + ep.health_path)
         async with self._sem:
-            result = await poll(self.session, w.url + ep.health_path, ep.health.timeout_s)
+            result = await poll(self.session, url, self._timeouts[w.endpoint])
         now = time.time()
-        self.metrics.health_checks.labels(w.endpoint, "ok" if result.ok else "fail").inc()
+        m = self.metrics
+        m.child(m.health_checks, w.endpoint, "ok" if result.ok else "fail").inc()
         if (not result.ok and w.source != "static"
                 and now - w.last_ok > ep.health.remove_after_s):
             log.warning("removing worker %s (%s): no successful health check for %.0fs",
                         w.id, w.url, now - w.last_ok)
             await self.store.remove_worker(w.id)
             self._last_poll.pop(w.id, None)
+            self._urls.pop(w.id, None)
             return
         await self._apply(w, result, now)
 

@@ -7,7 +7,16 @@ from collections import Counter
 
 import pytest
 
-from router.balancer import Candidate, finalize, fits, rendezvous, shortlist, work_score
+from router.balancer import (
+    SAMPLE,
+    SHORTLIST,
+    Candidate,
+    finalize,
+    fits,
+    rendezvous,
+    shortlist,
+    work_score,
+)
 
 RNG = random.Random(7)
 
@@ -120,3 +129,47 @@ def test_finalize_modes() -> None:
     assert finalize([a, b], 10, "rescore") == 0
     a.max_load = 55
     assert finalize([a, b], 10, "rescore") is None
+
+
+class Counted:
+    """A worker that counts how often a policy looked at it."""
+
+    looks = 0
+    perf, requests, max_load = 100.0, 0, None
+
+    def __init__(self, wid: str, load: float, ready: bool = True) -> None:
+        self.id, self.load, self._ready = wid, load, ready
+
+    @property
+    def ready(self) -> bool:
+        Counted.looks += 1
+        return self._ready
+
+
+def test_large_fleets_are_sampled_so_a_decision_costs_the_same() -> None:
+    rng = random.Random(1)
+    for n in (1_000, 10_000):
+        fleet = [Counted(f"w{i}", load=float(i % 50)) for i in range(n)]
+        Counted.looks = 0
+        ranked, mode = shortlist("least_work", fleet, 10, rng=rng)
+        assert len(ranked) == SHORTLIST and mode == "rescore"
+        assert Counted.looks <= 2 * SAMPLE  # independent of n
+        # the picks are the best of a sample: far better than a random worker's load
+        assert ranked[0].load <= 15  # a random worker is over 15 seven times in ten
+    picks = {shortlist("least_work", fleet, 10, rng=rng)[0][0].id for _ in range(50)}
+    assert len(picks) > 10  # ties and samples spread the choices
+
+
+def test_large_fleet_mostly_down_still_finds_the_ready_worker() -> None:
+    fleet = [Counted(f"w{i}", 0.0, ready=(i == 7_777)) for i in range(10_000)]
+    ranked, _ = shortlist("least_work", fleet, 1, rng=random.Random(0))
+    assert [w.id for w in ranked] == ["w7777"]
+
+
+def test_large_fleet_round_robin_walks_on_without_a_full_scan() -> None:
+    fleet = [Counted(f"w{i}", 0.0, ready=(i % 3 != 0)) for i in range(1_000)]
+    Counted.looks = 0
+    firsts = [shortlist("round_robin", fleet, 1, rng=random.Random(0), tick=t)[0][0].id
+              for t in range(1, 7)]
+    assert firsts == ["w1", "w2", "w4", "w4", "w5", "w7"]
+    assert Counted.looks < 50
