@@ -145,6 +145,9 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--stream-runs", type=int, default=10)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="router processes (serve --processes N); N > 1 runs them on a "
+                    "private redis-server")
     args = ap.parse_args()
     nginx = ensure("nginx", "nginx-light")
     ensure("wrk", "wrk")
@@ -159,11 +162,23 @@ def main() -> int:
                                                           port=ngx_port))
         stack.enter_context(process([nginx, "-c", str(tmp / "nginx.conf"), "-p", str(tmp),
                                      "-g", "daemon off;"]))
+        store = ""
+        if args.processes > 1:
+            from router.signing import write_private_key
+
+            redis_port = free_port()
+            stack.enter_context(process([shutil.which("redis-server") or "redis-server",
+                                         "--port", str(redis_port), "--save", "",
+                                         "--appendonly", "no", "--bind", "127.0.0.1"]))
+            write_private_key(tmp / "k.pem", "ed25519")
+            store = (f'processes = {args.processes}\n[store]\nbackend = "redis"\n'
+                     f'redis_url = "redis://127.0.0.1:{redis_port}/0"\n'
+                     f'[signing]\nkey_files = ["{tmp / "k.pem"}"]\n')
         (tmp / "router.toml").write_text(f"""
 log_level = "info"
 [server]
 port = {router_port}
-[signing]
+{store or '[signing]'}
 algorithm = "ed25519"
 [[api_keys]]
 key = "{KEY}"
@@ -199,7 +214,8 @@ url = "http://127.0.0.1:{up_port}"
 def report(rows: dict[str, dict[str, float]], log: str, args: argparse.Namespace) -> None:
     d, n, r = rows["direct"], rows["nginx"], rows["router"]
     print(f"\nproxy bench, {date.today()}, {os.cpu_count()} CPUs ({cpu_model()}), python "
-          f"{platform.python_version()}; wrk -c {args.connections} -d {args.duration}s, small "
+          f"{platform.python_version()}; router processes: {args.processes}; "
+          f"wrk -c {args.connections} -d {args.duration}s, small "
           f"JSON POST; streams: 256 SSE chunks 2 ms apart, median of {args.stream_runs}\n")
     print("| path | req/s | p50 ms | p99 ms | errors | p50 at 1 conn ms | stream TTFB ms "
           "| chunk gap first 64 ms | chunk gap last 64 ms | stream total ms |")
