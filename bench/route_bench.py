@@ -150,6 +150,9 @@ def main() -> int:
                     help="signing.threads for the router (default: its auto rule)")
     ap.add_argument("--only", choices=("rsa", "ed25519"), default=None,
                     help="run one algorithm's rows")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="router processes (serve --processes N); N > 1 runs the Redis "
+                    "rows only (several processes need a shared store)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is required: apt-get install -y wrk", file=sys.stderr)
@@ -179,7 +182,10 @@ def main() -> int:
             else:
                 print("redis-server not found: skipping the Redis rows", file=sys.stderr)
             wait_http(f"http://127.0.0.1:{worker_port}/livez")
-            for store in ("memory", "redis") if redis_bin else ("memory",):
+            stores = ("memory", "redis") if redis_bin else ("memory",)
+            if args.processes > 1:
+                stores = ("redis",)
+            for store in stores:
                 for alg in (args.only,) if args.only else ("rsa", "ed25519"):
                     # The ceiling is measured on the router's CPU right before each row:
                     # this shared machine drifts, so only adjacent figures compare well.
@@ -205,6 +211,7 @@ def one_row(tmp: Path, alg: str, store: str, worker_port: int, redis_port: int,
 log_level = "warning"
 [server]
 port = {port}
+processes = {args.processes if store == "redis" else 1}
 [store]
 backend = "{store}"
 redis_url = "redis://127.0.0.1:{redis_port}/0"
@@ -239,7 +246,8 @@ def print_table(rows: list[dict[str, object]], rates: dict[str, list[float]],
                 args: argparse.Namespace) -> None:
     print(f"\n/route bench, {date.today()}, {os.cpu_count()} CPUs ({cpu_model()}), "
           f"python {platform.python_version()}, wrk -c {args.connections} "
-          f"-d {args.duration}s; router on CPU(s) {args.router_cpus}, signing.threads "
+          f"-d {args.duration}s; {args.processes} router process(es) on CPU(s) "
+          f"{args.router_cpus}, signing.threads "
           f"{'auto' if args.sign_threads is None else args.sign_threads}")
     for alg, label in (("rsa", "RSA-2048"), ("ed25519", "Ed25519")):
         print(f"single-core signing rate {label}: "
