@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 
 SPAWNED = web.AppKey("spawned_workers", list[SpawnedWorker])
 # A snapshot refresh reads every worker: at most this many per second, so 10,000 workers
-# on Redis are re-read every 5 s (the issue step still scores its shortlist with fresh
-# loads), and a tenth as many on the memory store.
-_REFRESH_WORKERS_PER_S = 2000.0
+# on Redis are re-read every 10 s (the issue step still checks status and scores its
+# shortlist with fresh values), and a tenth as many on the memory store.
+_REFRESH_WORKERS_PER_S = 1000.0
 
 
 def load_keyring(settings: Settings) -> KeyRing:
@@ -120,8 +120,7 @@ async def refresh_once(ctx: RouterContext, spawned: list[SpawnedWorker]) -> None
     per_s = _REFRESH_WORKERS_PER_S
     if ctx.settings.store.backend == "memory":
         per_s = per_s / 10  # nothing else writes to it: only expired tickets to catch up
-    ctx.next_refresh = now + max(ctx.settings.store.snapshot_interval_s, n / per_s,
-                                 1.0 if ctx.settings.store.backend == "memory" else 0.0)
+    ctx.next_refresh = now + max(ctx.settings.store.snapshot_interval_s, n / per_s)
     await ctx.snapshot.refresh()
     await reconcile(ctx, spawned)
 

@@ -28,6 +28,10 @@ from router.state.base import HealthUpdate, Status, Store, WorkerRecord
 log = logging.getLogger(__name__)
 
 _MAX_CONCURRENT_POLLS = 256
+# Health results written to the store at once: under the Redis pool's 64 connections,
+# so a fleet of thousands polled together cannot starve /route of connections (or time
+# out waiting for one and lose the results).
+_MAX_CONCURRENT_WRITES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,7 @@ class HealthPoller:
         self.metrics = metrics
         self._last_poll: dict[str, float] = {}
         self._sem = asyncio.Semaphore(_MAX_CONCURRENT_POLLS)
+        self._writes = asyncio.Semaphore(_MAX_CONCURRENT_WRITES)
         # Parsed once per worker and endpoint: a poll a second per worker adds up.
         self._urls: dict[str, URL] = {}
         self._timeouts = {name: aiohttp.ClientTimeout(total=e.health.timeout_s)
@@ -147,7 +152,15 @@ class HealthPoller:
             first = w.id not in self._last_poll
             self._last_poll[w.id] = now + (_phase(w.id) * self.endpoints[
                 w.endpoint].health.interval_s * 0.5 if first else 0.0)
-        await asyncio.gather(*(self._check(w) for w in mine))
+        results = await asyncio.gather(*(self._check(w) for w in mine), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for r in failed:
+            if not isinstance(r, Exception):
+                raise r  # a cancellation is never swallowed
+        if failed:
+            # their next poll (one interval on) writes again; StoreUnavailable is the usual
+            log.debug("health poll: %d of %d results not written: %r", len(failed),
+                      len(mine), failed[0])
         return len(mine)
 
     async def _check(self, w: WorkerRecord) -> None:
@@ -181,7 +194,9 @@ class HealthPoller:
         if update.status != w.status:
             log.info("worker %s (%s) %s -> %s%s", w.id, w.url, w.status, update.status,
                      f": {result.detail}" if result.detail else "")
-        if await self.store.record_health(w.id, update):
+        async with self._writes:
+            written = await self.store.record_health(w.id, update)
+        if written:
             self.snapshot.apply_health(w.id, update)
 
     async def run_forever(self) -> None:

@@ -270,6 +270,7 @@ return held
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _RELEASED: tuple[Released, ...] = (None, "pending", "reported")  # by _RELEASE's answer
 _MAX_BATCH = 64  # /route calls per EVALSHA: bounds the script's run time and argument list
+_READ_CHUNK = 50  # worker hashes per pipeline when the snapshot re-reads every worker
 
 
 @dataclass(slots=True)
@@ -450,10 +451,14 @@ class RedisStore(Store):
                  for wid in sorted(ids)]
         if not pairs:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _, wid in pairs:
-                pipe.hgetall(k.worker(wid))
-            hashes: list[dict[str, str]] = await pipe.execute()
+        hashes: list[dict[str, str]] = []
+        for i in range(0, len(pairs), _READ_CHUNK):
+            # In chunks: each is one round trip well inside the command timeout, and the
+            # event loop serves requests between them instead of stalling on 10,000.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, wid in pairs[i:i + _READ_CHUNK]:
+                    pipe.hgetall(k.worker(wid))
+                hashes += await pipe.execute()
         out, gone = [], []
         for (ep, wid), h in zip(pairs, hashes, strict=True):
             if h:

@@ -331,3 +331,14 @@ async def test_redis_restart_leaves_no_stale_connection_behind(redis_server: Red
             await store.take_rate("k", 1000, 1000, time.time())
     finally:
         await store.close()
+
+
+async def test_list_workers_returns_a_large_fleet_whole(store: Store) -> None:
+    # many Redis read chunks (50 each), across two endpoints
+    now = time.time()
+    for i in range(600):
+        await store.upsert_worker("a" if i % 2 else "b", f"http://127.0.0.1:1/w/{i}", 100.0,
+                                  None, "static", now)
+    workers = await store.list_workers()
+    assert len(workers) == 600 and len({w.id for w in workers}) == 600
+    assert {w.url for w in workers} == {f"http://127.0.0.1:1/w/{i}" for i in range(600)}
