@@ -211,6 +211,7 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None,
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        poller.prober.close()
 
     app.cleanup_ctx.extend([context, client, spawn, loops])
     app.router.add_post("/route", ticket.route)

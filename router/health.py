@@ -22,6 +22,7 @@ from yarl import URL
 from router.config import EndpointSettings, HealthSettings
 from router.loops import repeat
 from router.metrics import Metrics
+from router.probe import ProbeError, Prober
 from router.snapshot import Snapshot
 from router.state.base import HealthUpdate, Status, Store, WorkerRecord
 
@@ -87,6 +88,24 @@ def _num(v: Any) -> TypeGuard[float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
+def classify(status: int, body: bytes) -> PollResult:
+    """What a health answer says: ready, draining, or failed (with any load report)."""
+    report, perf, draining = parse_report(body)
+    if status == 200 and not draining:
+        return PollResult(True, report=report, perf=perf)
+    if status == 503 and draining:
+        return PollResult(False, draining=True, report=report)
+    return PollResult(False, report=report, detail=f"HTTP {status}")
+
+
+async def probe(prober: Prober, key: str, url: URL, timeout_s: float) -> PollResult:
+    """`poll()` over the prober's kept-alive connection (plain http:// URLs)."""
+    try:
+        return classify(*await prober.get(key, url, timeout_s))
+    except ProbeError as exc:
+        return PollResult(False, refused=exc.refused, detail=str(exc))
+
+
 async def poll(session: aiohttp.ClientSession, url: str | URL,
                limit: float | aiohttp.ClientTimeout) -> PollResult:
     """GET one worker's health path within `limit` (seconds) and classify the answer."""
@@ -94,13 +113,7 @@ async def poll(session: aiohttp.ClientSession, url: str | URL,
         limit = aiohttp.ClientTimeout(total=limit)
     try:
         async with session.get(url, timeout=limit, allow_redirects=False) as resp:
-            body = await resp.content.read(65536)
-            report, perf, draining = parse_report(body)
-            if resp.status == 200 and not draining:
-                return PollResult(True, report=report, perf=perf)
-            if resp.status == 503 and draining:
-                return PollResult(False, draining=True, report=report)
-            return PollResult(False, report=report, detail=f"HTTP {resp.status}")
+            return classify(resp.status, await resp.content.read(65536))
     except aiohttp.ClientConnectorError as exc:
         return PollResult(False, refused=True, detail=str(exc.os_error or exc))
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -129,6 +142,7 @@ class HealthPoller:
         self._last_poll: dict[str, float] = {}
         self._sem = asyncio.Semaphore(_MAX_CONCURRENT_POLLS)
         self._writes = asyncio.Semaphore(_MAX_CONCURRENT_WRITES)
+        self.prober = Prober()
         # Parsed once per worker and endpoint: a poll a second per worker adds up.
         self._urls: dict[str, URL] = {}
         self._timeouts = {name: aiohttp.ClientTimeout(total=e.health.timeout_s)
@@ -169,7 +183,10 @@ class HealthPoller:
         if url is None:
             url = self._urls[w.id] = URL(w.url + ep.health_path)
         async with self._sem:
-            result = await poll(self.session, url, self._timeouts[w.endpoint])
+            if Prober.usable(url):
+                result = await probe(self.prober, w.id, url, ep.health.timeout_s)
+            else:
+                result = await poll(self.session, url, self._timeouts[w.endpoint])
         now = time.time()
         m = self.metrics
         m.child(m.health_checks, w.endpoint, "ok" if result.ok else "fail").inc()
@@ -180,6 +197,7 @@ class HealthPoller:
             await self.store.remove_worker(w.id)
             self._last_poll.pop(w.id, None)
             self._urls.pop(w.id, None)
+            self.prober.forget(w.id)
             return
         await self._apply(w, result, now)
 
