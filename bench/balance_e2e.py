@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.balance_sim import _table  # noqa: E402  (one table renderer for both benches)
 from router.signing import KeyRing, write_private_key  # noqa: E402
 from router.state.base import reqnum_floor  # noqa: E402
 
@@ -456,17 +457,6 @@ def render(doc: dict[str, Any], markdown: bool) -> str:
         parts.append("Ticket mode, least_work (completions learnt from /readyz polls):\n\n"
                      + _table(head, body, markdown, left=2))
     return "\n\n".join(parts)
-
-
-def _table(head: list[str], body: list[list[str]], markdown: bool, left: int = 2) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |",
-                 "|" + "|".join("---" if i < left else "---:" for i in range(len(head))) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(lines)
-    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    fmt = "  ".join(f"{{:{'<' if i < left else '>'}{w}}}" for i, w in enumerate(widths))
-    return "\n".join(fmt.format(*row) for row in [head, *body])
 
 
 def machine() -> str:
