@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from router.config import ConfigError, Settings, check_processes
 from router.logs import configure as configure_logging
@@ -135,6 +137,56 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     return rc
 
 
+def _run(app: Any, settings: Settings) -> None:
+    """Serve `app` until SIGINT or SIGTERM, then shut down within the grace period.
+
+    Like aiohttp's `run_app`, but the listening socket is a `FrontSite`: proxied requests
+    take the fast path (router/front.py), everything else aiohttp's server.
+    """
+    from aiohttp import web
+    from aiohttp.web_runner import GracefulExit
+
+    from router.front import FrontSite
+
+    server = settings.server
+
+    async def main() -> None:
+        runner = web.AppRunner(
+            app, handle_signals=True, access_log=None,
+            shutdown_timeout=server.shutdown_grace_s,
+            # a client hanging up cancels its handler, so a proxied upstream request is
+            # dropped at once and its load released
+            handler_cancellation=True,
+            # closes connections idle this long, and ones whose request headers have not
+            # all arrived by then (slowloris)
+            keepalive_timeout=server.request_read_timeout_s)
+        await runner.setup()
+        try:
+            # several processes accept on one port, the kernel spreads connections
+            site = FrontSite(runner, server.host, server.port,
+                             reuse_port=server.processes > 1, fast=server.fast_proxy,
+                             grace_s=server.shutdown_grace_s)
+            await site.start()
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(main())
+    try:
+        loop.run_until_complete(task)
+    except (GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not task.done():
+            task.cancel()  # runs the runner's cleanup: the graceful part of the shutdown
+            with contextlib.suppress(asyncio.CancelledError, GracefulExit):
+                loop.run_until_complete(task)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
 def _override(settings: Settings, args: argparse.Namespace) -> Settings:
     from dataclasses import replace
 
@@ -159,7 +211,6 @@ def _override(settings: Settings, args: argparse.Namespace) -> Settings:
 
 def serve(settings: Settings, index: int = 0) -> int:
     """Serve until a signal; `index` > 0: a child of `--processes` beside child 0."""
-    from aiohttp import web
 
     from router.app import build_app
     from router.signing import SigningKeyError
@@ -176,16 +227,7 @@ def serve(settings: Settings, index: int = 0) -> int:
         log.info("starting router on http://%s:%d (store: %s; endpoints: %s)",
                  settings.server.host, settings.server.port, settings.store.backend,
                  ", ".join(e.name for e in settings.endpoints) or "none")
-        web.run_app(app, host=settings.server.host, port=settings.server.port,
-                    access_log=None, print=None, shutdown_timeout=settings.server.shutdown_grace_s,
-                    # a client hanging up cancels its handler, so a proxied upstream
-                    # request is dropped at once and its load released
-                    handler_cancellation=True,
-                    # closes connections idle this long, and ones whose request headers
-                    # have not all arrived by then (slowloris)
-                    keepalive_timeout=settings.server.request_read_timeout_s,
-                    # several processes accept on one port, the kernel spreads connections
-                    reuse_port=settings.server.processes > 1 or None)
+        _run(app, settings)
     except SigningKeyError as exc:
         print(f"config error: signing.key_files: {exc}", file=sys.stderr)
         return 2

@@ -41,6 +41,9 @@ class ServerSettings:
     # A request's headers and body must arrive within this (slow clients hold a
     # connection and a coroutine each); also how long an idle connection is kept.
     request_read_timeout_s: float = 15.0
+    # Proxied requests on the hand-written fast path (router/front.py); false: all through
+    # aiohttp, as before it existed.
+    fast_proxy: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +334,7 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
         shutdown_grace_s=s.num("shutdown_grace_s", 30.0),
         processes=s.int_("processes", 1, min_=1, max_=64),
         request_read_timeout_s=s.num("request_read_timeout_s", 15.0, positive=True),
+        fast_proxy=s.bool_("fast_proxy", True),
     )
     s.done()
 

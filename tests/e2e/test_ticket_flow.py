@@ -158,6 +158,8 @@ def test_no_ready_worker_gives_status_breakdown(stack: Stack) -> None:
         w.kill()
     wait_until(lambda: set(statuses(stack.router_url).values()) == {"unhealthy"},
                what="all unhealthy")
+    # /route answers from a snapshot of the store, re-read a few times a second
+    wait_until(lambda: "url" not in route(stack.router_url), what="snapshot")
     doc = route(stack.router_url)
     assert "url" not in doc
     assert doc["status"] == {"ready": 0, "loading": 0, "unhealthy": 2, "draining": 0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -84,11 +85,35 @@ def settings(worker_urls: list[str], *, store: StoreSettings | None = None,
     return Settings(store=store or StoreSettings(), api_keys=keys(), endpoints=(ep, other))
 
 
+class FrontTestServer(TestServer):
+    """A TestServer listening through `FrontSite`, as `router serve` does: proxied requests
+    take the fast path when `server.fast_proxy` is on (the default)."""
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None,
+                           **kwargs: Any) -> None:
+        from yarl import URL
+
+        from router.front import FrontSite
+
+        if self.runner:
+            return
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        sock = self.socket_factory(self.host, self.port or 0, socket.AF_INET)
+        settings = self.app[CTX].settings.server
+        site = FrontSite(self.runner, sock=sock, fast=settings.fast_proxy, grace_s=2.0)
+        await site.start()
+        self.host, self.port = sock.getsockname()[:2]
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+
 @asynccontextmanager
 async def router_client(s: Settings, keyring: KeyRing | None = None
                         ) -> AsyncIterator[tuple[TestClient[Any, Any], RouterContext]]:
+    """The router in process, served as `router serve` serves it (`FrontSite`)."""
     app = build_app(s, keyring=keyring or KeyRing.ephemeral("ed25519"))
-    client = TestClient(TestServer(app, host="127.0.0.1"))
+    client = TestClient(FrontTestServer(app, host="127.0.0.1"))
     await client.start_server()
     try:
         yield client, app[CTX]

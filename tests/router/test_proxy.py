@@ -136,8 +136,19 @@ async def ups() -> AsyncIterator[list[Upstream]]:
         await u.stop()
 
 
+_FAST = [True]
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["fast", "aiohttp"])
+def fast_path(request: pytest.FixtureRequest) -> bool:
+    """Every proxy test runs on both paths: router/front.py's, and aiohttp's (proxy.py)."""
+    _FAST[0] = request.param
+    return bool(request.param)
+
+
 def proxy_settings(ups: list[Upstream], perfs: tuple[float, ...] = (), **ep: Any) -> Settings:
     s = settings([u.url for u in ups])
+    s = replace(s, server=replace(s.server, fast_proxy=_FAST[0]))
     workers = tuple(StaticWorker(u.url, perf=(perfs[i] if perfs else 100.0))
                     for i, u in enumerate(ups))
     demo = replace(s.endpoints[0], workers=workers, models=("demo-model",), **ep)
