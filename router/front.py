@@ -917,7 +917,7 @@ class FrontSite(web.BaseSite):
 
     __slots__ = ("_fast", "_grace_s", "_host", "_port", "_reuse_port", "_sock", "front")
 
-    def __init__(self, runner: web.AppRunner, host: str | None = None, port: int = 0, *,
+    def __init__(self, runner: web.BaseRunner, host: str | None = None, port: int = 0, *,
                  sock: socket.socket | None = None, reuse_port: bool = False,
                  fast: bool = True, grace_s: float = 30.0) -> None:
         super().__init__(runner)

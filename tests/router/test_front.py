@@ -1,0 +1,279 @@
+"""The fast path's own HTTP handling (router/front.py, router/upstream.py), on raw sockets.
+
+Proxy behaviour (headers, retries, timeouts, streams) is tested on both paths in
+test_proxy.py; these tests cover what only the fast path does: pipelining and the hand-off
+to aiohttp, kept-alive worker connections, chunked and 100-continue request bodies, and
+its read timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from router.config import Settings, StaticWorker
+from router.front import _offset_after
+from tests.router.helpers import DEV_KEY, ready_count, router_client, until
+from tests.router.test_proxy import Upstream, proxy_settings
+
+AUTH = f"Authorization: Bearer {DEV_KEY}\r\n".encode()
+
+
+@pytest.fixture
+async def up() -> AsyncIterator[Upstream]:
+    u = Upstream("a")
+    await u.start()
+    yield u
+    await u.stop()
+
+
+def fast(s: Settings, **server: Any) -> Settings:
+    return replace(s, server=replace(s.server, fast_proxy=True, **server))
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer: status, headers (lower-case names), body (length or chunked)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {k.lower(): v for k, _, v in (ln.partition(": ") for ln in lines[1:] if ln)}
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+        await reader.readexactly(2)
+    else:
+        body = b""
+    return status, headers, body
+
+
+async def shut(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except ConnectionError:
+        pass
+
+
+def post(path: str, body: bytes, extra: bytes = b"") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n").encode() + AUTH + extra + b"\r\n" + body
+
+
+async def test_pipelined_requests_are_answered_in_order_across_the_hand_off(
+        up: Upstream) -> None:
+    async with router_client(fast(proxy_settings([up]))) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        assert client.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        # two proxied requests, one for aiohttp (/livez), then a proxied one again: all in
+        # one write, so the fast path must find where /livez begins to hand it over
+        writer.write(post("/demo/one", b'{"n": 1}') + post("/demo/two", b'{"n": 2}')
+                     + b"GET /livez HTTP/1.1\r\nHost: r\r\n\r\n" + post("/demo/three", b"{}"))
+        answers = [await read_answer(reader) for _ in range(4)]
+        await shut(writer)
+        assert [a[0] for a in answers] == [200, 200, 200, 200]
+        assert [orjson.loads(a[2]).get("path") for a in answers] == [
+            "/one", "/two", None, "/three"]
+        assert orjson.loads(answers[2][2]) == {"status": "ok"}
+        assert [s["body"] for s in up.seen] == [b'{"n": 1}', b'{"n": 2}', b"{}"]
+
+
+def test_offset_after_finds_request_starts() -> None:
+    a = post("/demo/a", b"x" * 10)
+    b = b"GET /livez HTTP/1.1\r\nHost: r\r\n\r\n"
+    raw = a + a + b
+    assert _offset_after(raw, 0) == 0
+    assert _offset_after(raw, 1) == len(a)
+    assert _offset_after(raw, 2) == 2 * len(a)
+
+
+async def test_worker_connections_are_kept_alive_and_reused(up: Upstream) -> None:
+    peers: set[int] = set()
+
+    async def track(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername")[1])
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/readyz", up.readyz)
+    app.router.add_post("/track", track)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        s = proxy_settings([up])
+        s = replace(s, endpoints=(replace(s.endpoints[0], workers=(replace(
+            s.endpoints[0].workers[0], url=str(server.make_url("")).rstrip("/")),)),
+            *s.endpoints[1:]))
+        async with router_client(fast(s)) as (client, ctx):
+            await until(lambda: ready_count(ctx) == 1)
+            for _ in range(20):
+                resp = await client.post("/demo/track", headers={"Authorization":
+                                                                 f"Bearer {DEV_KEY}"})
+                assert resp.status == 200
+        assert len(peers) == 1  # one connection served all 20, one after the other
+    finally:
+        await server.close()
+
+
+async def test_a_kept_alive_connection_closed_by_the_worker_is_retried_there() -> None:
+    """The worker drops a reused connection without answering (its keep-alive timer
+    fired as the request went out): sent again on a new connection to the same worker,
+    not counted as the worker failing."""
+    seen: list[tuple[int, bytes]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await answer(reader, writer)
+        finally:
+            writer.close()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = 0
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            m = re.search(rb"Content-Length: (\d+)", head, re.I)
+            if m:
+                await reader.readexactly(int(m.group(1)))
+            n += 1
+            path = head.split(b" ")[1]
+            seen.append((id(writer), path))
+            if path == b"/work" and n > 1:
+                return  # a reused connection: closed, no answer
+            body = b'{"ready": true}' if path == b"/readyz" else b'{"ok": true}'
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        s = proxy_settings([])
+        s = replace(s, endpoints=(replace(s.endpoints[0], workers=(
+            StaticWorker(f"http://127.0.0.1:{port}", perf=100.0),)), *s.endpoints[1:]))
+        async with router_client(fast(s)) as (client, ctx):
+            await until(lambda: ready_count(ctx) == 1)
+            auth = {"Authorization": f"Bearer {DEV_KEY}"}
+            for _ in range(3):
+                resp = await client.post("/demo/work", headers=auth)
+                assert resp.status == 200, await resp.text()
+            metrics = await (await client.get("/metrics")).text()
+            assert "router_retries_total{" not in metrics
+            assert ready_count(ctx) == 1
+        work = [w for w, p in seen if p == b"/work"]
+        assert len(work) == 5  # 1 + (dropped + resent) * 2
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_chunked_body_after_100_continue(up: Upstream) -> None:
+    async with router_client(fast(proxy_settings([up]))) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        assert client.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(b"POST /demo/echo HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n"
+                     b"Expect: 100-continue\r\nContent-Type: application/json\r\n" + AUTH
+                     + b"\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+        status, _, body = await read_answer(reader)
+        await shut(writer)
+        assert status == 200 and orjson.loads(body)["path"] == "/echo"
+        seen = up.seen[-1]
+        assert seen["body"] == b'{"a": 1}'
+        assert seen["headers"]["Content-Length"] == "8"
+        assert "Transfer-Encoding" not in seen["headers"]
+        assert "Expect" not in seen["headers"]
+
+
+async def test_slow_body_gets_408_and_a_silent_connection_is_closed(up: Upstream) -> None:
+    s = fast(proxy_settings([up]), request_read_timeout_s=0.3)
+    async with router_client(s) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        assert client.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(b"POST /demo/echo HTTP/1.1\r\nHost: r\r\nContent-Length: 100\r\n" + AUTH
+                     + b"\r\n{\"partial")
+        status, headers, body = await read_answer(reader)
+        assert status == 408 and orjson.loads(body)["error"]["code"] == "request_timeout"
+        assert headers["connection"] == "close"
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        await shut(writer)
+        # a head that never ends (slowloris) is cut off as well
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(b"POST /demo/echo HTTP/1.1\r\nHost: r\r\nX-Slow: ")
+        for _ in range(10):
+            if reader.at_eof():
+                break
+            writer.write(b"a")
+            await asyncio.sleep(0.1)
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        await shut(writer)
+        assert up.seen == []
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"HEAD /demo/x HTTP/1.1\r\nHost: r\r\n" + AUTH + b"\r\n",
+    b"GET /demo/x HTTP/1.0\r\nHost: r\r\n" + AUTH + b"\r\n",
+    b"GET /demo/%78 HTTP/1.1\r\nHost: r\r\n" + AUTH + b"\r\n",
+])
+async def test_unusual_requests_are_served_by_aiohttp(up: Upstream,
+                                                      request_bytes: bytes) -> None:
+    async with router_client(fast(proxy_settings([up]))) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        assert client.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(request_bytes)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        await shut(writer)
+        assert head.split(b" ")[1] == b"200", head
+        # aiohttp's own server answered (the fast path never sets this header)
+        assert b"Server: Python/" in head
+        assert up.seen[-1]["path"] == "/x"
+
+
+@pytest.mark.parametrize("headers", [
+    b"".join(b"X-H%d: v\r\n" % i for i in range(300)),
+    b"X-Big: " + b"v" * 100_000 + b"\r\n",
+    b"X-Bad\x00Name: v\r\n",
+])
+async def test_bad_heads_on_proxy_paths_get_aiohttps_4xx(up: Upstream, headers: bytes) -> None:
+    async with router_client(fast(proxy_settings([up]))) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        assert client.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(b"GET /demo/x HTTP/1.1\r\nHost: r\r\n" + AUTH + headers + b"\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+        await shut(writer)
+        assert 400 <= int(head.split(b" ")[1]) < 500, head
+        assert up.seen == []
+
+
+async def test_oversized_declared_body_is_413_without_reading_it(up: Upstream) -> None:
+    s = fast(proxy_settings([up], max_body_bytes=1000))
+    async with router_client(s) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        assert client.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(b"POST /demo/x HTTP/1.1\r\nHost: r\r\nContent-Length: 5000000\r\n"
+                     + AUTH + b"\r\n")  # the body never comes: no need to wait for it
+        status, headers, body = await read_answer(reader)
+        await shut(writer)
+        assert status == 413 and orjson.loads(body)["error"]["code"] == "body_too_large"
+        assert headers["connection"] == "close"
