@@ -617,7 +617,8 @@ async def forward(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSetti
     status: int | None = None
     try:
         for attempt in range(ep.retries + 1):
-            ticket, _, wid = await issue_ticket(ctx, ep.name, cost, exclude=frozenset(tried))
+            ticket, _, wid = await issue_ticket(ctx, ep.name, cost, exclude=frozenset(tried),
+                                                request_id=request_id)
             if ticket is None:
                 break
             tried.add(wid)

@@ -187,7 +187,8 @@ async def forward(request: web.Request, ctx: RouterContext, ep: EndpointSettings
     resp: web.StreamResponse | None = None
     try:
         for attempt in range(ep.retries + 1):
-            ticket, _, wid = await issue_ticket(ctx, ep.name, cost, exclude=frozenset(tried))
+            ticket, _, wid = await issue_ticket(ctx, ep.name, cost, exclude=frozenset(tried),
+                                                request_id=request_id)
             if ticket is None:
                 break
             tried.add(wid)

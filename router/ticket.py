@@ -107,10 +107,13 @@ async def route(request: web.Request) -> web.Response:
 
 async def issue_ticket(ctx: RouterContext, endpoint: str, cost: float, request_idx: int = 0,
                        session_id: str | None = None, exclude: frozenset[str] = frozenset(),
+                       request_id: str | None = None,
                        ) -> tuple[dict[str, Any] | None, int, str]:
     """Pick a worker and sign its ticket: (ticket or None if none fits, request_idx, worker id).
 
-    `exclude`: worker ids not to pick (proxy retries). Used by both modes.
+    `exclude`: worker ids not to pick (proxy retries); `request_id`: the ticket's
+    `__request_id` (proxy mode passes its X-Request-Id), else a random one. Used by both
+    modes.
     """
     ep = ctx.endpoints[endpoint]
     ctx.tick += 1
@@ -142,7 +145,7 @@ async def issue_ticket(ctx: RouterContext, endpoint: str, cost: float, request_i
     else:
         await asyncio.get_running_loop().run_in_executor(
             ctx.sign_pool, ctx.keyring.sign_ticket, ticket)
-    ticket["__request_id"] = secrets.token_hex(16)
+    ticket["__request_id"] = request_id or secrets.token_hex(16)
     return ticket, request_idx, issued.worker_id
 
 
