@@ -52,6 +52,7 @@ class Conn(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.closed = False
         self.reused = False
+        self.paused = False
         self._reset()
 
     def _reset(self) -> None:
@@ -179,11 +180,13 @@ class Conn(asyncio.Protocol):
             self.transport.abort()
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.paused:
+            self.paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self.paused:
+            self.paused = False
             self.transport.resume_reading()
 
 
@@ -228,6 +231,9 @@ class Pool:
             conn.close()
             return
         conn.sink = None
+        # the client may have paused it as the answer's last bytes came in: a pooled
+        # connection that never reads again would time out its next request
+        conn.resume_reading()
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= _MAX_IDLE_PER_WORKER:
             conn.close()

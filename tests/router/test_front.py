@@ -277,3 +277,73 @@ async def test_oversized_declared_body_is_413_without_reading_it(up: Upstream) -
         await shut(writer)
         assert status == 413 and orjson.loads(body)["error"]["code"] == "body_too_large"
         assert headers["connection"] == "close"
+
+
+async def test_a_slow_reader_holds_the_worker_back_not_the_routers_memory() -> None:
+    """Flow control: while the client does not read, the router stops reading the worker,
+    so a 64 MiB answer is not buffered in the router; the worker connection then goes
+    back to the pool reading again, and serves the next request."""
+    sent = [0]
+    chunk = b"x" * 65536
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await resp.prepare(request)
+        for _ in range(1024):
+            await resp.write(chunk)  # waits while the router is not reading
+            sent[0] += len(chunk)
+        await resp.write_eof()
+        return resp
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({"ready": True})
+
+    app = web.Application()
+    app.router.add_get("/readyz", ready)
+    app.router.add_post("/big", big)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        s = proxy_settings([])
+        s = replace(s, endpoints=(replace(s.endpoints[0], workers=(
+            StaticWorker(str(server.make_url("")).rstrip("/"), perf=100.0),)),
+            *s.endpoints[1:]))
+        async with router_client(fast(s)) as (client, ctx):
+            await until(lambda: ready_count(ctx) == 1)
+            assert client.port is not None
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.port, limit=2**16)
+            for _ in range(2):
+                sent[0] = 0
+                writer.write(post("/demo/big", b"{}"))
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                await asyncio.sleep(0.5)  # the client reads nothing for a while
+                assert sent[0] < 32 * 2**20, sent[0]  # socket buffers, not the whole body
+                total = 0
+                while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                    total += len(await reader.readexactly(size))
+                    await reader.readexactly(2)
+                await reader.readexactly(2)
+                assert total == 64 * 2**20
+            await shut(writer)
+    finally:
+        await server.close()
+
+
+async def test_a_connection_pooled_while_paused_reads_again(up: Upstream) -> None:
+    from router.upstream import Pool
+
+    assert up.server is not None
+    pool = Pool()
+    key = ("127.0.0.1", up.server.port or 0, False)
+    request = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+    conn = await pool.connect(key, 2)
+    for _ in range(2):
+        conn.send(request)
+        assert conn.done is not None
+        await asyncio.wait_for(conn.done, 5)
+        assert conn.status == 200
+        conn.pause_reading()  # the client was slow as the last bytes came in
+        pool.put(conn)
+        taken = pool.take(key)
+        assert taken is conn and not conn.paused
+    pool.close()
