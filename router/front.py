@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import email.utils
 import functools
 import http
 import logging
@@ -46,13 +47,22 @@ from router.health import PollResult
 from router.limits import check_rate, in_flight_slot
 from router.proxy import _REQUEST_ID_RE, HOP_BY_HOP, model_endpoint
 from router.state.base import StoreUnavailable
-from router.ticket import issue_ticket, no_worker_body
+from router.ticket import (
+    MAX_JSON_BODY_BYTES,
+    issue_ticket,
+    json_object,
+    no_worker_body,
+    route_answer,
+)
 from router.upstream import Conn, Pool, UpstreamError
 
 log = logging.getLogger(__name__)
 
 _FAST_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 _OPENAI_PATHS = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings"})
+_ROUTE_PATHS = frozenset({b"/route", b"/route/"})
+# What a fast request is: one endpoint's proxy path, an OpenAI path, or ticket mode.
+_PROXY, _OPENAI, _ROUTE = 0, 1, 2
 _HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 _DROP_REQUEST = _HOP | {b"host", b"content-length", b"authorization", b"x-route-ticket",
                         b"x-cost", b"x-request-id", b"x-forwarded-for", b"x-forwarded-proto",
@@ -86,6 +96,7 @@ class Req:
         "headers",
         "host",
         "keep_alive",
+        "kind",
         "limit",
         "method",
         "path",
@@ -117,7 +128,8 @@ class Req:
         self.method = b""
         self.path = b""
         self.query: bytes | None = None
-        self.ep: EndpointSettings | None = None  # None: an OpenAI path, found by `model`
+        self.kind = _PROXY
+        self.ep: EndpointSettings | None = None  # None: OpenAI (found by `model`), /route
         self.upstream_path = b""
         self.error: ApiError | None = None
         self.started = 0.0
@@ -144,15 +156,18 @@ class Front:
         if self.closing and not self.conns:
             self.drained.set()
 
-    def route(self, method: bytes, path: bytes) -> tuple[EndpointSettings | None, bytes] | None:
-        """(endpoint or None for an OpenAI path, the worker's path); None: not ours."""
+    def route(self, method: bytes, path: bytes,
+              ) -> tuple[int, EndpointSettings | None, bytes] | None:
+        """(kind, endpoint or None, the worker's path); None: not for the fast path."""
+        if path in _ROUTE_PATHS:
+            return (_ROUTE, None, b"") if method == b"POST" else None
         if path in _OPENAI_PATHS:
-            return (None, path) if method == b"POST" else None
+            return (_OPENAI, None, path) if method == b"POST" else None
         name, _, rest = path[1:].partition(b"/")
         ep = self.endpoints.get(name)
         if ep is None:
             return None
-        return ep, b"/" + rest
+        return _PROXY, ep, b"/" + rest
 
     def __call__(self) -> FrontConn:
         return FrontConn(self)
@@ -304,10 +319,11 @@ class FrontConn(asyncio.Protocol):
             self._hand_off()
             raise _HandOff
         req.method, req.path, req.query = method, path, url.query
-        req.ep, req.upstream_path = route
+        req.kind, req.ep, req.upstream_path = route
         req.keep_alive = p.should_keep_alive()
         self.head_bytes = 0
-        req.limit = req.ep.max_body_bytes if req.ep is not None else self.front.openai_limit
+        req.limit = (req.ep.max_body_bytes if req.ep is not None else
+                     self.front.openai_limit if req.kind == _OPENAI else MAX_JSON_BODY_BYTES)
         for name, value in req.headers:
             if name.lower() == b"content-length":
                 try:
@@ -475,14 +491,25 @@ class FrontConn(asyncio.Protocol):
                 headers: dict[str, str] | None = None,
                 content_type: bytes = b"application/json") -> None:
         req.answered = True
-        parts = [_status_line(status), b"Content-Type: ", content_type,
-                 b"\r\nContent-Length: %d\r\n" % len(body)]
+        parts = [_status_line(status), b"Date: ", _date(), b"\r\nContent-Type: ",
+                 content_type, b"\r\nContent-Length: %d\r\n" % len(body)]
         for k, v in (headers or {}).items():
             parts += (k.encode("latin-1"), b": ", v.encode("latin-1"), b"\r\n")
         if not req.keep_alive or self.front.closing:
             parts.append(b"Connection: close\r\n")
         parts += (b"\r\n", body)
         self._write(b"".join(parts))
+
+
+_DATE: list[Any] = [0, b""]
+
+
+def _date() -> bytes:
+    """The Date header's value, made once a second."""
+    now = int(time.time())
+    if now != _DATE[0]:
+        _DATE[:] = [now, email.utils.formatdate(now, usegmt=True).encode()]
+    return bytes(_DATE[1])
 
 
 def _too_large(limit: int) -> ApiError:
@@ -549,7 +576,12 @@ async def serve(fc: FrontConn, req: Req) -> None:
     try:
         body = b"".join(req.body)
         req.body = []
-        presented = key_from_header(req.auth.decode("latin-1") if req.auth else None)
+        authorization = req.auth.decode("latin-1") if req.auth else None
+        if req.kind == _ROUTE:
+            answer, headers = await route_answer(ctx, json_object(body), authorization)
+            fc.respond(req, 200, orjson.dumps(answer), headers)
+            return
+        presented = key_from_header(authorization)
         if req.ep is None:  # an OpenAI path: the endpoint serves the `model` named
             ctx.auth.lookup(presented)
             try:

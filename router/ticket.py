@@ -33,6 +33,11 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raw = await read_within(request, request.read())  # capped by client_max_size
     except web.HTTPRequestEntityTooLarge as exc:
         raise ApiError(413, "body_too_large", f"request body over {limit} bytes") from exc
+    return json_object(raw)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """`raw` as a JSON object, or a 400 ApiError."""
     try:
         body = orjson.loads(raw) if raw.strip() else None
     except orjson.JSONDecodeError as exc:
@@ -72,14 +77,20 @@ def _optional_str(body: dict[str, Any], field: str, max_len: int) -> str | None:
 
 
 async def route(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    started = time.perf_counter()
     body = await read_json_object(request)
+    answer, headers = await route_answer(request.app[CTX], body,
+                                         request.headers.get("Authorization"))
+    return json_response(answer, headers=headers)
+
+
+async def route_answer(ctx: RouterContext, body: dict[str, Any], authorization: str | None,
+                       ) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """`/route` for a parsed body, whichever server read it: (answer, headers) or raise."""
+    started = time.perf_counter()
     endpoint = body.get("endpoint")
     if not isinstance(endpoint, str) or not endpoint:
         raise ApiError(400, "bad_request", "endpoint (a non-empty string) is required")
-    presented = _optional_str(body, "api_key", 4096) or key_from_header(
-        request.headers.get("Authorization"))
+    presented = _optional_str(body, "api_key", 4096) or key_from_header(authorization)
     key = ctx.auth.lookup(presented)
     ep = ctx.endpoints.get(endpoint)
     if ep is None:
@@ -150,14 +161,14 @@ async def issue_ticket(ctx: RouterContext, endpoint: str, cost: float, request_i
 
 
 async def _issue(ctx: RouterContext, endpoint: str, cost: float, request_idx: int,
-                 session_id: str | None) -> web.Response:
+                 session_id: str | None) -> tuple[dict[str, Any], dict[str, str] | None]:
     ticket, request_idx, _ = await issue_ticket(ctx, endpoint, cost, request_idx, session_id)
     if ticket is None:
         return _no_worker(ctx, endpoint, request_idx)
     m = ctx.metrics
     m.child(m.tickets, endpoint, "issued").inc()
     m.child(m.requests, endpoint, "ticket", "200").inc()
-    return json_response(ticket)
+    return ticket, None
 
 
 def no_worker_body(ctx: RouterContext, endpoint: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -169,11 +180,12 @@ def no_worker_body(ctx: RouterContext, endpoint: str) -> tuple[dict[str, Any], d
     return body, {"Retry-After": str(max(1, math.ceil(retry)))}
 
 
-def _no_worker(ctx: RouterContext, endpoint: str, request_idx: int) -> web.Response:
+def _no_worker(ctx: RouterContext, endpoint: str, request_idx: int,
+               ) -> tuple[dict[str, Any], dict[str, str]]:
     """200 without `url`: the Vast SDK keeps polling while `url` is absent (5xx would fail it)."""
     body, headers = no_worker_body(ctx, endpoint)
     m = ctx.metrics
     m.child(m.tickets, endpoint, "all_busy" if body["status"]["ready"] else
             "no_ready_worker").inc()
     m.child(m.requests, endpoint, "ticket", "200").inc()
-    return json_response({**body, "request_idx": request_idx}, headers=headers)
+    return {**body, "request_idx": request_idx}, headers

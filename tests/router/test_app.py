@@ -30,9 +30,13 @@ from tests.router.helpers import (
 Client = TestClient[Any, Any]
 
 
-@pytest.fixture
-async def router(workers: list[FakeWorker]) -> AsyncIterator[tuple[Client, RouterContext]]:
-    async with router_client(settings([w.url for w in workers])) as (client, ctx):
+@pytest.fixture(params=[True, False], ids=["fast", "aiohttp"])
+async def router(workers: list[FakeWorker], request: pytest.FixtureRequest,
+                 ) -> AsyncIterator[tuple[Client, RouterContext]]:
+    """/route served by router/front.py's fast path, and by aiohttp (ticket.route)."""
+    s = settings([w.url for w in workers])
+    s = replace(s, server=replace(s.server, fast_proxy=request.param))
+    async with router_client(s) as (client, ctx):
         await until(lambda: ready_count(ctx) == 2)
         yield client, ctx
 
