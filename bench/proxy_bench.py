@@ -148,6 +148,9 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=1,
                     help="router processes (serve --processes N); N > 1 runs them on a "
                     "private redis-server")
+    ap.add_argument("--compare-aiohttp", action="store_true",
+                    help="also measure a second router with server.fast_proxy = false "
+                    "(the aiohttp path), in the same run")
     args = ap.parse_args()
     nginx = ensure("nginx", "nginx-light")
     ensure("wrk", "wrk")
@@ -174,10 +177,12 @@ def main() -> int:
             store = (f'processes = {args.processes}\n[store]\nbackend = "redis"\n'
                      f'redis_url = "redis://127.0.0.1:{redis_port}/0"\n'
                      f'[signing]\nkey_files = ["{tmp / "k.pem"}"]\n')
-        (tmp / "router.toml").write_text(f"""
+        def router_toml(path: Path, port: int, fast: bool) -> Path:
+            path.write_text(f"""
 log_level = "info"
 [server]
-port = {router_port}
+port = {port}
+fast_proxy = {"true" if fast else "false"}
 {store or '[signing]'}
 algorithm = "ed25519"
 [[api_keys]]
@@ -187,9 +192,21 @@ name = "bench"
 [[endpoints.workers]]
 url = "http://127.0.0.1:{up_port}"
 """)
+            return path
+
         router_log = tmp / "router.log"
         stack.enter_context(process([sys.executable, "-m", "router", "serve", "--config",
-                                     str(tmp / "router.toml")], log=router_log))
+                                     str(router_toml(tmp / "router.toml", router_port, True))],
+                                    log=router_log))
+        slow_port = free_port()
+        if args.compare_aiohttp:
+            if args.processes > 1:
+                sys.exit("--compare-aiohttp runs with --processes 1 only")
+            stack.enter_context(process(
+                [sys.executable, "-m", "router", "serve", "--config",
+                 str(router_toml(tmp / "router-aiohttp.toml", slow_port, False))],
+                log=tmp / "router-aiohttp.log"))
+            wait_http(f"http://127.0.0.1:{slow_port}/livez")
         wait_http(f"http://127.0.0.1:{up_port}/readyz")
         wait_http(f"http://127.0.0.1:{ngx_port}/bench/readyz")
         wait_http(f"http://127.0.0.1:{router_port}/livez")
@@ -197,6 +214,8 @@ url = "http://127.0.0.1:{up_port}"
         paths = {"direct": f"http://127.0.0.1:{up_port}",
                  "nginx": f"http://127.0.0.1:{ngx_port}/bench",
                  "router": f"http://127.0.0.1:{router_port}/bench"}
+        if args.compare_aiohttp:
+            paths["router (aiohttp path)"] = f"http://127.0.0.1:{slow_port}/bench"
         rows: dict[str, dict[str, float]] = {}
         for name, base in paths.items():
             wrk(f"{base}/echo", args.connections, 2, script)  # warm up
@@ -231,6 +250,11 @@ def report(rows: dict[str, dict[str, float]], log: str, args: argparse.Namespace
     print(f"router added stream TTFB: {r['ttfb_ms'] - d['ttfb_ms']:.2f} ms; added per chunk "
           f"{(r['total_ms'] - d['total_ms']) / 256 * 1000:.1f} µs; gap growth first->last 64: "
           f"{(r['gap_late_ms'] - r['gap_early_ms']) * 1000:.0f} µs")
+    slow = rows.get("router (aiohttp path)")
+    if slow is not None:
+        print(f"fast path / aiohttp path: {r['rps'] / slow['rps']:.2f}x the requests/s; "
+              f"added p50 at 1 connection {(r['p50_1c_ms'] - d['p50_1c_ms']) * 1000:.0f} vs "
+              f"{(slow['p50_1c_ms'] - d['p50_1c_ms']) * 1000:.0f} µs")
     tracebacks = log.count("Traceback")
     print(f"20 client hang-ups mid-stream: {tracebacks} tracebacks in the router log, "
           f"{sum('went away' in ln for ln in log.splitlines())} log lines about them")

@@ -153,6 +153,9 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=1,
                     help="router processes (serve --processes N); N > 1 runs the Redis "
                     "rows only (several processes need a shared store)")
+    ap.add_argument("--fast-proxy", choices=("on", "off"), default="on",
+                    help="server.fast_proxy: /route on router/front.py's fast path (on) or "
+                    "through aiohttp (off)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is required: apt-get install -y wrk", file=sys.stderr)
@@ -212,6 +215,7 @@ log_level = "warning"
 [server]
 port = {port}
 processes = {args.processes if store == "redis" else 1}
+fast_proxy = {"true" if args.fast_proxy == "on" else "false"}
 [store]
 backend = "{store}"
 redis_url = "redis://127.0.0.1:{redis_port}/0"
@@ -248,7 +252,8 @@ def print_table(rows: list[dict[str, object]], rates: dict[str, list[float]],
           f"python {platform.python_version()}, wrk -c {args.connections} "
           f"-d {args.duration}s; {args.processes} router process(es) on CPU(s) "
           f"{args.router_cpus}, signing.threads "
-          f"{'auto' if args.sign_threads is None else args.sign_threads}")
+          f"{'auto' if args.sign_threads is None else args.sign_threads}, "
+          f"fast_proxy {args.fast_proxy}")
     for alg, label in (("rsa", "RSA-2048"), ("ed25519", "Ed25519")):
         print(f"single-core signing rate {label}: "
               + ", ".join(f"{r:.0f}/s" for r in rates[alg]) + " (measured before each row)")

@@ -26,6 +26,7 @@ import contextlib
 import email.utils
 import functools
 import http
+import itertools
 import logging
 import secrets
 import socket
@@ -627,6 +628,16 @@ async def serve(fc: FrontConn, req: Req) -> None:
                          headers={"Retry-After": "1"})
 
 
+_ID_PREFIX = secrets.token_hex(8)
+_ids = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """Unique per process and across processes (a random prefix), not secret: it is
+    echoed to the worker and the client, for logs. A counter costs less than urandom."""
+    return f"{_ID_PREFIX}{next(_ids):016x}"
+
+
 def _is_json(ctype: bytes) -> bool:
     return ctype.split(b";", 1)[0].strip() == b"application/json"
 
@@ -641,7 +652,7 @@ async def forward(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSetti
         raise ApiError(400, "bad_request", str(exc)) from exc
     rid = req.x_request_id
     request_id = rid.decode() if rid and _REQUEST_ID_RE.match(rid.decode("latin-1")) \
-        else secrets.token_hex(16)
+        else _new_request_id()
     m = ctx.metrics
     started = time.perf_counter()
     tried: set[str] = set()
@@ -821,23 +832,25 @@ async def _finish(loop: asyncio.AbstractEventLoop, conn: Conn, deadline: float,
 
 def _response_headers(conn: Conn) -> tuple[list[tuple[bytes, bytes]], int | None, bool, bool]:
     """Headers to relay, the body's length if known, chunked?, server-sent events?"""
-    drop = _DROP_RESPONSE
-    for name, value in conn.headers:
-        if name.lower() == b"connection":
-            drop = drop | {t.strip().lower() for t in value.split(b",")}
-    out, length, chunked, sse = [], None, False, False
+    out: list[tuple[bytes, bytes, bytes]] = []
+    length, chunked, sse, tokens = None, False, False, None
     for name, value in conn.headers:
         n = name.lower()
-        if n == b"content-length":
-            with contextlib.suppress(ValueError):
-                length = int(value)
-        elif n == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        elif n == b"content-type":
+        if n in _DROP_RESPONSE:
+            if n == b"content-length":
+                with contextlib.suppress(ValueError):
+                    length = int(value)
+            elif n == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif n == b"connection":
+                tokens = {t.strip().lower() for t in value.split(b",")}
+            continue
+        if n == b"content-type":
             sse = value.lower().startswith(b"text/event-stream")
-        if n not in drop:
-            out.append((name, value))
-    return out, (None if chunked else length), chunked, sse
+        out.append((n, name, value))
+    # headers a Connection header names are hop-by-hop too (RFC 9110 §7.6.1)
+    kept = [(name, value) for n, name, value in out if not tokens or n not in tokens]
+    return kept, (None if chunked else length), chunked, sse
 
 
 def _head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]], request_id: str,
