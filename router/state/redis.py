@@ -33,6 +33,7 @@ from router.state.base import (
     worker_id,
 )
 from router.state.redis_schema import WORKER_TTL_S, Keys
+from router.state.resp import Scripts
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -290,8 +291,9 @@ class _Batcher:
     running: what its call did in Redis stands, as it would have without batching.
     """
 
-    def __init__(self, script: AsyncScript, width: int, name: str) -> None:
-        self.script, self.width, self.name = script, width, name
+    def __init__(self, script: AsyncScript, width: int, name: str,
+                 fast: Scripts | None = None) -> None:
+        self.script, self.width, self.name, self.fast = script, width, name, fast
         self._queue: list[_Call] = []
         self._running: set[asyncio.Task[None]] = set()
 
@@ -322,7 +324,8 @@ class _Batcher:
             keys += call.keys
             args += call.args
         try:
-            res: list[Any] = await self.script(keys=keys, args=args)
+            res: list[Any] = await (self.fast.run(self.script, keys, args) if self.fast
+                                    else self.script(keys=keys, args=args))
         except BaseException as exc:
             for call in batch:
                 if not call.future.done():
@@ -404,8 +407,10 @@ class RedisStore(Store):
         self._rate = self.redis.register_script(_RATE)
         self._slot = self.redis.register_script(_SLOT)
         # /route and proxy calls of one loop pass share one EVALSHA (see _ISSUE).
-        self._issues = _Batcher(self._issue, 5, "redis-issue-batch")
-        self._releases = _Batcher(self._release, 1, "redis-release-batch")
+        # ... over one pipelined connection of their own where the URL allows (resp.py).
+        self._scripts = Scripts(url, timeout_s) if Scripts.usable(url) else None
+        self._issues = _Batcher(self._issue, 5, "redis-issue-batch", self._scripts)
+        self._releases = _Batcher(self._release, 1, "redis-release-batch", self._scripts)
 
     @_unavailable
     async def ping(self) -> None:
@@ -534,4 +539,6 @@ class RedisStore(Store):
     async def close(self) -> None:
         await self._issues.close()
         await self._releases.close()
+        if self._scripts is not None:
+            self._scripts.close()
         await self.redis.aclose()
