@@ -73,6 +73,7 @@ _RETRY_STATUSES = frozenset({502, 503, 429})
 _WHOLE_BODY_BYTES = 64 * 1024  # fixed-length answers up to this are sent whole, or 502
 _MAX_HEAD_BYTES = 64 * 1024  # a request head larger than this goes to aiohttp (and its 4xx)
 _MAX_HEADERS = 100
+_LINGER_S = 2.0  # after answering a body too large before it arrived, read on this long
 _MAX_PIPELINED = 8  # complete requests queued on one connection before reading pauses
 _SSE_ERROR = (b'event: error\ndata: {"error":{"code":"upstream_failed",'
               b'"message":"the worker failed mid-stream"}}\n\n')
@@ -194,6 +195,7 @@ class FrontConn(asyncio.Protocol):
         self.handoff_at: int | None = None  # requests completed in `raw` before the handoff
         self.handoff_data = b""
         self.stopped = False  # no more requests are read (an error answer ends the connection)
+        self.linger = False  # ... and the client may still be sending: see _reject
         self.timer: asyncio.TimerHandle | None = None
         self.head_bytes = 0
 
@@ -369,7 +371,7 @@ class FrontConn(asyncio.Protocol):
             return
         self.current = None
         if self.stopped:
-            self._close()
+            self._linger() if self.linger else self._close()
         elif self.handoff_at is not None:
             self._finish_hand_off()
         elif self.front.closing:
@@ -465,14 +467,26 @@ class FrontConn(asyncio.Protocol):
 
     # writing
     def _reject(self, req: Req, error: ApiError) -> None:
-        """Answer `req` with `error` in turn, then close: its body is not read."""
+        """Answer `req` with `error` in turn, then close: its body is not read.
+
+        The client may still be sending that body; closing on it at once would reset the
+        connection and lose the answer. So the rest of what it sends is read and dropped
+        (`stopped`), and the connection lingers a little after the answer (`_linger`).
+        """
         req.error = error
         req.keep_alive = False
-        self.stopped = True
+        self.stopped = self.linger = True
         self.reading = None
-        if self.transport is not None:
-            self.transport.pause_reading()
         self._queue(req)
+
+    def _linger(self) -> None:
+        """Half-close after an early answer; drop what still comes; close in a while."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._arm(min(self.front.read_timeout_s, _LINGER_S))
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

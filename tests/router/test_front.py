@@ -347,3 +347,20 @@ async def test_a_connection_pooled_while_paused_reads_again(up: Upstream) -> Non
         taken = pool.take(key)
         assert taken is conn and not conn.paused
     pool.close()
+
+
+async def test_a_client_still_sending_a_refused_body_gets_the_413(up: Upstream) -> None:
+    """The 413 goes out before the body is read; closing at once would reset the
+    connection under a client still sending it, and lose the answer."""
+    s = fast(proxy_settings([up], max_body_bytes=1000))
+    async with router_client(s) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        assert client.port is not None
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+            writer.write(post("/demo/x", b"x" * (4 << 20)))  # all of it, before reading
+            await asyncio.wait_for(writer.drain(), 10)
+            status, _, body = await read_answer(reader)
+            assert status == 413 and orjson.loads(body)["error"]["code"] == "body_too_large"
+            await shut(writer)
+        assert up.seen == []
