@@ -62,3 +62,17 @@ def test_bad_key_files_are_clear_errors(tmp_path: Path) -> None:
         load_private_key(tmp_path / "junk.pem")
     with pytest.raises(SigningKeyError, match="cannot read"):
         load_private_key(tmp_path / "missing.pem")
+
+
+def test_ed25519_tickets_sign_exactly_as_openssl_does() -> None:
+    """Tickets are signed by libsodium (faster); the bytes must be OpenSSL's, to the bit."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from router.signing import SigningKey
+
+    for _ in range(20):
+        private = ed25519.Ed25519PrivateKey.generate()
+        key = SigningKey("k", private)
+        for size in (0, 1, 200, 5000):
+            message = os.urandom(size)
+            assert key.sign(message) == base64.b64encode(private.sign(message)).decode()
