@@ -58,7 +58,8 @@ class _Conn(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader(encoding="utf-8")
-        self.waiters: deque[asyncio.Future[Any]] = deque()
+        # (future, replies still to come, replies so far or None for a single command)
+        self.waiters: deque[tuple[asyncio.Future[Any], list[int], list[Any] | None]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
 
@@ -78,7 +79,14 @@ class _Conn(asyncio.Protocol):
             if not self.waiters:  # a reply nobody asked for: out of step, start again
                 self.close()
                 return
-            fut = self.waiters.popleft()
+            fut, left, got = self.waiters[0]
+            if got is not None:  # one of several commands sent together
+                got.append(reply)
+                left[0] -= 1
+                if left[0]:
+                    continue
+                reply = next((r for r in got if isinstance(r, hiredis.ReplyError)), got)
+            self.waiters.popleft()
             if fut.done():
                 continue  # its caller timed out (the connection is closing) or left
             if isinstance(reply, hiredis.ReplyError):
@@ -91,15 +99,16 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         while self.waiters:
-            fut = self.waiters.popleft()
+            fut, _, _ = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(RedisConnectionError(
                     "connection to redis lost" if exc is None else str(exc)))
 
-    def send(self, command: bytes) -> asyncio.Future[Any]:
+    def send(self, command: bytes, count: int = 0) -> asyncio.Future[Any]:
+        """Write `command`; its reply, or with `count`, that many commands' replies."""
         assert self.transport is not None
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
+        self.waiters.append((fut, [count], [] if count else None))
         self.transport.write(command)
         return fut
 
@@ -151,11 +160,21 @@ class Scripts:
                     raise
                 retried = True  # a connection Redis dropped (restarted): once more, anew
 
-    async def _call(self, command: bytes) -> Any:
+    async def many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands in one write and one round trip (not a transaction)."""
+        if not commands:
+            return []
+        data = b"".join(pack(c) for c in commands)
+        try:
+            return list(await self._call(data, len(commands)))
+        except RedisConnectionError:
+            return list(await self._call(data, len(commands)))  # once more, anew
+
+    async def _call(self, command: bytes, count: int = 0) -> Any:
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connect()
-        fut = conn.send(command)
+        fut = conn.send(command, count)
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await fut

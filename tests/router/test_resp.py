@@ -121,3 +121,24 @@ async def test_password_and_database_from_the_url(redis_server: RedisServer,
             await authed.aclose()
     finally:
         await client.aclose()
+
+
+async def test_many_commands_in_one_round_trip_keep_their_order(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    script = client.register_script(ECHO)
+    fast = Scripts(redis_url, 0.5)
+    try:
+        await client.hset("h", mapping={"a": "1", "b": "2"})
+        got = await fast.many([("SET", "s", "v"), ("GET", "s"), ("HGETALL", "h"),
+                               ("HGETALL", "missing"), ("INCR", "s2")])
+        assert got[0] == "OK" and got[1] == "v" and got[3] == [] and got[4] == 1
+        assert dict(zip(got[2][::2], got[2][1::2], strict=True)) == {"a": "1", "b": "2"}
+        with pytest.raises(ResponseError):  # an error among them: raised, once all are read
+            await fast.many([("GET", "s"), ("INCR", "s"), ("GET", "s")])
+        both = await asyncio.gather(fast.many([("GET", "s")] * 3),
+                                    fast.run(script, ["n"], ["x", 0]))
+        assert both == [["v", "v", "v"], ["n", "x", 1, 1]]
+        assert await fast.many([]) == []
+    finally:
+        fast.close()
+        await client.aclose()
