@@ -456,26 +456,28 @@ class RedisStore(Store):
                  for wid in sorted(ids)]
         if not pairs:
             return []
-        hashes: list[dict[str, str]] = []
+        out: list[WorkerRecord] = []
+        gone: list[tuple[str, str]] = []
         for i in range(0, len(pairs), _READ_CHUNK):
-            # In chunks: each is one round trip well inside the command timeout, and the
-            # event loop serves requests between them instead of stalling on 10,000.
+            # In chunks, each one round trip well inside the command timeout, and each
+            # chunk's records built before the next: the event loop serves requests in
+            # between instead of stalling (building 1,000 records at once took 4 ms).
             chunk = pairs[i:i + _READ_CHUNK]
+            hashes: list[dict[str, str]]
             if self._scripts is not None:
                 # a third of redis-py's pipeline cost, each chunk blocking the loop less
                 flat = await self._scripts.many([("HGETALL", k.worker(w)) for _, w in chunk])
-                hashes += [_pairs(f) for f in flat]
-                continue
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for _, wid in chunk:
-                    pipe.hgetall(k.worker(wid))
-                hashes += await pipe.execute()
-        out, gone = [], []
-        for (ep, wid), h in zip(pairs, hashes, strict=True):
-            if h:
-                out.append(_record(h))
+                hashes = [_pairs(f) for f in flat]
             else:
-                gone.append((ep, wid))  # hash expired: drop the dangling set member
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for _, wid in chunk:
+                        pipe.hgetall(k.worker(wid))
+                    hashes = await pipe.execute()
+            for (ep, wid), h in zip(chunk, hashes, strict=True):
+                if h:
+                    out.append(_record(h))
+                else:
+                    gone.append((ep, wid))  # hash expired: drop the dangling set member
         for ep, wid in gone:
             await self.redis.srem(k.endpoint_set(ep), wid)
         return out
