@@ -445,13 +445,22 @@ class RedisStore(Store):
     @_unavailable
     async def list_workers(self) -> list[WorkerRecord]:
         k = self.keys
-        endpoints: list[str] = sorted(await self.redis.smembers(k.endpoints))  # type: ignore[arg-type]
-        if not endpoints:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for ep in endpoints:
-                pipe.smembers(k.endpoint_set(ep))
-            members: list[set[str]] = await pipe.execute()
+        members: list[Any]
+        if self._scripts is not None:
+            endpoints: list[str] = sorted((await self._scripts.many([("SMEMBERS",
+                                                                       k.endpoints)]))[0])
+            if not endpoints:
+                return []
+            members = await self._scripts.many([("SMEMBERS", k.endpoint_set(ep))
+                                                for ep in endpoints])
+        else:
+            endpoints = sorted(await self.redis.smembers(k.endpoints))  # type: ignore[arg-type]
+            if not endpoints:
+                return []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for ep in endpoints:
+                    pipe.smembers(k.endpoint_set(ep))
+                members = await pipe.execute()
         pairs = [(ep, wid) for ep, ids in zip(endpoints, members, strict=True)
                  for wid in sorted(ids)]
         if not pairs:
