@@ -715,7 +715,8 @@ def _worker_address(url: str) -> tuple[tuple[str, int, bool], bytes, bytes]:
     tls = u.scheme == "https"
     port = u.port or (443 if tls else 80)
     host = u.raw_host or ""
-    return (host, port, tls), u.raw_path.rstrip("/").encode(), f"{host}:{port}".encode()
+    named = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+    return (host, port, tls), u.raw_path.rstrip("/").encode(), f"{named}:{port}".encode()
 
 
 def _ticket_header(ticket: dict[str, Any]) -> bytes:
@@ -886,9 +887,12 @@ def _relay_whole(fc: FrontConn, req: Req, status: int, reason: bytes,
     if not keep_request_id:
         headers = [(n, v) for n, v in headers
                    if n.lower() not in _DROP_RESPONSE]
+    # 1xx, 204 and 304 answers carry no body and no Content-Length (RFC 9110 §8.6)
+    framing = b"" if status < 200 or status in (204, 304) else \
+        b"Content-Length: %d\r\n" % len(body)
     parts = _head(status, reason or _status_line(status)[13:-2], headers,
                   request_id if keep_request_id else "",
-                  not req.keep_alive or fc.front.closing, b"Content-Length: %d\r\n" % len(body))
+                  not req.keep_alive or fc.front.closing, framing)
     parts.append(body)
     req.answered = True
     fc._write(b"".join(parts))

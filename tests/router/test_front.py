@@ -364,3 +364,28 @@ async def test_a_client_still_sending_a_refused_body_gets_the_413(up: Upstream) 
             assert status == 413 and orjson.loads(body)["error"]["code"] == "body_too_large"
             await shut(writer)
         assert up.seen == []
+
+
+def test_worker_addresses_keep_prefixes_ports_and_ipv6_brackets() -> None:
+    from router.front import _worker_address
+
+    assert _worker_address("http://127.0.0.1:3001") == (("127.0.0.1", 3001, False), b"",
+                                                        b"127.0.0.1:3001")
+    assert _worker_address("http://10.0.0.5:8000/w/7/") == (("10.0.0.5", 8000, False),
+                                                            b"/w/7", b"10.0.0.5:8000")
+    assert _worker_address("https://gpu.example") == (("gpu.example", 443, True), b"",
+                                                      b"gpu.example:443")
+    assert _worker_address("http://[::1]:3000") == (("::1", 3000, False), b"", b"[::1]:3000")
+
+
+async def test_no_content_answers_carry_no_length(up: Upstream) -> None:
+    async with router_client(fast(proxy_settings([up]))) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        assert client.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(post("/demo/x?status=204", b"{}") + post("/demo/y", b"{}"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 204") and b"content-length" not in head.lower()
+        status, _, body = await read_answer(reader)  # the next answer is still in step
+        await shut(writer)
+        assert status == 200 and orjson.loads(body)["path"] == "/y"
