@@ -42,15 +42,21 @@ from yarl import URL
 from router.auth import AuthError, key_from_header
 from router.config import RESERVED_NAMES, EndpointSettings
 from router.context import CTX, RouterContext
-from router.cost import BadCost, estimate
 from router.errors import ApiError
 from router.health import PollResult
 from router.limits import check_rate, in_flight_slot
-from router.proxy import _REQUEST_ID_RE, HOP_BY_HOP, model_endpoint
+from router.proxy import (
+    _REQUEST_ID_RE,
+    HOP_BY_HOP,
+    Retry,
+    _passive,
+    model_endpoint,
+    on_workers,
+    request_cost,
+)
 from router.state.base import StoreUnavailable
 from router.ticket import (
     MAX_JSON_BODY_BYTES,
-    issue_ticket,
     json_object,
     no_worker_body,
     route_answer,
@@ -572,13 +578,13 @@ def _offset_after(raw: bytes, n: int) -> int:
 
 # The proxy itself ------------------------------------------------------------------------
 
-class _Retry(Exception):
-    """This attempt failed before any byte reached the client; try another worker."""
+class _Retry(Retry):
+    """A failed try, with what to answer if no other worker does better."""
 
     def __init__(self, reason: str, status: int, body: bytes,
                  headers: list[tuple[bytes, bytes]] | None = None,
                  error: tuple[str, str] | None = None) -> None:
-        self.reason = reason
+        super().__init__(reason)
         self.status = status
         self.body = body
         self.headers = headers or []
@@ -659,37 +665,21 @@ def _is_json(ctype: bytes) -> bool:
 async def forward(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSettings,
                   body: bytes, parsed: Any) -> None:
     """Send the request to a worker (retrying on others) and relay its answer."""
-    try:
-        cost = estimate(req.x_cost.decode("latin-1") if req.x_cost is not None else None,
-                        parsed, ep.default_cost)
-    except BadCost as exc:
-        raise ApiError(400, "bad_request", str(exc)) from exc
+    cost = request_cost(req.x_cost.decode("latin-1") if req.x_cost is not None else None,
+                        parsed, ep)
     rid = req.x_request_id
     request_id = rid.decode() if rid and _REQUEST_ID_RE.match(rid.decode("latin-1")) \
         else _new_request_id()
     m = ctx.metrics
     started = time.perf_counter()
-    tried: set[str] = set()
-    last: _Retry | None = None
     status: int | None = None
     try:
-        for attempt in range(ep.retries + 1):
-            ticket, _, wid = await issue_ticket(ctx, ep.name, cost, exclude=frozenset(tried),
-                                                request_id=request_id)
-            if ticket is None:
-                break
-            tried.add(wid)
-            try:
-                status = await _attempt(fc, req, ctx, ep, body, ticket, wid, request_id)
-                return
-            except _Retry as retry:
-                last = retry
-                if attempt < ep.retries:
-                    m.child(m.retries, ep.name, retry.reason).inc()
-            finally:
-                where = await ctx.store.release(wid, ticket["reqnum"], cost)
-                if where is not None:
-                    ctx.snapshot.apply_release(wid, cost, where)
+        status, last = await on_workers(
+            ctx, ep, cost, request_id,
+            lambda ticket, wid: _attempt(fc, req, ctx, ep, body, ticket, wid, request_id),
+            _Retry)
+        if status is not None:
+            return
         if last is not None:
             status = last.status
             if last.error is not None:
@@ -742,11 +732,6 @@ def _upstream_request(fc: FrontConn, req: Req, prefix: bytes, hostport: bytes,
     else:
         parts.append(b"\r\n")
     return b"".join(parts)
-
-
-async def _passive(ctx: RouterContext, wid: str, result: PollResult) -> None:
-    if ctx.health is not None:
-        await ctx.health.observe(wid, result)
 
 
 class _Watch:

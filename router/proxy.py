@@ -18,7 +18,8 @@ import logging
 import re
 import secrets
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -50,12 +51,61 @@ _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Content-Type")
 _WHOLE_BODY_BYTES = 64 * 1024
 
 
-class _Retry(Exception):
-    """This attempt failed before any byte reached the client; try another worker."""
+class Retry(Exception):
+    """An attempt failed before any byte reached the client; try another worker."""
 
-    def __init__(self, reason: str, response: web.Response) -> None:
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
         self.reason = reason
+
+
+class _Retry(Retry):
+    def __init__(self, reason: str, response: web.Response) -> None:
+        super().__init__(reason)
         self.response = response
+
+
+T = TypeVar("T")
+R = TypeVar("R", bound=Retry)
+
+
+def request_cost(header: str | None, parsed: Any, ep: EndpointSettings) -> float:
+    """What the request weighs (router/cost.py), or 400 for a bad X-Cost."""
+    try:
+        return estimate(header, parsed, ep.default_cost)
+    except BadCost as exc:
+        raise ApiError(400, "bad_request", str(exc)) from exc
+
+
+async def on_workers(ctx: RouterContext, ep: EndpointSettings, cost: float, request_id: str,
+                     attempt: Callable[[dict[str, Any], str], Awaitable[T]],
+                     retry: type[R]) -> tuple[T | None, R | None]:
+    """`attempt(ticket, worker id)` on one worker, then others while it raises `retry`.
+
+    Each try holds a ticket of its own, released when the try ends however it ends
+    (answered, failed, or the client gone). Returns (the answer, None), or (None, the
+    last `retry` raised, or None when no worker could take the request at all).
+    """
+    m = ctx.metrics
+    tried: set[str] = set()
+    last: R | None = None
+    for n in range(ep.retries + 1):
+        ticket, _, wid = await issue_ticket(ctx, ep.name, cost, exclude=frozenset(tried),
+                                            request_id=request_id)
+        if ticket is None:
+            break
+        tried.add(wid)
+        try:
+            return await attempt(ticket, wid), None
+        except retry as exc:
+            last = exc
+            if n < ep.retries:
+                m.child(m.retries, ep.name, exc.reason).inc()
+        finally:
+            where = await ctx.store.release(wid, ticket["reqnum"], cost)
+            if where is not None:
+                ctx.snapshot.apply_release(wid, cost, where)
+    return None, last
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -174,38 +224,22 @@ def _upstream_headers(request: web.Request, ticket: dict[str, Any],
 async def forward(request: web.Request, ctx: RouterContext, ep: EndpointSettings, path: str,
                   body: bytes, parsed: Any) -> web.StreamResponse:
     """Send the request to a worker (retrying on others) and stream its answer back."""
-    try:
-        cost = estimate(request.headers.get("X-Cost"), parsed, ep.default_cost)
-    except BadCost as exc:
-        raise ApiError(400, "bad_request", str(exc)) from exc
+    cost = request_cost(request.headers.get("X-Cost"), parsed, ep)
     rid = request.headers.get("X-Request-Id", "")
     request_id = rid if _REQUEST_ID_RE.match(rid) else secrets.token_hex(16)
     m = ctx.metrics
     started = time.perf_counter()
-    tried: set[str] = set()
-    last: web.Response | None = None
     resp: web.StreamResponse | None = None
     try:
-        for attempt in range(ep.retries + 1):
-            ticket, _, wid = await issue_ticket(ctx, ep.name, cost, exclude=frozenset(tried),
-                                                request_id=request_id)
-            if ticket is None:
-                break
-            tried.add(wid)
-            try:
-                resp = await _attempt(request, ctx, ep, path, body, ticket, wid, request_id)
-                return resp
-            except _Retry as retry:
-                last = retry.response
-                if attempt < ep.retries:
-                    m.child(m.retries, ep.name, retry.reason).inc()
-            finally:
-                where = await ctx.store.release(wid, ticket["reqnum"], cost)
-                if where is not None:
-                    ctx.snapshot.apply_release(wid, cost, where)
+        resp, last = await on_workers(
+            ctx, ep, cost, request_id,
+            lambda ticket, wid: _attempt(request, ctx, ep, path, body, ticket, wid, request_id),
+            _Retry)
+        if resp is not None:
+            return resp
         if last is not None:
-            resp = last
-            return last
+            resp = last.response
+            return resp
         no_worker, headers = no_worker_body(ctx, ep.name)
         resp = error_response(503, "no_worker", "no worker of this endpoint can take the "
                               "request now; retry later", headers=headers, **no_worker)
