@@ -1,18 +1,19 @@
 """The router's listening socket: proxied requests on a fast path, the rest to aiohttp.
 
-Proxy mode through aiohttp's server and client cost about 250 µs of CPU per request,
-6x what nginx needs (bench/RESULTS.md). Most of it is machinery a proxy does not use:
-request and response objects, middleware, payload writers, timeout contexts. Here each
-connection is first read by a small httptools (llhttp) protocol. A request for
-`/{endpoint}/...` or an OpenAI path is served on the spot: parsed once, sent to the worker
-in one write over a kept-alive connection (`router/upstream.py`), and the answer relayed
-chunk by chunk as it arrives. Anything else, and anything unusual (HTTP/1.0, HEAD,
+Proxy mode through aiohttp's server and client cost about 470 µs of CPU per request
+(bench/RESULTS.md), most of it machinery a proxy does not use: request and response
+objects, middleware, payload writers, timeout contexts. Here each connection is first
+read by a small httptools (llhttp) protocol. A request for `/{endpoint}/...` or an
+OpenAI path is served on the spot: parsed once, sent to the worker in one write over a
+kept-alive connection (`router/upstream.py`), and the answer relayed chunk by chunk as it
+arrives. `POST /route` is answered here too (`ticket.route_answer`). Anything else, and anything unusual (HTTP/1.0, HEAD,
 upgrades, encoded or dotted paths, parse errors, oversized heads), is handed with its
 bytes to aiohttp's own protocol for the rest of the connection: the routes, limits and
 error answers of `router/app.py` apply unchanged, including its proxy handler.
 
-The behaviour matches `router/proxy.py` (the same tickets, retries, timeouts, passive
-health, limits, metrics and error bodies) and the same tests run against both. Turn it
+The behaviour matches `router/proxy.py` and `ticket.route` (the same tickets, retries,
+timeouts, passive health, limits, metrics and error bodies), and the same tests run
+against both. Turn it
 off with `server.fast_proxy = false`. Hand-written on purpose: no maintained library
 offers an HTTP/1.1 reverse proxy core for asyncio that would let the router keep its
 own balancing, tickets and accounting per request.
@@ -110,7 +111,6 @@ class Req:
         "path",
         "query",
         "size",
-        "started",
         "upstream_path",
         "url",
         "x_cost",
@@ -140,7 +140,6 @@ class Req:
         self.ep: EndpointSettings | None = None  # None: OpenAI (found by `model`), /route
         self.upstream_path = b""
         self.error: ApiError | None = None
-        self.started = 0.0
         self.answered = False
 
 
@@ -270,8 +269,7 @@ class FrontConn(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        req = self.reading = Req()
-        req.started = self.loop.time()
+        self.reading = Req()
         self.head_bytes = 1
         if self.current is None:  # else the answer in flight comes first; then the timer
             self._arm(self.front.read_timeout_s)
@@ -547,10 +545,9 @@ def _status_line(status: int) -> bytes:
 
 
 class _Counter:
-    __slots__ = ("begun", "done")
+    __slots__ = ("done",)
 
     def __init__(self) -> None:
-        self.begun = 0
         self.done = 0
 
     def on_message_complete(self) -> None:
