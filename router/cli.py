@@ -181,7 +181,11 @@ def _run(app: Any, settings: Settings) -> None:
     finally:
         if not task.done():
             task.cancel()  # runs the runner's cleanup: the graceful part of the shutdown
-            with contextlib.suppress(asyncio.CancelledError, GracefulExit):
+        while not task.done():
+            # A second signal (`timeout` and some supervisors signal the process group
+            # as well as the process) must not cut the cleanup short; the grace period
+            # bounds it.
+            with contextlib.suppress(asyncio.CancelledError, GracefulExit, KeyboardInterrupt):
                 loop.run_until_complete(task)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()

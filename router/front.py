@@ -6,17 +6,17 @@ objects, middleware, payload writers, timeout contexts. Here each connection is 
 read by a small httptools (llhttp) protocol. A request for `/{endpoint}/...` or an
 OpenAI path is served on the spot: parsed once, sent to the worker in one write over a
 kept-alive connection (`router/upstream.py`), and the answer relayed chunk by chunk as it
-arrives. `POST /route` is answered here too (`ticket.route_answer`). Anything else, and anything unusual (HTTP/1.0, HEAD,
-upgrades, encoded or dotted paths, parse errors, oversized heads), is handed with its
-bytes to aiohttp's own protocol for the rest of the connection: the routes, limits and
-error answers of `router/app.py` apply unchanged, including its proxy handler.
+arrives. `POST /route` is answered here too (`ticket.route_answer`). Anything else, and
+anything unusual (HTTP/1.0, HEAD, upgrades, encoded or dotted paths, parse errors,
+oversized heads), is handed with its bytes to aiohttp's own protocol for the rest of the
+connection: the routes, limits and error answers of `router/app.py` apply unchanged,
+including its proxy handler.
 
 The behaviour matches `router/proxy.py` and `ticket.route` (the same tickets, retries,
 timeouts, passive health, limits, metrics and error bodies), and the same tests run
-against both. Turn it
-off with `server.fast_proxy = false`. Hand-written on purpose: no maintained library
-offers an HTTP/1.1 reverse proxy core for asyncio that would let the router keep its
-own balancing, tickets and accounting per request.
+against both. Turn it off with `server.fast_proxy = false`. Hand-written on purpose: no
+maintained library offers an HTTP/1.1 reverse proxy core for asyncio that would let the
+router keep its own balancing, tickets and accounting per request.
 """
 
 from __future__ import annotations
