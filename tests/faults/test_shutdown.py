@@ -64,7 +64,9 @@ def grace(stack: Stack, seconds: float) -> None:
     wait_until(lambda: set(statuses(stack.url).values()) == {"ready"}, what="ready again")
 
 
-def test_router_sigterm_lets_streams_finish_then_exits_0(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signals", [1, 2], ids=["one_sigterm", "two_sigterms"])
+def test_router_sigterm_lets_streams_finish_then_exits_0(tmp_path: Path, signals: int) -> None:
+    """Twice: `timeout` and some supervisors signal the process and its group."""
     s = Stack(tmp_path, 1, 0.25, "--tokens-per-s", "20")
     try:
         grace(s, 10)
@@ -74,13 +76,17 @@ def test_router_sigterm_lets_streams_finish_then_exits_0(tmp_path: Path) -> None
         assert reader.first.wait(10) and reader.error is None
         assert s.router.proc is not None
         s.router.proc.send_signal(signal.SIGTERM)
+        if signals == 2:
+            time.sleep(0.2)
+            s.router.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: refused(port), timeout_s=3, what="no new connections")
         reader.join(15)
         # the stream in flight ran to its end: every token, no error event
         assert reader.error is None, reader.error
         assert len(reader.lines) == 30 and b"event: error" not in reader.lines
         assert s.router.proc.wait(10) == 0
-        assert "Traceback" not in s.router.log()
+        log = s.router.log()
+        assert "Traceback" not in log and "asynchronous generator" not in log
     except BaseException:
         print(s.logs())
         raise
