@@ -9,6 +9,7 @@ its read timeouts.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -389,3 +390,47 @@ async def test_no_content_answers_carry_no_length(up: Upstream) -> None:
         status, _, body = await read_answer(reader)  # the next answer is still in step
         await shut(writer)
         assert status == 200 and orjson.loads(body)["path"] == "/y"
+
+
+async def test_random_pipelines_in_random_pieces_answer_every_request_in_order(
+        up: Upstream) -> None:
+    """The hand-off's byte accounting, shaken: proxied, /route and aiohttp-only requests
+    in random order, written in random pieces; every answer comes back, in order."""
+    import random
+
+    rng = random.Random(20261124)
+    route = json_post("/route", b'{"endpoint": "demo", "api_key": "%s"}' % DEV_KEY.encode())
+    # each kind: (the request bytes for position i, what its answer must contain)
+    kinds = {
+        "proxy": lambda i: (post(f"/demo/n{i}", b'{"i": %d}' % i), b'"/n%d"' % i),
+        "route": lambda i: (route, b'"signature"'),
+        "livez": lambda i: (b"GET /livez HTTP/1.1\r\nHost: r\r\n\r\n", b'"ok"'),
+        "models": lambda i: (b"GET /v1/models HTTP/1.1\r\nHost: r\r\n" + AUTH + b"\r\n",
+                             b'"demo-model"'),
+        "chunked": lambda i: (b"POST /demo/c%d HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: "
+                              b"chunked\r\nContent-Type: application/json\r\n" % i + AUTH
+                              + b"\r\n2\r\n{}\r\n0\r\n\r\n", b'"/c%d"' % i),
+    }
+    async with router_client(fast(proxy_settings([up]))) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        assert client.port is not None
+        for _ in range(60):
+            plan = [kinds[rng.choice(list(kinds))](i) for i in range(rng.randint(1, 8))]
+            data = b"".join(request for request, _ in plan)
+            cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1,
+                                                              rng.randint(0, 6))))
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+            for a, b in itertools.pairwise([0, *cuts, len(data)]):
+                writer.write(data[a:b])
+                await writer.drain()
+                if rng.random() < 0.5:
+                    await asyncio.sleep(0.002)
+            for i, (_, expect) in enumerate(plan):
+                status, _, body = await read_answer(reader)
+                assert status == 200 and expect in body, (plan, i, body)
+            await shut(writer)
+
+
+def json_post(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
