@@ -20,6 +20,10 @@ from typing import Protocol
 import httptools
 
 _MAX_IDLE_PER_WORKER = 64
+# An idle connection is closed after this long (aiohttp's connector keeps them 15 s too):
+# some model servers never close idle connections, and a large fleet would otherwise
+# hold file descriptors without end.
+KEEPALIVE_S = 15.0
 _MAX_HEAD_BYTES = 64 * 1024
 
 
@@ -53,6 +57,7 @@ class Conn(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.paused = False
+        self.idle_since = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -191,11 +196,13 @@ class Conn(asyncio.Protocol):
 
 
 class Pool:
-    """Idle kept-alive connections per worker address."""
+    """Idle kept-alive connections per worker address, newest used first."""
 
-    def __init__(self) -> None:
+    def __init__(self, keepalive_s: float = KEEPALIVE_S) -> None:
         self._idle: dict[tuple[str, int, bool], list[Conn]] = {}
         self._ssl: ssl.SSLContext | None = None
+        self.keepalive_s = keepalive_s
+        self._sweep: asyncio.TimerHandle | None = None
 
     def take(self, key: tuple[str, int, bool]) -> Conn | None:
         idle = self._idle.get(key)
@@ -205,6 +212,24 @@ class Pool:
                 conn.reused = True
                 return conn
         return None
+
+    def _expire(self) -> None:
+        """Close connections idle longer than `keepalive_s` (the oldest lead each list)."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - self.keepalive_s
+        for key in list(self._idle):
+            idle = self._idle[key]
+            n = 0
+            while n < len(idle) and idle[n].idle_since <= cutoff:
+                n += 1
+            old, idle[:n] = idle[:n], []
+            for conn in old:
+                conn.close()
+            if not idle:
+                del self._idle[key]
+        if self._idle:
+            self._sweep = loop.call_later(self.keepalive_s / 2, self._expire)
 
     async def connect(self, key: tuple[str, int, bool], timeout_s: float) -> Conn:
         host, port, tls = key
@@ -238,7 +263,10 @@ class Pool:
         if len(idle) >= _MAX_IDLE_PER_WORKER:
             conn.close()
             return
+        conn.idle_since = conn.loop.time()
         idle.append(conn)
+        if self._sweep is None:
+            self._sweep = conn.loop.call_later(self.keepalive_s / 2, self._expire)
 
     def forget(self, conn: Conn) -> None:
         idle = self._idle.get(conn.key)
@@ -246,6 +274,9 @@ class Pool:
             idle.remove(conn)
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for idle in self._idle.values():
             for conn in list(idle):
                 with contextlib.suppress(Exception):

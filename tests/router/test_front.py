@@ -434,3 +434,32 @@ async def test_random_pipelines_in_random_pieces_answer_every_request_in_order(
 def json_post(path: str, body: bytes) -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def test_idle_worker_connections_are_closed_after_the_keepalive(up: Upstream) -> None:
+    """Some model servers never close an idle connection; the pool does, so a large
+    fleet does not hold file descriptors without end."""
+    from router.upstream import Pool
+
+    assert up.server is not None
+    pool = Pool(keepalive_s=0.3)
+    key = ("127.0.0.1", up.server.port or 0, False)
+    conns = []
+    for _ in range(3):  # three connections, all idle at once
+        conn = await pool.connect(key, 2)
+        conn.send(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conn.done is not None
+        await asyncio.wait_for(conn.done, 5)
+        conns.append(conn)
+    for conn in conns:
+        pool.put(conn)
+    await asyncio.sleep(0.1)
+    kept = pool.take(key)  # used again within the keep-alive: kept
+    assert kept is conns[-1] and not kept.closed
+    await asyncio.sleep(0.6)
+    assert conns[0].closed and conns[1].closed and pool.take(key) is None
+    pool.put(kept)  # back in: it has its own keep-alive from now
+    assert pool.take(key) is kept
+    pool.put(kept)
+    pool.close()  # idle ones close with the pool
+    assert kept.closed
