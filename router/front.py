@@ -22,7 +22,6 @@ router keep its own balancing, tickets and accounting per request.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import email.utils
 import functools
@@ -40,6 +39,7 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
+from router import proxy
 from router.auth import AuthError, key_from_header
 from router.config import RESERVED_NAMES, EndpointSettings
 from router.context import CTX, RouterContext
@@ -48,12 +48,13 @@ from router.health import PollResult
 from router.limits import check_rate, in_flight_slot
 from router.proxy import (
     _REQUEST_ID_RE,
-    HOP_BY_HOP,
     Retry,
     _passive,
     model_endpoint,
     on_workers,
     request_cost,
+    ticket_header,
+    too_large,
 )
 from router.state.base import StoreUnavailable
 from router.ticket import (
@@ -71,13 +72,10 @@ _OPENAI_PATHS = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/em
 _ROUTE_PATHS = frozenset({b"/route", b"/route/"})
 # What a fast request is: one endpoint's proxy path, an OpenAI path, or ticket mode.
 _PROXY, _OPENAI, _ROUTE = 0, 1, 2
-_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
-_DROP_REQUEST = _HOP | {b"host", b"content-length", b"authorization", b"x-route-ticket",
-                        b"x-cost", b"x-request-id", b"x-forwarded-for", b"x-forwarded-proto",
-                        b"x-forwarded-host", b"expect"}
-_DROP_RESPONSE = _HOP | {b"content-length", b"x-request-id"}
-_RETRY_STATUSES = frozenset({502, 503, 429})
-_WHOLE_BODY_BYTES = 64 * 1024  # fixed-length answers up to this are sent whole, or 502
+# proxy.py's header sets as bytes (httptools hands names over as bytes); the answer's own
+# X-Request-Id is replaced by the router's
+_DROP_REQUEST = frozenset(h.encode() for h in proxy.DROP_REQUEST)
+_DROP_RESPONSE = frozenset(h.encode() for h in proxy.DROP_RESPONSE) | {b"x-request-id"}
 _MAX_HEAD_BYTES = 64 * 1024  # a request head larger than this goes to aiohttp (and its 4xx)
 _MAX_HEADERS = 100
 _LINGER_S = 2.0  # after answering a body too large before it arrived, read on this long
@@ -338,7 +336,7 @@ class FrontConn(asyncio.Protocol):
                 except ValueError:
                     too_big = False
                 if too_big:
-                    self._reject(req, _too_large(req.limit))
+                    self._reject(req, too_large(req.limit))
                     raise _HandOff
         if req.expect and self.current is None and not self.queue:
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -348,7 +346,7 @@ class FrontConn(asyncio.Protocol):
         assert req is not None
         req.size += len(body)
         if req.size > req.limit:
-            self._reject(req, _too_large(req.limit))
+            self._reject(req, too_large(req.limit))
             raise _HandOff
         req.body.append(body)
 
@@ -531,10 +529,6 @@ def _date() -> bytes:
     return bytes(_DATE[1])
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "body_too_large", f"request body over {limit} bytes")
-
-
 @functools.cache
 def _status_line(status: int) -> bytes:
     try:
@@ -616,7 +610,7 @@ async def serve(fc: FrontConn, req: Req) -> None:
                 raise ApiError(404, "model_not_found", f"no endpoint serves model {model!r}")
             key = ctx.auth.require_endpoint(presented, ep.name)
             if len(body) > ep.max_body_bytes:
-                raise _too_large(ep.max_body_bytes)
+                raise too_large(ep.max_body_bytes)
             parsed: Any = doc
         else:
             ep = req.ep
@@ -706,10 +700,6 @@ def _worker_address(url: str) -> tuple[tuple[str, int, bool], bytes, bytes]:
     return (host, port, tls), u.raw_path.rstrip("/").encode(), f"{named}:{port}".encode()
 
 
-def _ticket_header(ticket: dict[str, Any]) -> bytes:
-    return base64.urlsafe_b64encode(orjson.dumps(ticket)).rstrip(b"=")
-
-
 def _upstream_request(fc: FrontConn, req: Req, prefix: bytes, hostport: bytes,
                       ticket: dict[str, Any], request_id: str, body: bytes) -> bytes:
     target = prefix + req.upstream_path
@@ -723,7 +713,7 @@ def _upstream_request(fc: FrontConn, req: Req, prefix: bytes, hostport: bytes,
     xff = req.xff + b", " + fc.peer if req.xff else fc.peer
     parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
               req.host or fc.local, b"\r\nX-Request-Id: ", request_id.encode(),
-              b"\r\nX-Route-Ticket: ", _ticket_header(ticket), b"\r\n")
+              b"\r\nX-Route-Ticket: ", ticket_header(ticket).encode(), b"\r\n")
     if body or req.method in (b"POST", b"PUT", b"PATCH"):
         parts += (b"Content-Length: %d\r\n\r\n" % len(body), body)
     else:
@@ -802,7 +792,7 @@ async def _attempt(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSett
         status = conn.status
         if status >= 500:
             await _passive(ctx, wid, PollResult(False, detail=f"HTTP {status}"))
-        if status in _RETRY_STATUSES:
+        if status in proxy.RETRY_STATUSES:
             if not conn.complete:
                 await _finish(loop, conn, total_deadline, ep.timeout_idle_s)
             raise _Retry(f"status_{status}", status, conn.take_body()[:65536], conn.headers)
@@ -810,7 +800,7 @@ async def _attempt(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSett
     except _Retry:
         raise
     except (UpstreamError, TimeoutError) as exc:
-        if status in _RETRY_STATUSES:  # the error answer itself broke off: still retry
+        if status in proxy.RETRY_STATUSES:  # the error answer itself broke off: still retry
             raise _Retry(f"status_{status}", status, b"") from exc
         raise
     finally:
@@ -911,7 +901,7 @@ async def _relay(fc: FrontConn, req: Req, conn: Conn, deadline: float, idle_s: f
     headers, length, _, sse = _response_headers(conn)
     status, loop = conn.status, fc.loop
     close = not req.keep_alive or fc.front.closing
-    if not conn.complete and length is not None and length <= _WHOLE_BODY_BYTES and not sse:
+    if not conn.complete and length is not None and length <= proxy.WHOLE_BODY_BYTES and not sse:
         # A small body of known length arrives in one or two reads anyway; sending it
         # whole means a worker that cuts it short gets the client a 502, not a short 200.
         try:

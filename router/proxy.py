@@ -40,15 +40,19 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate",
                         "proxy-authorization", "te", "trailer", "trailers",
                         "transfer-encoding", "upgrade"})
 # Never forwarded upstream: hop-by-hop, the router's own key, and what the router sets.
-_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "x-route-ticket",
+DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "x-route-ticket",
                               "x-cost", "x-request-id", "x-forwarded-for",
                               "x-forwarded-proto", "x-forwarded-host", "expect"}
-_DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
-_RETRY_STATUSES = frozenset({502, 503, 429})
+DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
+RETRY_STATUSES = frozenset({502, 503, 429})
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Content-Type")
 # Fixed-length answers up to this size are read whole and answered in one write.
-_WHOLE_BODY_BYTES = 64 * 1024
+WHOLE_BODY_BYTES = 64 * 1024
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"request body over {limit} bytes")
 
 
 class Retry(Exception):
@@ -110,7 +114,7 @@ async def on_workers(ctx: RouterContext, ep: EndpointSettings, cost: float, requ
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
+        raise too_large(limit)
     return await read_within(request, _read_capped(request, limit))
 
 
@@ -119,7 +123,7 @@ async def _read_capped(request: web.Request, limit: int) -> bytes:
     while chunk := await request.content.read(65536):
         body += chunk
         if len(body) > limit:
-            raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
+            raise too_large(limit)
     return bytes(body)
 
 
@@ -166,7 +170,7 @@ async def openai(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "model_not_found", f"no endpoint serves model {model!r}")
     key = ctx.auth.require_endpoint(presented, ep.name)
     if len(body) > ep.max_body_bytes:
-        raise ApiError(413, "body_too_large", f"request body over {ep.max_body_bytes} bytes")
+        raise too_large(ep.max_body_bytes)
     return await limited_forward(request, ctx, key, ep, request.path, body, doc)
 
 
@@ -198,7 +202,7 @@ async def list_models(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": data})
 
 
-def _ticket_header(ticket: dict[str, Any]) -> str:
+def ticket_header(ticket: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(ticket)).rstrip(b"=").decode()
 
 
@@ -209,7 +213,7 @@ def _connection_tokens(headers: Any) -> set[str]:
 
 def _upstream_headers(request: web.Request, ticket: dict[str, Any],
                       request_id: str) -> dict[str, str]:
-    drop = _DROP_REQUEST | _connection_tokens(request.headers)
+    drop = DROP_REQUEST | _connection_tokens(request.headers)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
@@ -217,7 +221,7 @@ def _upstream_headers(request: web.Request, ticket: dict[str, Any],
     headers["X-Forwarded-Proto"] = request.scheme
     headers["X-Forwarded-Host"] = request.host
     headers["X-Request-Id"] = request_id
-    headers["X-Route-Ticket"] = _ticket_header(ticket)
+    headers["X-Route-Ticket"] = ticket_header(ticket)
     return headers
 
 
@@ -287,7 +291,7 @@ async def _attempt(request: web.Request, ctx: RouterContext, ep: EndpointSetting
             time.perf_counter() - sent)
         if upstream.status >= 500:
             await _passive(ctx, wid, PollResult(False, detail=f"HTTP {upstream.status}"))
-        if upstream.status in _RETRY_STATUSES:
+        if upstream.status in RETRY_STATUSES:
             data = await upstream.content.read(65536)
             raise _Retry(f"status_{upstream.status}", web.Response(
                 body=data, status=upstream.status, headers=_response_headers(upstream)))
@@ -303,7 +307,7 @@ def _client_timeout(ep: EndpointSettings) -> aiohttp.ClientTimeout:
 
 
 def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
-    drop = _DROP_RESPONSE | _connection_tokens(upstream.headers)
+    drop = DROP_RESPONSE | _connection_tokens(upstream.headers)
     return {k: v for k, v in upstream.headers.items() if k.lower() not in drop}
 
 
@@ -315,7 +319,7 @@ async def _stream(request: web.Request, upstream: aiohttp.ClientResponse,
     chunked = upstream.headers.get("Transfer-Encoding", "").lower() == "chunked"
     length = None if chunked else upstream.content_length
     sse = upstream.content_type == "text/event-stream"
-    if length is not None and length <= _WHOLE_BODY_BYTES and not sse and request.method != "HEAD":
+    if length is not None and length <= WHOLE_BODY_BYTES and not sse and request.method != "HEAD":
         # A small body of known length arrives in one or two reads anyway: answering it
         # whole skips the chunk loop (12% of a small request's samples in py-spy; an A/B
         # run of proxy_bench could not separate the gain from this machine's noise), and
