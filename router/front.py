@@ -200,6 +200,8 @@ class FrontConn(asyncio.Protocol):
         self.stopped = False  # no more requests are read (an error answer ends the connection)
         self.linger = False  # ... and the client may still be sending: see _reject
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.deadline: float | None = None  # loop time the connection times out at
         self.head_bytes = 0
 
     # asyncio.Protocol
@@ -218,7 +220,7 @@ class FrontConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.discard(self)
-        self._disarm()
+        self._disarm(now=True)
         if self.current is not None and not self.current.done():
             self.current.cancel()  # the client hung up: drop the worker request at once
         self.queue.clear()
@@ -434,7 +436,7 @@ class FrontConn(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.front.discard(self)
-        self._disarm()
+        self._disarm(now=True)
         if transport.is_closing():
             return
         proto = self.front.aiohttp_protocol()
@@ -445,19 +447,35 @@ class FrontConn(asyncio.Protocol):
             proto.data_received(data)
         transport.resume_reading()
 
-    # timers
+    # timers: one per connection, moved on lazily. Arming and disarming happen twice per
+    # request; a timer made and cancelled each time cost ~1.5% of a proxied request.
     def _arm(self, after_s: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(after_s, self._timed_out)
+        when = self.loop.time() + after_s
+        self.deadline = when
+        if self.timer is None or self.timer_at > when:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer, self.timer_at = self.loop.call_at(when, self._tick), when
 
-    def _disarm(self) -> None:
-        if self.timer is not None:
+    def _disarm(self, *, now: bool = False) -> None:
+        """No timeout until armed again; `now`: drop the timer too (the connection ends)."""
+        self.deadline = None
+        if now and self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _timed_out(self) -> None:
+    def _tick(self) -> None:
         self.timer = None
+        when = self.deadline
+        if when is None:
+            return
+        if self.loop.time() < when:  # armed again since: wait on
+            self.timer, self.timer_at = self.loop.call_at(when, self._tick), when
+            return
+        self.deadline = None
+        self._timed_out()
+
+    def _timed_out(self) -> None:
         req = self.reading
         if req is not None and req.method and self.current is None and not self.queue:
             # the head came, the body is too slow: say so before closing
@@ -495,7 +513,7 @@ class FrontConn(asyncio.Protocol):
             self.transport.write(data)
 
     def _close(self) -> None:
-        self._disarm()
+        self._disarm(now=True)
         if self.transport is not None:
             self.transport.close()
 
@@ -721,32 +739,6 @@ def _upstream_request(fc: FrontConn, req: Req, prefix: bytes, hostport: bytes,
     return b"".join(parts)
 
 
-class _Watch:
-    """Fail `conn` at `deadline`, or once it has read nothing for `idle_s` (loop time)."""
-
-    __slots__ = ("conn", "deadline", "handle", "idle_s", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, conn: Conn, deadline: float,
-                 idle_s: float | None) -> None:
-        self.loop, self.conn, self.deadline, self.idle_s = loop, conn, deadline, idle_s
-        self.handle = loop.call_at(self._when(), self._fire)
-
-    def _when(self) -> float:
-        if self.idle_s is None:
-            return self.deadline
-        return min(self.deadline, self.conn.last_read + self.idle_s)
-
-    def _fire(self) -> None:
-        now = self.loop.time()
-        if now >= self._when():
-            self.conn.fail(TimeoutError("the worker did not answer in time"))
-        else:
-            self.handle = self.loop.call_at(self._when(), self._fire)
-
-    def cancel(self) -> None:
-        self.handle.cancel()
-
-
 async def _attempt(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSettings,
                    body: bytes, ticket: dict[str, Any], wid: str, request_id: str) -> int:
     """One try on one worker; the status relayed, or _Retry before any byte was sent."""
@@ -766,7 +758,7 @@ async def _attempt(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSett
                 raise _Retry("connect", 502, b"", error=(
                     "worker_unreachable", "could not connect to a worker")) from exc
         conn.send(request)
-        watch = _Watch(loop, conn, min(total_deadline, loop.time() + ep.timeout_ttfb_s), None)
+        conn.watch(min(total_deadline, loop.time() + ep.timeout_ttfb_s), None)
         try:
             assert conn.head is not None
             await conn.head
@@ -785,7 +777,7 @@ async def _attempt(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSett
             conn.close()
             raise
         finally:
-            watch.cancel()
+            conn.unwatch()
     assert conn is not None
     try:
         ctx.metrics.child(ctx.metrics.upstream_ttfb, ep.name).observe(time.perf_counter() - sent)
@@ -809,12 +801,13 @@ async def _attempt(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSett
 
 async def _finish(loop: asyncio.AbstractEventLoop, conn: Conn, deadline: float,
                   idle_s: float) -> None:
-    watch = _Watch(loop, conn, deadline, idle_s)
+    if conn.complete:
+        return
+    conn.watch(deadline, idle_s)
     try:
-        assert conn.done is not None
-        await conn.done
+        await conn.finished()
     finally:
-        watch.cancel()
+        conn.unwatch()
 
 
 def _response_headers(conn: Conn) -> tuple[list[tuple[bytes, bytes]], int | None, bool, bool]:

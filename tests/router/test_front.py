@@ -340,8 +340,7 @@ async def test_a_connection_pooled_while_paused_reads_again(up: Upstream) -> Non
     conn = await pool.connect(key, 2)
     for _ in range(2):
         conn.send(request)
-        assert conn.done is not None
-        await asyncio.wait_for(conn.done, 5)
+        await asyncio.wait_for(conn.finished(), 5)
         assert conn.status == 200
         conn.pause_reading()  # the client was slow as the last bytes came in
         pool.put(conn)
@@ -448,8 +447,7 @@ async def test_idle_worker_connections_are_closed_after_the_keepalive(up: Upstre
     for _ in range(3):  # three connections, all idle at once
         conn = await pool.connect(key, 2)
         conn.send(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert conn.done is not None
-        await asyncio.wait_for(conn.done, 5)
+        await asyncio.wait_for(conn.finished(), 5)
         conns.append(conn)
     for conn in conns:
         pool.put(conn)
@@ -463,3 +461,97 @@ async def test_idle_worker_connections_are_closed_after_the_keepalive(up: Upstre
     pool.put(kept)
     pool.close()  # idle ones close with the pool
     assert kept.closed
+
+
+async def test_a_reused_connections_shorter_deadline_still_fires(up: Upstream) -> None:
+    """One timer per worker connection, moved on lazily: a later request with an earlier
+    deadline than the timer set for the one before must still time out on time."""
+    from router.upstream import Pool
+
+    assert up.server is not None
+    pool = Pool()
+    loop = asyncio.get_running_loop()
+    key = ("127.0.0.1", up.server.port or 0, False)
+    conn = await pool.connect(key, 2)
+    conn.send(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.watch(loop.time() + 30, None)
+    await asyncio.wait_for(conn.finished(), 5)
+    conn.unwatch()
+    pool.put(conn)
+    assert pool.take(key) is conn
+    conn.send(b"POST /sleep HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")  # answers in 5 s
+    started = loop.time()
+    conn.watch(started + 0.3, None)
+    assert conn.head is not None
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(conn.head, 5)
+    assert 0.25 <= loop.time() - started < 1.5
+    assert conn.closed
+    pool.close()
+
+
+async def test_the_idle_watch_moves_with_each_read() -> None:
+    """`watch(deadline, idle_s)`: a stream that keeps sending outlives idle_s; one that
+    stops is failed idle_s after its last byte."""
+    from router.upstream import Pool
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(8):  # 0.8 s in all, never 0.3 s apart
+            await resp.write(b"data: %d\n\n" % i)
+            await asyncio.sleep(0.1)
+        if request.query.get("stall"):
+            await asyncio.sleep(30)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/drip", drip)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    pool = Pool()
+    loop = asyncio.get_running_loop()
+    key = ("127.0.0.1", server.port or 0, False)
+    try:
+        for stall in (False, True):
+            conn = await pool.connect(key, 2)
+            conn.send(b"GET /drip%s HTTP/1.1\r\nHost: x\r\n\r\n" % (b"?stall=1" if stall else b""))
+            started = loop.time()
+            conn.watch(started + 30, 0.3)
+            if stall:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(conn.finished(), 5)
+                assert 0.95 <= loop.time() - started < 2.5  # 0.7 s of drips, then 0.3 s
+            else:
+                await asyncio.wait_for(conn.finished(), 5)
+                assert conn.complete and loop.time() - started >= 0.7
+            conn.unwatch()
+            conn.close()
+    finally:
+        pool.close()
+        await server.close()
+
+
+async def test_a_busy_kept_alive_client_outlives_the_read_timeout_and_an_idle_one_not(
+        up: Upstream) -> None:
+    """The client connection's timer is moved on per request, not made anew: requests
+    0.15 s apart keep it open past the 0.4 s timeout; then, idle, it closes."""
+    s = fast(proxy_settings([up]), request_read_timeout_s=0.4)
+    async with router_client(s) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        assert client.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(8):  # 1.2 s in all
+            writer.write(b"POST /demo/echo HTTP/1.1\r\nHost: r\r\nContent-Length: 2\r\n" + AUTH
+                         + b"\r\n{}")
+            status, _, _ = await read_answer(reader)
+            assert status == 200
+            await asyncio.sleep(0.15)
+        assert loop.time() - started > 1.0
+        idle_from = loop.time()
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+        assert 0.2 <= loop.time() - idle_from < 1.5
+        await shut(writer)
