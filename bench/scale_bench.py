@@ -1,15 +1,18 @@
 """Fleet size: `/route` latency, health-poll CPU and memory with up to 10,000 workers.
 
-    python bench/scale_bench.py [--sizes 10 100 1000 10000] [--duration 8] [--markdown]
+    python bench/scale_bench.py [--sizes 10 100 1000 10000] [--duration 6] [--rounds 3]
 
 Workers are virtual: one upstream process (bench/upstream.py) answers the health check
 of every `http://127.0.0.1:PORT/w/{i}`, so the router keeps a real fleet of N ready
 workers (static, from its config) that costs one process. For each store (memory, Redis)
-and each size it starts one router and measures, with wrk at 8 connections,
-`/route` p50/p99 and requests/s (the decision cost; issue #5 wants p99 within 1.2x
-across sizes), and the router's RSS. Health polls run every 30 s there, out of the way.
-Then, with 1,000 workers polled every second, it reads the router's CPU time from
-/proc over a window with no other traffic (target: under 15% of one core).
+and each size a router is started alone and measured with wrk at 8 connections on
+`/route`, health polls every 30 s, out of the way; that is repeated for `--rounds`
+rounds, the order of sizes turning each round, and the table gives each size's median
+over the rounds of p50, p99 and requests/s (the decision cost; issue #5 wants p99 within
+1.2x across sizes), and the router's RSS. One measurement per size in a fixed order read
+this shared machine's drift as fleet-size cost: `--sequential` still does that. Then,
+with 1,000 workers polled every second, it reads the router's CPU time from /proc over
+a window with no other traffic (target: under 15% of one core).
 Traffic stays on 127.0.0.1; every loop is bounded.
 """
 
@@ -19,12 +22,15 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -99,22 +105,32 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
+def measure(port: int, duration: int, script: Path) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/route"
+    run_wrk(url, 1, 8, set(range(os.cpu_count() or 1)), script)  # warm up
+    return run_wrk(url, duration, 8, set(range(os.cpu_count() or 1)), script)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
-    ap.add_argument("--duration", type=int, default=8, help="seconds of wrk per row")
+    ap.add_argument("--duration", type=int, default=6, help="seconds of wrk per measurement")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="measurements of each size, interleaved (median reported)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="the old way: one router at a time, sizes in order, one measurement")
     ap.add_argument("--poll-workers", type=int, default=1000)
     ap.add_argument("--poll-window", type=float, default=10.0)
     ap.add_argument("--stores", nargs="+", default=["memory", "redis"])
-    ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is required: apt-get install -y wrk", file=sys.stderr)
         return 2
     redis_bin = shutil.which("redis-server")
     stores = [s for s in args.stores if s == "memory" or redis_bin]
-    rows, poll = [], {}
+    rows: list[dict[str, Any]] = []
+    poll: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         script = tmp / "route.lua"
@@ -126,23 +142,8 @@ def main() -> int:
                       "--appendonly", "no", "--bind", "127.0.0.1"]):
             wait_http(f"http://127.0.0.1:{up_port}/readyz")
             for store in stores:
-                for n in args.sizes:
-                    port = free_port()
-                    cfg = tmp / f"{store}-{n}.toml"
-                    config(cfg, port, store, redis_port, up_port, n, interval_s=30)
-                    with process([sys.executable, "-m", "router", "serve", "--config",
-                                  str(cfg)]) as router:
-                        wait_http(f"http://127.0.0.1:{port}/livez", timeout_s=60)
-                        wait_ready(port, n)
-                        run_wrk(f"http://127.0.0.1:{port}/route", 2, 8, {0, 1}, script)
-                        res = run_wrk(f"http://127.0.0.1:{port}/route", args.duration, 8,
-                                      set(range(os.cpu_count() or 1)), script)
-                        res.update(store=store, n=n, rss_mb=rss_mb(router.pid))
-                        rows.append(res)
-                        print(f"{store:6} {n:6} workers: {res['rps']:7.0f} req/s p50 "
-                              f"{res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms RSS "
-                              f"{res['rss_mb']:.0f} MB, {res['missing']} without url",
-                              file=sys.stderr)
+                rows += (sequential if args.sequential else interleaved)(
+                    args, store, tmp, redis_port, up_port, script)
             # health polling cost: N workers at 1 s, no other traffic
             n = args.poll_workers
             port = free_port()
@@ -164,20 +165,75 @@ def main() -> int:
     return 0
 
 
-def report(rows: list[dict[str, object]], poll: dict[str, float],
+def _start(stack: ExitStack, store: str, n: int, tmp: Path, redis_port: int,
+           up_port: int) -> tuple[int, int]:
+    port = free_port()
+    cfg = tmp / f"{store}-{n}.toml"
+    config(cfg, port, store, redis_port, up_port, n, interval_s=30)
+    router = stack.enter_context(process([sys.executable, "-m", "router", "serve",
+                                          "--config", str(cfg)]))
+    wait_http(f"http://127.0.0.1:{port}/livez", timeout_s=60)
+    wait_ready(port, n)
+    return port, router.pid
+
+
+def interleaved(args: argparse.Namespace, store: str, tmp: Path, redis_port: int,
+                up_port: int, script: Path) -> list[dict[str, Any]]:
+    """`rounds` measurements of each size, the order turning each round; each router runs
+    alone, started anew for each measurement (so no size always goes first or last)."""
+    sizes = list(args.sizes)
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+    rss: dict[int, float] = {}
+    for r in range(args.rounds):
+        for n in sizes[r % len(sizes):] + sizes[:r % len(sizes)]:
+            with ExitStack() as stack:
+                port, pid = _start(stack, store, n, tmp, redis_port, up_port)
+                res = measure(port, args.duration, script)
+                rss[n] = max(rss.get(n, 0.0), rss_mb(pid))
+            runs[n].append(res)
+            print(f"{store:6} {n:6} workers, round {r + 1}: {res['rps']:7.0f} req/s p50 "
+                  f"{res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms, "
+                  f"{res['missing']} without url", file=sys.stderr)
+    return [{"store": store, "n": n,
+             **{k: statistics.median(x[k] for x in runs[n]) for k in ("rps", "p50_ms",
+                                                                      "p99_ms")},
+             "p99_runs": [x["p99_ms"] for x in runs[n]],
+             "missing": sum(x["missing"] for x in runs[n]), "rss_mb": rss[n]} for n in sizes]
+
+
+def sequential(args: argparse.Namespace, store: str, tmp: Path, redis_port: int,
+               up_port: int, script: Path) -> list[dict[str, Any]]:
+    """One router at a time, sizes in order, one measurement each (before 2026-12-01)."""
+    rows = []
+    for n in args.sizes:
+        with ExitStack() as stack:
+            port, pid = _start(stack, store, n, tmp, redis_port, up_port)
+            res = measure(port, args.duration, script)
+            res.update(store=store, n=n, rss_mb=rss_mb(pid), p99_runs=[res["p99_ms"]])
+            rows.append(res)
+            print(f"{store:6} {n:6} workers: {res['rps']:7.0f} req/s p50 {res['p50_ms']:.2f} "
+                  f"ms p99 {res['p99_ms']:.2f} ms RSS {res['rss_mb']:.0f} MB, "
+                  f"{res['missing']} without url", file=sys.stderr)
+    return rows
+
+
+def report(rows: list[dict[str, Any]], poll: dict[str, float],
            args: argparse.Namespace) -> None:
+    how = ("sizes in order, one measurement each" if args.sequential else
+           f"{args.rounds} rounds, the order of sizes turning, medians")
     print(f"\nscale bench, {date.today()}, {os.cpu_count()} CPUs ({cpu_model()}), python "
           f"{platform.python_version()}; wrk -c 8 -d {args.duration}s POST /route, Ed25519, "
-          "virtual workers on one upstream\n")
-    print("| store | workers | /route req/s | p50 ms | p99 ms | p99 ÷ smallest fleet's "
-          "| router RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          f"virtual workers on one upstream; {how}\n")
+    print("| store | workers | /route req/s | p50 ms | p99 ms | p99 each round ms "
+          "| p99 ÷ smallest fleet's | router RSS MB |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
     for store in dict.fromkeys(r["store"] for r in rows):
         mine = [r for r in rows if r["store"] == store]
-        base = float(mine[0]["p99_ms"])  # type: ignore[arg-type]
+        base = float(mine[0]["p99_ms"])
         for r in mine:
+            each = ", ".join(f"{x:.2f}" for x in r["p99_runs"])
             print(f"| {store} | {r['n']} | {r['rps']:.0f} | {r['p50_ms']:.2f} "
-                  f"| {r['p99_ms']:.2f} | {float(r['p99_ms']) / base:.2f} "  # type: ignore[arg-type]
+                  f"| {r['p99_ms']:.2f} | {each} | {float(r['p99_ms']) / base:.2f} "
                   f"| {r['rss_mb']:.0f} |")
     if poll:
         print(f"\nHealth polling: {poll['n']} workers every 1 s cost the router "
