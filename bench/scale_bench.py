@@ -5,12 +5,13 @@
 Workers are virtual: one upstream process (bench/upstream.py) answers the health check
 of every `http://127.0.0.1:PORT/w/{i}`, so the router keeps a real fleet of N ready
 workers (static, from its config) that costs one process. For each store (memory, Redis)
-and each size a router is started alone and measured with wrk at 8 connections on
-`/route`, health polls every 30 s, out of the way; that is repeated for `--rounds`
-rounds, the order of sizes turning each round, and the table gives each size's median
-over the rounds of p50, p99 and requests/s (the decision cost; issue #5 wants p99 within
-1.2x across sizes), and the router's RSS. One measurement per size in a fixed order read
-this shared machine's drift as fleet-size cost: `--sequential` still does that. Then,
+one router per fleet size is started, all of them up while any is measured (so each size
+runs beside the same background work: snapshot re-reads, health polls every
+`--latency-poll-s`), and each gets wrk at 8 connections on `/route` in `--rounds` rounds,
+the order of sizes turning each round. The table gives each size's median over the
+rounds of p50, p99 and requests/s (the decision cost; issue #5 wants p99 within 1.2x
+across sizes), and the router's RSS. One measurement per size in a fixed order read this
+shared machine's drift as fleet-size cost: `--sequential` still does that. Then,
 with 1,000 workers polled every second, it reads the router's CPU time from /proc over
 a window with no other traffic (target: under 15% of one core).
 Traffic stays on 127.0.0.1; every loop is bounded.
@@ -116,10 +117,14 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
     ap.add_argument("--duration", type=int, default=6, help="seconds of wrk per measurement")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="measurements of each size, interleaved (median reported)")
+    ap.add_argument("--latency-poll-s", type=float, default=600.0,
+                    help="health poll interval while /route is measured (polling has its own "
+                         "row; at 30 s, 10,000 workers make 333 polls a second)")
     ap.add_argument("--sequential", action="store_true",
-                    help="the old way: one router at a time, sizes in order, one measurement")
+                    help="the old way: one router at a time, sizes in order, one measurement "
+                         "(with --latency-poll-s 30 as before 2026-12-01)")
     ap.add_argument("--poll-workers", type=int, default=1000)
     ap.add_argument("--poll-window", type=float, default=10.0)
     ap.add_argument("--stores", nargs="+", default=["memory", "redis"])
@@ -166,10 +171,10 @@ def main() -> int:
 
 
 def _start(stack: ExitStack, store: str, n: int, tmp: Path, redis_port: int,
-           up_port: int) -> tuple[int, int]:
+           up_port: int, poll_s: float) -> tuple[int, int]:
     port = free_port()
     cfg = tmp / f"{store}-{n}.toml"
-    config(cfg, port, store, redis_port, up_port, n, interval_s=30)
+    config(cfg, port, store, redis_port, up_port, n, interval_s=poll_s)
     router = stack.enter_context(process([sys.executable, "-m", "router", "serve",
                                           "--config", str(cfg)]))
     wait_http(f"http://127.0.0.1:{port}/livez", timeout_s=60)
@@ -179,21 +184,22 @@ def _start(stack: ExitStack, store: str, n: int, tmp: Path, redis_port: int,
 
 def interleaved(args: argparse.Namespace, store: str, tmp: Path, redis_port: int,
                 up_port: int, script: Path) -> list[dict[str, Any]]:
-    """`rounds` measurements of each size, the order turning each round; each router runs
-    alone, started anew for each measurement (so no size always goes first or last)."""
+    """Every size's router up at once (so each is measured beside the same background
+    work), `rounds` measurements of each, the order of sizes turning each round."""
     sizes = list(args.sizes)
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
-    rss: dict[int, float] = {}
-    for r in range(args.rounds):
-        for n in sizes[r % len(sizes):] + sizes[:r % len(sizes)]:
-            with ExitStack() as stack:
-                port, pid = _start(stack, store, n, tmp, redis_port, up_port)
-                res = measure(port, args.duration, script)
-                rss[n] = max(rss.get(n, 0.0), rss_mb(pid))
-            runs[n].append(res)
-            print(f"{store:6} {n:6} workers, round {r + 1}: {res['rps']:7.0f} req/s p50 "
-                  f"{res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms, "
-                  f"{res['missing']} without url", file=sys.stderr)
+    with ExitStack() as stack:
+        routers = {n: _start(stack, store, n, tmp, redis_port, up_port, args.latency_poll_s)
+                   for n in sizes}
+        time.sleep(2.0)
+        for r in range(args.rounds):
+            for n in sizes[r % len(sizes):] + sizes[:r % len(sizes)]:
+                res = measure(routers[n][0], args.duration, script)
+                runs[n].append(res)
+                print(f"{store:6} {n:6} workers, round {r + 1}: {res['rps']:7.0f} req/s p50 "
+                      f"{res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms, "
+                      f"{res['missing']} without url", file=sys.stderr)
+        rss = {n: rss_mb(pid) for n, (_, pid) in routers.items()}
     return [{"store": store, "n": n,
              **{k: statistics.median(x[k] for x in runs[n]) for k in ("rps", "p50_ms",
                                                                       "p99_ms")},
@@ -207,7 +213,7 @@ def sequential(args: argparse.Namespace, store: str, tmp: Path, redis_port: int,
     rows = []
     for n in args.sizes:
         with ExitStack() as stack:
-            port, pid = _start(stack, store, n, tmp, redis_port, up_port)
+            port, pid = _start(stack, store, n, tmp, redis_port, up_port, args.latency_poll_s)
             res = measure(port, args.duration, script)
             res.update(store=store, n=n, rss_mb=rss_mb(pid), p99_runs=[res["p99_ms"]])
             rows.append(res)
@@ -219,8 +225,9 @@ def sequential(args: argparse.Namespace, store: str, tmp: Path, redis_port: int,
 
 def report(rows: list[dict[str, Any]], poll: dict[str, float],
            args: argparse.Namespace) -> None:
-    how = ("sizes in order, one measurement each" if args.sequential else
-           f"{args.rounds} rounds, the order of sizes turning, medians")
+    how = ("one router at a time, sizes in order, one measurement each" if args.sequential
+           else f"all sizes' routers up, {args.rounds} rounds, the order turning, medians")
+    how += f"; health polls every {args.latency_poll_s:g} s"
     print(f"\nscale bench, {date.today()}, {os.cpu_count()} CPUs ({cpu_model()}), python "
           f"{platform.python_version()}; wrk -c 8 -d {args.duration}s POST /route, Ed25519, "
           f"virtual workers on one upstream; {how}\n")
