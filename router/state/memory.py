@@ -60,7 +60,7 @@ class MemoryStore(Store):
         return replace(w) if w else None
 
     async def list_workers(self) -> list[WorkerRecord]:
-        return [replace(w) for w in self._workers.values()]
+        return [w.copy() for w in self._workers.values()]
 
     async def drain_worker(self, wid: str) -> WorkerRecord | None:
         w = self._workers.get(wid)

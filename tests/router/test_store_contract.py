@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from router.state.base import HealthUpdate, Issued, Store, StoreUnavailable, reqnum_floor, worker_id
+from router.state.base import (
+    HealthUpdate,
+    Issued,
+    Store,
+    StoreUnavailable,
+    WorkerRecord,
+    reqnum_floor,
+    worker_id,
+)
 from router.state.memory import MemoryStore
 from router.state.redis import RedisStore
 from tests.conftest import RedisServer
@@ -342,3 +351,16 @@ async def test_list_workers_returns_a_large_fleet_whole(store: Store) -> None:
     workers = await store.list_workers()
     assert len(workers) == 600 and len({w.id for w in workers}) == 600
     assert {w.url for w in workers} == {f"http://127.0.0.1:1/w/{i}" for i in range(600)}
+
+
+def test_a_record_copy_has_every_field_and_is_its_own() -> None:
+    values: dict[str, object] = {}
+    for i, f in enumerate(dataclasses.fields(WorkerRecord)):
+        values[f.name] = {"source": "registered", "status": "ready",
+                          "admin_drain": True}.get(f.name, f"v{i}" if f.type == "str" else i + 1)
+    w = WorkerRecord(**values)  # type: ignore[arg-type]
+    c = w.copy()
+    assert c == w and c is not w
+    assert dataclasses.asdict(c) == values
+    c.pending_cost = -1.0
+    assert w.pending_cost == values["pending_cost"]
