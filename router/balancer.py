@@ -125,8 +125,8 @@ def shortlist(
 
 def _sample(workers: Sequence[W], rng: random.Random) -> list[W]:
     """SAMPLE distinct workers, uniformly at random: draws that repeat are drawn again
-    (few: the fleet has over 2 * SAMPLE). random.sample's general code cost three times
-    as much, and with it a decision at 100 workers cost twice one at 10."""
+    (few: the fleet has over 2 * SAMPLE). A decision at 100 workers costs ~2 µs less
+    than with random.sample's general code (11.2 against 13.2 µs, measured together)."""
     n = len(workers)
     rand = rng.random
     seen: set[int] = set()

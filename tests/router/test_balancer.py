@@ -11,6 +11,7 @@ from router.balancer import (
     SAMPLE,
     SHORTLIST,
     Candidate,
+    _sample,
     finalize,
     fits,
     rendezvous,
@@ -173,3 +174,17 @@ def test_large_fleet_round_robin_walks_on_without_a_full_scan() -> None:
               for t in range(1, 7)]
     assert firsts == ["w1", "w2", "w4", "w4", "w5", "w7"]
     assert Counted.looks < 50
+
+
+def test_the_sample_is_distinct_workers_each_as_likely() -> None:
+    rng = random.Random(3)
+    fleet = [Candidate(f"w{i}", perf=100) for i in range(2 * SAMPLE + 8)]
+    counts: Counter[str] = Counter()
+    draws = 4000
+    for _ in range(draws):
+        ids = [w.id for w in _sample(fleet, rng)]
+        assert len(ids) == SAMPLE == len(set(ids))
+        counts.update(ids)
+    expected = draws * SAMPLE / len(fleet)
+    assert len(counts) == len(fleet)  # the first and last workers are drawn too
+    assert all(abs(c - expected) < 0.15 * expected for c in counts.values()), counts
