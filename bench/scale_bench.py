@@ -1,6 +1,6 @@
 """Fleet size: `/route` latency, health-poll CPU and memory with up to 10,000 workers.
 
-    python bench/scale_bench.py [--sizes 10 100 1000 10000] [--duration 6] [--rounds 3]
+    python bench/scale_bench.py [--sizes 10 100 1000 10000] [--duration 6] [--rounds 5]
 
 Workers are virtual: one upstream process (bench/upstream.py) answers the health check
 of every `http://127.0.0.1:PORT/w/{i}`, so the router keeps a real fleet of N ready

@@ -142,7 +142,7 @@ def _freeze_startup_objects() -> None:
     """Leave what startup made (modules, the app, config) out of later garbage collections.
 
     A full collection walks every object the collector tracks, and the event loop stops
-    while it runs: 20 ms in a router with 10 workers and 60-110 ms with 10,000 on the
+    while it runs: ~20 ms in a router with 10 workers and 90-114 ms with 10,000 on the
     bench machine, a few times a minute under load (bench/RESULTS.md). Frozen objects are
     still freed when nothing refers to them; only reference cycles among them would stay.
     """

@@ -19,6 +19,8 @@ from typing import Protocol
 
 import httptools
 
+from router.timers import LazyTimer
+
 _MAX_IDLE_PER_WORKER = 64
 # An idle connection is closed after this long (aiohttp's connector keeps them 15 s too):
 # some model servers never close idle connections, and a large fleet would otherwise
@@ -61,8 +63,7 @@ class Conn(asyncio.Protocol):
         # the watch (`watch`): fail at `w_deadline`, or after `w_idle_s` without a read
         self.w_deadline: float | None = None
         self.w_idle_s: float | None = None
-        self.w_handle: asyncio.TimerHandle | None = None
-        self.w_at = 0.0
+        self.w_timer = LazyTimer(self.loop, self._watch_due, self._watch_fire)
         self._reset()
 
     def _reset(self) -> None:
@@ -102,9 +103,7 @@ class Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
-        if self.w_handle is not None:
-            self.w_handle.cancel()
-            self.w_handle = None
+        self.w_timer.cancel()
         if self.have_head and not self.complete and self._until_close():
             # No length and not chunked: the body ends where the connection does.
             self.complete = True
@@ -179,36 +178,25 @@ class Conn(asyncio.Protocol):
                 fut.set_exception(self.error)
         return fut
 
-    # the watch: one timer per connection, moved on lazily rather than made per request
-    # (a timer made and cancelled per request cost ~2% of a proxied request)
+    # the watch: one `LazyTimer` per connection, its deadline moved per request
     def watch(self, deadline: float, idle_s: float | None) -> None:
         """Fail at loop time `deadline`, or once nothing was read for `idle_s`."""
         self.w_deadline, self.w_idle_s = deadline, idle_s
-        when = self._watch_when()
-        if self.w_handle is None or self.w_at > when:
-            if self.w_handle is not None:
-                self.w_handle.cancel()
-            self.w_handle, self.w_at = self.loop.call_at(when, self._watch_fire), when
+        self.w_timer.moved()
 
     def unwatch(self) -> None:
         self.w_deadline = None  # a timer still set finds nothing to do when it fires
 
-    def _watch_when(self) -> float:
-        assert self.w_deadline is not None
+    def _watch_due(self) -> float | None:
+        if self.w_deadline is None or self.closed:
+            return None
         if self.w_idle_s is None:
             return self.w_deadline
         return min(self.w_deadline, self.last_read + self.w_idle_s)
 
     def _watch_fire(self) -> None:
-        self.w_handle = None
-        if self.w_deadline is None or self.closed:
-            return
-        when = self._watch_when()
-        if self.loop.time() >= when:
-            self.w_deadline = None
-            self.fail(TimeoutError("the worker did not answer in time"))
-        else:
-            self.w_handle, self.w_at = self.loop.call_at(when, self._watch_fire), when
+        self.w_deadline = None
+        self.fail(TimeoutError("the worker did not answer in time"))
 
     def attach(self, sink: Sink) -> None:
         """From now on hand body chunks to `sink` as they arrive (buffered ones at once)."""
@@ -232,9 +220,7 @@ class Conn(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         self.pool.forget(self)
-        if self.w_handle is not None:
-            self.w_handle.cancel()
-            self.w_handle = None
+        self.w_timer.cancel()
         if self.transport is not None:
             self.transport.abort()
 
