@@ -85,8 +85,13 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+            )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -104,8 +109,9 @@ class Proc:
             return ""
 
 
-async def wait_http(session: aiohttp.ClientSession, url: str, proc: Proc,
-                    timeout_s: float = 30.0, **kw: Any) -> Any:
+async def wait_http(
+    session: aiohttp.ClientSession, url: str, proc: Proc, timeout_s: float = 30.0, **kw: Any
+) -> Any:
     """GET `url` until it answers 200 JSON; fail early if `proc` died."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -127,26 +133,60 @@ class WorkerSpec:
     perf: float  # tokens/s, as configured
 
 
-def start_workers(speeds: Sequence[float], base_tps: float, pubkey: Path,
-                  log_dir: Path) -> tuple[list[Proc], list[WorkerSpec]]:
+def start_workers(
+    speeds: Sequence[float], base_tps: float, pubkey: Path, log_dir: Path
+) -> tuple[list[Proc], list[WorkerSpec]]:
     procs, specs = [], []
     for i, s in enumerate(speeds):
         port, perf = free_port(), s * base_tps
         url = f"http://127.0.0.1:{port}"
-        procs.append(Proc(f"worker-{i}", [
-            sys.executable, "-m", "workers", "--backend", "synthetic", "--host", "127.0.0.1",
-            "--port", str(port), "--public-url", url, "--endpoint", ENDPOINT,
-            "--pubkey-file", str(pubkey), "--perf", f"{perf:g}", "--capacity", f"{perf:g}",
-            "--tokens-per-s", f"{perf:g}", "--ttft-ms", "0", "--max-queue-time-s", "1e6",
-            "--grace-s", "0", "--log-level", "warning"], log_dir))
+        procs.append(
+            Proc(
+                f"worker-{i}",
+                [
+                    sys.executable,
+                    "-m",
+                    "workers",
+                    "--backend",
+                    "synthetic",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--public-url",
+                    url,
+                    "--endpoint",
+                    ENDPOINT,
+                    "--pubkey-file",
+                    str(pubkey),
+                    "--perf",
+                    f"{perf:g}",
+                    "--capacity",
+                    f"{perf:g}",
+                    "--tokens-per-s",
+                    f"{perf:g}",
+                    "--ttft-ms",
+                    "0",
+                    "--max-queue-time-s",
+                    "1e6",
+                    "--grace-s",
+                    "0",
+                    "--log-level",
+                    "warning",
+                ],
+                log_dir,
+            )
+        )
         specs.append(WorkerSpec(url, perf))
     return procs, specs
 
 
-def router_config(path: Path, *, port: int, key: Path, policy: str, poll_s: float,
-                  workers: Sequence[WorkerSpec]) -> Path:
-    static = "\n".join(f'[[endpoints.workers]]\nurl = "{w.url}"\nperf = {w.perf:g}\n'
-                       for w in workers)
+def router_config(
+    path: Path, *, port: int, key: Path, policy: str, poll_s: float, workers: Sequence[WorkerSpec]
+) -> Path:
+    static = "\n".join(
+        f'[[endpoints.workers]]\nurl = "{w.url}"\nperf = {w.perf:g}\n' for w in workers
+    )
     path.write_text(f"""
 log_level = "warning"
 [server]
@@ -212,8 +252,13 @@ def payload(cost: int) -> dict[str, Any]:
 # --- measuring -----------------------------------------------------------------------------
 
 
-async def calibrate(session: aiohttp.ClientSession, ring: KeyRing, workers: list[WorkerSpec],
-                    wl: Workload, seconds: float) -> list[float]:
+async def calibrate(
+    session: aiohttp.ClientSession,
+    ring: KeyRing,
+    workers: list[WorkerSpec],
+    wl: Workload,
+    seconds: float,
+) -> list[float]:
     """Each worker's cost units/s at saturation, all workers at once.
 
     Each gets, all at once, a batch of requests drawn from the workload's costs worth
@@ -226,14 +271,21 @@ async def calibrate(session: aiohttp.ClientSession, ring: KeyRing, workers: list
     rng = random.Random("calibrate")
 
     async def one(w: WorkerSpec, reqnum: int, n: int) -> None:
-        ticket = {"cost": n, "endpoint": ENDPOINT, "expires_at": now + 600,
-                  "key_id": ring.kid, "reqnum": reqnum, "request_idx": 1, "url": w.url}
+        ticket = {
+            "cost": n,
+            "endpoint": ENDPOINT,
+            "expires_at": now + 600,
+            "key_id": ring.kid,
+            "reqnum": reqnum,
+            "request_idx": 1,
+            "url": w.url,
+        }
         ring.sign_ticket(ticket)
-        async with session.post(w.url + "/generate",
-                                json={"auth_data": ticket, "payload": payload(n)}) as r:
+        async with session.post(
+            w.url + "/generate", json={"auth_data": ticket, "payload": payload(n)}
+        ) as r:
             if r.status != 200:
-                raise RuntimeError(f"calibration request to {w.url}: {r.status} "
-                                   f"{await r.text()}")
+                raise RuntimeError(f"calibration request to {w.url}: {r.status} {await r.text()}")
             await r.read()
 
     async def worker(w: WorkerSpec) -> float:
@@ -267,8 +319,13 @@ def percentile(xs: Sequence[float], q: float) -> float:
     return s[max(0, math.ceil(q * len(s)) - 1)]
 
 
-async def drive(session: aiohttp.ClientSession, router: str, mode: str,
-                arrivals: list[tuple[float, int]], drain_s: float) -> tuple[list[float], int, int]:
+async def drive(
+    session: aiohttp.ClientSession,
+    router: str,
+    mode: str,
+    arrivals: list[tuple[float, int]],
+    drain_s: float,
+) -> tuple[list[float], int, int]:
     """Send every request at its time (open loop); return latencies, errors, cut."""
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
@@ -276,19 +333,24 @@ async def drive(session: aiohttp.ClientSession, router: str, mode: str,
     headers = {"Authorization": f"Bearer {API_KEY}"}
 
     async def proxy(cost: int) -> bool:
-        async with session.post(f"{router}/{ENDPOINT}/generate", json=payload(cost),
-                                headers={**headers, "X-Cost": str(cost)}) as r:
+        async with session.post(
+            f"{router}/{ENDPOINT}/generate",
+            json=payload(cost),
+            headers={**headers, "X-Cost": str(cost)},
+        ) as r:
             await r.read()
             return r.status == 200
 
     async def ticket(cost: int) -> bool:
-        async with session.post(f"{router}/route/", json={
-                "endpoint": ENDPOINT, "api_key": API_KEY, "cost": cost}) as r:
+        async with session.post(
+            f"{router}/route/", json={"endpoint": ENDPOINT, "api_key": API_KEY, "cost": cost}
+        ) as r:
             t = await r.json()
         if "url" not in t:
             return False
-        async with session.post(t["url"] + "/generate",
-                                json={"auth_data": t, "payload": payload(cost)}) as r:
+        async with session.post(
+            t["url"] + "/generate", json={"auth_data": t, "payload": payload(cost)}
+        ) as r:
             await r.read()
             return r.status == 200
 
@@ -322,8 +384,9 @@ async def drive(session: aiohttp.ClientSession, router: str, mode: str,
     return latencies, errors, len(pending)
 
 
-async def wait_idle(session: aiohttp.ClientSession, workers: list[WorkerSpec],
-                    timeout_s: float = 30.0) -> None:
+async def wait_idle(
+    session: aiohttp.ClientSession, workers: list[WorkerSpec], timeout_s: float = 30.0
+) -> None:
     """Wait until no worker has a request in flight (cut requests may take a moment)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -371,42 +434,69 @@ async def run(plan: Plan, work: Path, log: Any = print) -> dict[str, Any]:
             mean_cost = sum(wl.costs) / len(wl.costs)
             measured = await calibrate(session, ring, workers, wl, plan.calibrate_s)
             capacity = sum(measured)
-            log(f"capacity: configured {sum(w.perf for w in workers):g} tokens/s, measured "
-                f"{capacity:.1f} ({', '.join(f'{m:.1f}' for m in measured)})")
-            runs = [("proxy", p, rho, plan.proxy_poll_s) for rho in plan.rhos
-                    for p in plan.policies]
-            runs += [("ticket", "least_work", rho, s) for rho in plan.ticket_rhos
-                     for s in plan.ticket_polls_s]
+            log(
+                f"capacity: configured {sum(w.perf for w in workers):g} tokens/s, measured "
+                f"{capacity:.1f} ({', '.join(f'{m:.1f}' for m in measured)})"
+            )
+            runs = [
+                ("proxy", p, rho, plan.proxy_poll_s) for rho in plan.rhos for p in plan.policies
+            ]
+            runs += [
+                ("ticket", "least_work", rho, s)
+                for rho in plan.ticket_rhos
+                for s in plan.ticket_polls_s
+            ]
             for mode, policy, rho, poll_s in runs:
                 arrivals = wl.arrivals(rho * capacity / mean_cost, plan.duration_s)
-                r = await one_run(session, plan, work, key, workers, mode, policy, rho,
-                                  poll_s, arrivals)
-                log(f"{mode:6} {policy:14} rho {rho:g} poll {poll_s:g} s: n {r.n} mean "
+                r = await one_run(
+                    session, plan, work, key, workers, mode, policy, rho, poll_s, arrivals
+                )
+                log(
+                    f"{mode:6} {policy:14} rho {rho:g} poll {poll_s:g} s: n {r.n} mean "
                     f"{r.mean_s:.3f} p50 {r.p50_s:.3f} p99 {r.p99_s:.3f} errors {r.errors} "
-                    f"cut {r.cut}")
+                    f"cut {r.cut}"
+                )
                 results.append(r)
     finally:
         for p in procs:
             p.stop()
-    return {"plan": asdict(plan), "capacity_tps": capacity, "measured_tps": measured,
-            "configured_tps": [w.perf for w in workers],
-            "results": [asdict(r) for r in results]}
+    return {
+        "plan": asdict(plan),
+        "capacity_tps": capacity,
+        "measured_tps": measured,
+        "configured_tps": [w.perf for w in workers],
+        "results": [asdict(r) for r in results],
+    }
 
 
-async def one_run(session: aiohttp.ClientSession, plan: Plan, work: Path, key: Path,
-                  workers: list[WorkerSpec], mode: str, policy: str, rho: float,
-                  poll_s: float, arrivals: list[tuple[float, int]]) -> Result:
+async def one_run(
+    session: aiohttp.ClientSession,
+    plan: Plan,
+    work: Path,
+    key: Path,
+    workers: list[WorkerSpec],
+    mode: str,
+    policy: str,
+    rho: float,
+    poll_s: float,
+    arrivals: list[tuple[float, int]],
+) -> Result:
     port = free_port()
-    cfg = router_config(work / "router.toml", port=port, key=key, policy=policy,
-                        poll_s=poll_s, workers=workers)
+    cfg = router_config(
+        work / "router.toml", port=port, key=key, policy=policy, poll_s=poll_s, workers=workers
+    )
     name = f"router-{mode}-{policy}-{rho:g}-{poll_s:g}"
     router = Proc(name, [sys.executable, "-m", "router", "serve", "--config", str(cfg)], work)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
-            doc = await wait_http(session, f"{url}/api/v1/workers?endpoint={ENDPOINT}",
-                                  router, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            doc = await wait_http(
+                session,
+                f"{url}/api/v1/workers?endpoint={ENDPOINT}",
+                router,
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            )
             if sum(w["status"] == "ready" for w in doc["workers"]) == len(workers):
                 break
             if time.monotonic() > deadline:
@@ -418,8 +508,18 @@ async def one_run(session: aiohttp.ClientSession, plan: Plan, work: Path, key: P
     await wait_idle(session, workers)
     if not lat:
         lat = [math.nan]
-    return Result(mode, policy, rho, poll_s, len(arrivals), sum(lat) / len(lat),
-                  percentile(lat, 0.5), percentile(lat, 0.99), errors, cut)
+    return Result(
+        mode,
+        policy,
+        rho,
+        poll_s,
+        len(arrivals),
+        sum(lat) / len(lat),
+        percentile(lat, 0.5),
+        percentile(lat, 0.99),
+        errors,
+        cut,
+    )
 
 
 # --- report --------------------------------------------------------------------------------
@@ -430,32 +530,73 @@ def render(doc: dict[str, Any], markdown: bool) -> str:
     parts = []
     proxy = [r for r in rows if r["mode"] == "proxy"]
     lw = {r["rho"]: r for r in proxy if r["policy"] == "least_work"}
-    head = ["rho", "policy", "requests", "mean s", "p50 s", "p99 s", "mean ÷ lw",
-            "p99 ÷ lw", "errors", "cut"]
+    head = [
+        "rho",
+        "policy",
+        "requests",
+        "mean s",
+        "p50 s",
+        "p99 s",
+        "mean ÷ lw",
+        "p99 ÷ lw",
+        "errors",
+        "cut",
+    ]
     body = []
     for r in proxy:
         ref = lw.get(r["rho"])
-        body.append([f"{r['rho']:g}", r["policy"], str(r["n"]), f"{r['mean_s']:.3f}",
-                     f"{r['p50_s']:.3f}", f"{r['p99_s']:.3f}",
-                     f"{r['mean_s'] / ref['mean_s']:.2f}" if ref else "-",
-                     f"{r['p99_s'] / ref['p99_s']:.2f}" if ref else "-",
-                     str(r["errors"]), str(r["cut"])])
+        body.append(
+            [
+                f"{r['rho']:g}",
+                r["policy"],
+                str(r["n"]),
+                f"{r['mean_s']:.3f}",
+                f"{r['p50_s']:.3f}",
+                f"{r['p99_s']:.3f}",
+                f"{r['mean_s'] / ref['mean_s']:.2f}" if ref else "-",
+                f"{r['p99_s'] / ref['p99_s']:.2f}" if ref else "-",
+                str(r["errors"]),
+                str(r["cut"]),
+            ]
+        )
     if body:
-        parts.append(f"Proxy mode (health poll every {doc['plan']['proxy_poll_s']:g} s):\n\n"
-                     + _table(head, body, markdown))
+        parts.append(
+            f"Proxy mode (health poll every {doc['plan']['proxy_poll_s']:g} s):\n\n"
+            + _table(head, body, markdown)
+        )
     ticket = [r for r in rows if r["mode"] == "ticket"]
-    head = ["rho", "poll s", "requests", "mean s", "p50 s", "p99 s", "p99 ÷ proxy lw p99",
-            "errors", "cut"]
+    head = [
+        "rho",
+        "poll s",
+        "requests",
+        "mean s",
+        "p50 s",
+        "p99 s",
+        "p99 ÷ proxy lw p99",
+        "errors",
+        "cut",
+    ]
     body = []
     for r in ticket:
         ref = lw.get(r["rho"])
-        body.append([f"{r['rho']:g}", f"{r['poll_s']:g}", str(r["n"]), f"{r['mean_s']:.3f}",
-                     f"{r['p50_s']:.3f}", f"{r['p99_s']:.3f}",
-                     f"{r['p99_s'] / ref['p99_s']:.2f}" if ref else "-",
-                     str(r["errors"]), str(r["cut"])])
+        body.append(
+            [
+                f"{r['rho']:g}",
+                f"{r['poll_s']:g}",
+                str(r["n"]),
+                f"{r['mean_s']:.3f}",
+                f"{r['p50_s']:.3f}",
+                f"{r['p99_s']:.3f}",
+                f"{r['p99_s'] / ref['p99_s']:.2f}" if ref else "-",
+                str(r["errors"]),
+                str(r["cut"]),
+            ]
+        )
     if body:
-        parts.append("Ticket mode, least_work (completions learnt from /readyz polls):\n\n"
-                     + _table(head, body, markdown, left=2))
+        parts.append(
+            "Ticket mode, least_work (completions learnt from /readyz polls):\n\n"
+            + _table(head, body, markdown, left=2)
+        )
     return "\n\n".join(parts)
 
 
@@ -480,30 +621,69 @@ def _loop_factory() -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--speeds", type=float, nargs="+", default=[1, 2, 3, 4],
-                    help="worker speeds, multiples of --base-tps (default 1 2 3 4)")
-    ap.add_argument("--base-tps", type=float, default=25.0,
-                    help="tokens/s of a 1x worker (default 25)")
-    ap.add_argument("--mean-cost", type=float, default=24.0,
-                    help="mean request cost in tokens (default 24: ~1 s alone on 1x)")
-    ap.add_argument("--rho", type=float, nargs="*", default=[0.8, 0.9],
-                    help="proxy-mode utilizations of measured capacity (default 0.8 0.9)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--speeds",
+        type=float,
+        nargs="+",
+        default=[1, 2, 3, 4],
+        help="worker speeds, multiples of --base-tps (default 1 2 3 4)",
+    )
+    ap.add_argument(
+        "--base-tps", type=float, default=25.0, help="tokens/s of a 1x worker (default 25)"
+    )
+    ap.add_argument(
+        "--mean-cost",
+        type=float,
+        default=24.0,
+        help="mean request cost in tokens (default 24: ~1 s alone on 1x)",
+    )
+    ap.add_argument(
+        "--rho",
+        type=float,
+        nargs="*",
+        default=[0.8, 0.9],
+        help="proxy-mode utilizations of measured capacity (default 0.8 0.9)",
+    )
     ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
-    ap.add_argument("--duration-s", type=float, default=30.0,
-                    help="arrivals per run, in seconds (default 30)")
-    ap.add_argument("--drain-s", type=float, default=20.0,
-                    help="wait this long after the last arrival, then cut (default 20)")
-    ap.add_argument("--proxy-poll-s", type=float, default=1.0,
-                    help="health poll interval for the proxy runs (default 1)")
-    ap.add_argument("--ticket-poll-s", type=float, nargs="*", default=[0.25, 1.0, 5.0],
-                    help="ticket-mode least_work runs, one per poll interval")
-    ap.add_argument("--ticket-rho", type=float, nargs="*", default=[0.9],
-                    help="utilizations for the ticket runs (default 0.9)")
+    ap.add_argument(
+        "--duration-s", type=float, default=30.0, help="arrivals per run, in seconds (default 30)"
+    )
+    ap.add_argument(
+        "--drain-s",
+        type=float,
+        default=20.0,
+        help="wait this long after the last arrival, then cut (default 20)",
+    )
+    ap.add_argument(
+        "--proxy-poll-s",
+        type=float,
+        default=1.0,
+        help="health poll interval for the proxy runs (default 1)",
+    )
+    ap.add_argument(
+        "--ticket-poll-s",
+        type=float,
+        nargs="*",
+        default=[0.25, 1.0, 5.0],
+        help="ticket-mode least_work runs, one per poll interval",
+    )
+    ap.add_argument(
+        "--ticket-rho",
+        type=float,
+        nargs="*",
+        default=[0.9],
+        help="utilizations for the ticket runs (default 0.9)",
+    )
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--calibrate-s", type=float, default=6.0,
-                    help="length of the capacity measurement (default 6)")
+    ap.add_argument(
+        "--calibrate-s",
+        type=float,
+        default=6.0,
+        help="length of the capacity measurement (default 6)",
+    )
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args(argv)
@@ -511,20 +691,34 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("every rho must be in (0, 1)")
     if any(s <= 0 for s in [*args.ticket_poll_s, args.proxy_poll_s, *args.speeds]):
         ap.error("speeds and poll intervals must be > 0")
-    plan = Plan(tuple(args.speeds), args.base_tps, args.mean_cost, tuple(args.rho),
-                tuple(args.policies), args.duration_s, args.drain_s, args.proxy_poll_s,
-                tuple(args.ticket_poll_s), tuple(args.ticket_rho), args.seed, args.calibrate_s)
+    plan = Plan(
+        tuple(args.speeds),
+        args.base_tps,
+        args.mean_cost,
+        tuple(args.rho),
+        tuple(args.policies),
+        args.duration_s,
+        args.drain_s,
+        args.proxy_poll_s,
+        tuple(args.ticket_poll_s),
+        tuple(args.ticket_rho),
+        args.seed,
+        args.calibrate_s,
+    )
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="balance-e2e-") as tmp:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            doc = runner.run(run(plan, Path(tmp), log=lambda s: print(s, file=sys.stderr,
-                                                                      flush=True)))
+            doc = runner.run(
+                run(plan, Path(tmp), log=lambda s: print(s, file=sys.stderr, flush=True))
+            )
     doc["machine"] = machine()
     doc["wall_s"] = time.perf_counter() - t0
     print(render(doc, args.markdown))
-    print(f"\n{doc['machine']}; fleet {'/'.join(f'{s:g}' for s in plan.speeds)} x "
-          f"{plan.base_tps:g} tokens/s, measured {doc['capacity_tps']:.1f} tokens/s; "
-          f"{plan.duration_s:g} s of arrivals per run; {doc['wall_s']:.0f} s in all")
+    print(
+        f"\n{doc['machine']}; fleet {'/'.join(f'{s:g}' for s in plan.speeds)} x "
+        f"{plan.base_tps:g} tokens/s, measured {doc['capacity_tps']:.1f} tokens/s; "
+        f"{plan.duration_s:g} s of arrivals per run; {doc['wall_s']:.0f} s in all"
+    )
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1))
     return 0

@@ -241,34 +241,50 @@ def render(rows: list[Row], *, markdown: bool, perfs: list[float] | None = None)
     body = []
     for r in rows:
         ideal = by[(r.rho, "ideal")]
-        body.append([f"{r.rho:g}", r.name, f"{r.mean_s:.3f}", f"{r.p99_s:.3f}",
-                     f"{r.p99_s / ideal.p99_s:.2f}"])
+        body.append(
+            [
+                f"{r.rho:g}",
+                r.name,
+                f"{r.mean_s:.3f}",
+                f"{r.p99_s:.3f}",
+                f"{r.p99_s / ideal.p99_s:.2f}",
+            ]
+        )
     parts = [_table(head, body, markdown)]
     rhos = sorted({r.rho for r in rows})
     if all((rho, n) in by for rho in rhos for n in ("least_work", "round_robin")):
-        head2 = ["rho", "least_work p99 ÷ ideal", "least_work p99 ÷ round_robin",
-                 "targets (≤ 1.5, ≤ 0.5)"]
+        head2 = [
+            "rho",
+            "least_work p99 ÷ ideal",
+            "least_work p99 ÷ round_robin",
+            "targets (≤ 1.5, ≤ 0.5)",
+        ]
         body2 = []
         for rho in rhos:
             lw, ideal, rr = by[(rho, "least_work")], by[(rho, "ideal")], by[(rho, "round_robin")]
             a, b = lw.p99_s / ideal.p99_s, lw.p99_s / rr.p99_s
-            body2.append([f"{rho:g}", f"{a:.2f}", f"{b:.2g}",
-                          "met" if a <= 1.5 and b <= 0.5 else "missed"])
+            body2.append(
+                [f"{rho:g}", f"{a:.2f}", f"{b:.2g}", "met" if a <= 1.5 and b <= 0.5 else "missed"]
+            )
         parts.append(_table(head2, body2, markdown, left=1))
     blind = [n for n in ("round_robin", "random") if any(r.name == n for r in rows)]
     if blind and perfs:
         # an even split gives the slowest worker 1/n of arrivals: over capacity above this
         limit = min(perfs) * len(perfs) / sum(perfs)
-        parts.append(f"Note: {' and '.join(blind)} ignore speed; the slowest workers are "
-                     f"overloaded for rho > {limit:g}, so those rows grow with --requests "
-                     "(no steady state).")
+        parts.append(
+            f"Note: {' and '.join(blind)} ignore speed; the slowest workers are "
+            f"overloaded for rho > {limit:g}, so those rows grow with --requests "
+            "(no steady state)."
+        )
     return "\n\n".join(parts)
 
 
 def _table(head: list[str], body: list[list[str]], markdown: bool, left: int = 2) -> str:
     if markdown:
-        lines = ["| " + " | ".join(head) + " |",
-                 "|" + "|".join("---" if i < left else "---:" for i in range(len(head))) + "|"]
+        lines = [
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join("---" if i < left else "---:" for i in range(len(head))) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(lines)
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
@@ -277,18 +293,34 @@ def _table(head: list[str], body: list[list[str]], markdown: bool, left: int = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seeds", type=int, default=5, help="workloads per cell (default 5)")
-    ap.add_argument("--requests", type=int, default=20_000,
-                    help="requests per run (default 20000)")
-    ap.add_argument("--rho", type=float, nargs="+", default=list(RHOS),
-                    help="utilizations of fleet capacity (default 0.5 0.8 0.9 0.95)")
-    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES,
-                    help="router policies to run (default: all)")
-    ap.add_argument("--poll-interval", type=float, nargs="*", default=[], metavar="S",
-                    help="also run least_work in ticket mode with loads polled every S "
-                         "seconds (e.g. 0.25 1 5; mean service on a 1x worker is 0.5 s)")
+    ap.add_argument("--requests", type=int, default=20_000, help="requests per run (default 20000)")
+    ap.add_argument(
+        "--rho",
+        type=float,
+        nargs="+",
+        default=list(RHOS),
+        help="utilizations of fleet capacity (default 0.5 0.8 0.9 0.95)",
+    )
+    ap.add_argument(
+        "--policies",
+        nargs="+",
+        default=list(POLICIES),
+        choices=POLICIES,
+        help="router policies to run (default: all)",
+    )
+    ap.add_argument(
+        "--poll-interval",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="S",
+        help="also run least_work in ticket mode with loads polled every S "
+        "seconds (e.g. 0.25 1 5; mean service on a 1x worker is 0.5 s)",
+    )
     ap.add_argument("--markdown", action="store_true", help="print RESULTS.md tables")
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.requests < 1 or any(not 0 < r < 1 for r in args.rho):
@@ -296,12 +328,20 @@ def main(argv: list[str] | None = None) -> int:
     if any(s <= 0 for s in args.poll_interval):
         ap.error("--poll-interval values must be > 0")
     t0 = time.perf_counter()
-    rows = run_grid(seeds=args.seeds, requests=args.requests, rhos=tuple(args.rho),
-                    policies=tuple(args.policies), poll_intervals=tuple(args.poll_interval))
+    rows = run_grid(
+        seeds=args.seeds,
+        requests=args.requests,
+        rhos=tuple(args.rho),
+        policies=tuple(args.policies),
+        poll_intervals=tuple(args.poll_interval),
+    )
     print(render(rows, markdown=args.markdown, perfs=fleet()))
-    print(f"\n{args.seeds} seeds x {args.requests} requests per cell, fleet speeds "
-          f"{'/'.join(str(s) for s in SPEEDS)} x {BASE_SPEED:g} units/s, FIFO workers; "
-          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(
+        f"\n{args.seeds} seeds x {args.requests} requests per cell, fleet speeds "
+        f"{'/'.join(str(s) for s in SPEEDS)} x {BASE_SPEED:g} units/s, FIFO workers; "
+        f"{time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 

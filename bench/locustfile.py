@@ -33,8 +33,7 @@ PROMPTS = ["What is deep learning?", "Write a haiku about GPUs.", "Explain load 
 
 
 @events.request.add_listener
-def _log_failure(request_type: str, name: str, exception: Exception | None,
-                 **_: Any) -> None:
+def _log_failure(request_type: str, name: str, exception: Exception | None, **_: Any) -> None:
     if exception is not None and FAILURE_LOG:
         with open(FAILURE_LOG, "a") as f:
             f.write(f"{time.time():.3f}\t{name}\t{exception}\n")
@@ -44,8 +43,11 @@ def failure_kind(resp: Any) -> str | None:
     """The failure kind of a finished response, or None if it succeeded."""
     if resp.error is not None and resp.status_code == 0:
         err = repr(resp.error)
-        return f"timeout: {type(resp.error).__name__}" if "Timeout" in err else \
-            f"connect: {type(resp.error).__name__}"
+        return (
+            f"timeout: {type(resp.error).__name__}"
+            if "Timeout" in err
+            else f"connect: {type(resp.error).__name__}"
+        )
     if resp.status_code == 429:
         return "429: rate or queue limit"
     if resp.status_code >= 400:
@@ -63,8 +65,7 @@ class _RouterUser(HttpUser):
     wait_time = between(WAIT_S * 0.5, WAIT_S * 1.5)
 
     def payload(self) -> dict[str, Any]:
-        return {"inputs": random.choice(PROMPTS),
-                "parameters": {"max_new_tokens": MAX_NEW_TOKENS}}
+        return {"inputs": random.choice(PROMPTS), "parameters": {"max_new_tokens": MAX_NEW_TOKENS}}
 
 
 class TicketUser(_RouterUser):
@@ -72,10 +73,13 @@ class TicketUser(_RouterUser):
 
     @task
     def route_then_generate(self) -> None:
-        with self.client.post("/route/", name="ticket: POST /route", catch_response=True,
-                              timeout=TIMEOUT_S,
-                              json={"endpoint": ENDPOINT, "api_key": API_KEY,
-                                    "cost": MAX_NEW_TOKENS}) as resp:
+        with self.client.post(
+            "/route/",
+            name="ticket: POST /route",
+            catch_response=True,
+            timeout=TIMEOUT_S,
+            json={"endpoint": ENDPOINT, "api_key": API_KEY, "cost": MAX_NEW_TOKENS},
+        ) as resp:
             kind = failure_kind(resp)
             if kind:
                 resp.failure(kind)
@@ -84,9 +88,13 @@ class TicketUser(_RouterUser):
             if "url" not in ticket:
                 resp.failure("no worker: /route answered without a url")
                 return
-        with self.client.post(f"{ticket['url']}/generate", name="ticket: POST worker /generate",
-                              catch_response=True, timeout=TIMEOUT_S,
-                              json={"auth_data": ticket, "payload": self.payload()}) as resp:
+        with self.client.post(
+            f"{ticket['url']}/generate",
+            name="ticket: POST worker /generate",
+            catch_response=True,
+            timeout=TIMEOUT_S,
+            json={"auth_data": ticket, "payload": self.payload()},
+        ) as resp:
             kind = failure_kind(resp)
             if kind:
                 resp.failure(kind)
@@ -99,9 +107,14 @@ class ProxyJsonUser(_RouterUser):
 
     @task
     def generate(self) -> None:
-        with self.client.post(f"/{ENDPOINT}/generate", name="proxy: POST /{endpoint}/generate",
-                              catch_response=True, timeout=TIMEOUT_S, json=self.payload(),
-                              headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
+        with self.client.post(
+            f"/{ENDPOINT}/generate",
+            name="proxy: POST /{endpoint}/generate",
+            catch_response=True,
+            timeout=TIMEOUT_S,
+            json=self.payload(),
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as resp:
             kind = failure_kind(resp)
             if kind:
                 resp.failure(kind)
@@ -114,11 +127,21 @@ class ProxyStreamUser(_RouterUser):
 
     @task
     def chat_stream(self) -> None:
-        body = {"model": ENDPOINT, "stream": True, "max_tokens": MAX_NEW_TOKENS,
-                "messages": [{"role": "user", "content": random.choice(PROMPTS)}]}
-        with self.client.post("/v1/chat/completions", name="proxy: stream /v1/chat/completions",
-                              catch_response=True, timeout=TIMEOUT_S, stream=True, json=body,
-                              headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
+        body = {
+            "model": ENDPOINT,
+            "stream": True,
+            "max_tokens": MAX_NEW_TOKENS,
+            "messages": [{"role": "user", "content": random.choice(PROMPTS)}],
+        }
+        with self.client.post(
+            "/v1/chat/completions",
+            name="proxy: stream /v1/chat/completions",
+            catch_response=True,
+            timeout=TIMEOUT_S,
+            stream=True,
+            json=body,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as resp:
             kind = failure_kind(resp)
             if kind:
                 resp.failure(kind)

@@ -25,20 +25,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.route_bench import cpu_model
 
 
-def fault_windows(events: list[tuple[float, str]], slack_s: float) -> list[tuple[float, float,
-                                                                                   str]]:
+def fault_windows(
+    events: list[tuple[float, str]], slack_s: float
+) -> list[tuple[float, float, str]]:
     """(start, end + slack, name) for each `fault:` event, ended by the next `fault end`."""
     out = []
     for i, (t, text) in enumerate(events):
         if text.startswith("fault:"):
-            end = next((t2 for t2, x in events[i + 1:] if x.startswith("fault end")), t)
+            end = next((t2 for t2, x in events[i + 1 :] if x.startswith("fault end")), t)
             out.append((t, end + slack_s, text.removeprefix("fault:").strip()))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--results", type=Path, required=True)
     ap.add_argument("--rss-before-kb", type=int, required=True)
     ap.add_argument("--rss-after-kb", type=int, required=True)
@@ -51,22 +53,32 @@ def main(argv: list[str] | None = None) -> int:
 
     with open(d / "locust_stats.csv", newline="") as f:
         stats = list(csv.DictReader(f))
-    events = [(float(t), text) for t, text in
-              (line.split("\t", 1) for line in (d / "events.tsv").read_text().splitlines()
-               if line)]
-    failures = [(float(t), name, msg) for t, name, msg in
-                (line.split("\t", 2) for line in (d / "failures.tsv").read_text().splitlines()
-                 if line)]
+    events = [
+        (float(t), text)
+        for t, text in (
+            line.split("\t", 1) for line in (d / "events.tsv").read_text().splitlines() if line
+        )
+    ]
+    failures = [
+        (float(t), name, msg)
+        for t, name, msg in (
+            line.split("\t", 2) for line in (d / "failures.tsv").read_text().splitlines() if line
+        )
+    ]
     windows = fault_windows(events, args.fault_window_s)
 
-    print(f"Soak, {date.today()}: {args.soak_s} s, {args.users} users, router + 4 synthetic "
-          f"workers + Redis on 127.0.0.1; {os.cpu_count()} CPUs ({cpu_model()}), python "
-          f"{platform.python_version()}\n")
+    print(
+        f"Soak, {date.today()}: {args.soak_s} s, {args.users} users, router + 4 synthetic "
+        f"workers + Redis on 127.0.0.1; {os.cpu_count()} CPUs ({cpu_model()}), python "
+        f"{platform.python_version()}\n"
+    )
     print("| request | requests | failures | p50 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|")
     for row in stats:
-        print(f"| {row['Name']} | {row['Request Count']} | {row['Failure Count']} "
-              f"| {row['50%']} | {row['99%']} |")
+        print(
+            f"| {row['Name']} | {row['Request Count']} | {row['Failure Count']} "
+            f"| {row['50%']} | {row['99%']} |"
+        )
 
     by_cause: Counter[tuple[str, str]] = Counter()
     for t, _name, msg in failures:
@@ -87,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
 
     growth_mb = (args.rss_after_kb - args.rss_before_kb) / 1024
     unexplained = sum(n for (cause, _), n in by_cause.items() if cause == "unexplained")
-    print(f"\nRouter RSS: {args.rss_before_kb / 1024:.1f} MB after warm-up, "
-          f"{args.rss_after_kb / 1024:.1f} MB at the end ({growth_mb:+.1f} MB; bound "
-          f"{args.rss_growth_mb:.0f} MB). Failures: {len(failures)}, of them unexplained "
-          f"(outside every fault window): {unexplained}.")
+    print(
+        f"\nRouter RSS: {args.rss_before_kb / 1024:.1f} MB after warm-up, "
+        f"{args.rss_after_kb / 1024:.1f} MB at the end ({growth_mb:+.1f} MB; bound "
+        f"{args.rss_growth_mb:.0f} MB). Failures: {len(failures)}, of them unexplained "
+        f"(outside every fault window): {unexplained}."
+    )
     ok = unexplained == 0 and growth_mb <= args.rss_growth_mb
     print("Result: " + ("PASS" if ok else "FAIL"))
     return 0 if ok else 1

@@ -34,7 +34,9 @@ async def register_worker(request: web.Request) -> web.Response:
     if not isinstance(endpoint, str) or not endpoint:
         raise ApiError(400, "bad_request", "endpoint (a non-empty string) is required")
     if not isinstance(url, str) or not _URL_RE.match(url):
-        raise ApiError(400, "bad_request", "url must be an http(s) URL such as http://10.0.0.7:3000")
+        raise ApiError(
+            400, "bad_request", "url must be an http(s) URL such as http://10.0.0.7:3000"
+        )
     ctx.auth.require_registrar(key_from_header(request.headers.get("Authorization")), endpoint)
     if endpoint not in ctx.endpoints:
         raise ApiError(404, "unknown_endpoint", f"no endpoint named {endpoint!r}")
@@ -43,8 +45,7 @@ async def register_worker(request: web.Request) -> web.Response:
     max_load = _positive(body, "max_load", None)
     assert perf is not None
     existed = ctx.snapshot.get(worker_id(endpoint, url)) is not None
-    record = await ctx.store.upsert_worker(endpoint, url, perf, max_load, "registered",
-                                           time.time())
+    record = await ctx.store.upsert_worker(endpoint, url, perf, max_load, "registered", time.time())
     ctx.snapshot.upsert(record)
     return json_response(record.public(), status=200 if existed else 201)
 
@@ -88,9 +89,11 @@ async def remove_worker(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     w = await _target(request, ctx)
     if w.source != "registered":
-        raise ApiError(409, "configured_worker",
-                       "this worker comes from the router's config; remove it there "
-                       "(or drain it)")
+        raise ApiError(
+            409,
+            "configured_worker",
+            "this worker comes from the router's config; remove it there (or drain it)",
+        )
     await ctx.store.remove_worker(w.id)
     ctx.snapshot.remove(w.id)
     return json_response({"removed": w.id})

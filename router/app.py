@@ -51,9 +51,12 @@ def load_keyring(settings: Settings) -> KeyRing:
         log.info("signing with key %s (%d key(s) in the ring)", ring.kid, len(ring.keys))
         return ring
     ring = KeyRing.ephemeral(settings.signing.algorithm)
-    log.warning("no signing.key_files configured: using an ephemeral %s key %s; tickets will "
-                "not verify after a restart (create one with `inference-router keygen`)",
-                settings.signing.algorithm, ring.kid)
+    log.warning(
+        "no signing.key_files configured: using an ephemeral %s key %s; tickets will "
+        "not verify after a restart (create one with `inference-router keygen`)",
+        settings.signing.algorithm,
+        ring.kid,
+    )
     return ring
 
 
@@ -66,13 +69,14 @@ def api_keys(settings: Settings) -> list[ApiKeySettings]:
     print(f"no api_keys configured; admin API key for this run: {key}", file=sys.stderr)
     from hashlib import sha256
 
-    return [ApiKeySettings(key_sha256=sha256(key.encode()).hexdigest(), name="generated",
-                           admin=True)]
+    return [
+        ApiKeySettings(key_sha256=sha256(key.encode()).hexdigest(), name="generated", admin=True)
+    ]
 
 
-def configured_workers(settings: Settings,
-                       spawned: list[SpawnedWorker]) -> list[tuple[str, str, float,
-                                                                   float | None, Source]]:
+def configured_workers(
+    settings: Settings, spawned: list[SpawnedWorker]
+) -> list[tuple[str, str, float, float | None, Source]]:
     out: list[tuple[str, str, float, float | None, Source]] = []
     for ep in settings.endpoints:
         out += [(ep.name, w.url, w.perf, w.max_load, "static") for w in ep.workers]
@@ -89,20 +93,25 @@ async def reconcile(ctx: RouterContext, spawned: list[SpawnedWorker]) -> int:
     added = 0
     for wid, (endpoint, url, perf, max_load, source) in _configured(ctx, spawned):
         if ctx.snapshot.get(wid) is None:
-            record = await ctx.store.upsert_worker(endpoint, url, perf, max_load, source,
-                                                   time.time())
+            record = await ctx.store.upsert_worker(
+                endpoint, url, perf, max_load, source, time.time()
+            )
             ctx.snapshot.upsert(record)
             added += 1
     return added
 
 
-def _configured(ctx: RouterContext, spawned: list[SpawnedWorker],
-                ) -> list[tuple[str, tuple[str, str, float, float | None, Source]]]:
+def _configured(
+    ctx: RouterContext,
+    spawned: list[SpawnedWorker],
+) -> list[tuple[str, tuple[str, str, float, float | None, Source]]]:
     """Configured workers with their ids, computed once: reconcile runs every refresh."""
     key = len(spawned)
     if ctx.configured is None or ctx.configured[0] != key:
-        ctx.configured = (key, [(worker_id(w[0], w[1]), w)
-                                for w in configured_workers(ctx.settings, spawned)])
+        ctx.configured = (
+            key,
+            [(worker_id(w[0], w[1]), w) for w in configured_workers(ctx.settings, spawned)],
+        )
     return ctx.configured[1]
 
 
@@ -132,14 +141,16 @@ def _router_url(settings: Settings) -> str:
     return f"http://{host}:{settings.server.port}"
 
 
-def build_app(settings: Settings, *, keyring: KeyRing | None = None,
-              spawn_workers: bool = True) -> web.Application:
+def build_app(
+    settings: Settings, *, keyring: KeyRing | None = None, spawn_workers: bool = True
+) -> web.Application:
     """The router app; `keyring` overrides the configured keys (tests, benchmarks).
 
     `spawn_workers` False: leave `[[endpoints.spawn]]` workers to another process.
     """
-    app = web.Application(middlewares=[error_middleware],
-                          client_max_size=ticket.MAX_JSON_BODY_BYTES)
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=ticket.MAX_JSON_BODY_BYTES
+    )
     app[SPAWNED] = []
     keys = keyring or load_keyring(settings)  # fail before listening on a bad key file
 
@@ -157,8 +168,9 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None,
             replica_id=uuid.uuid4().hex[:12],
         )
         app[CTX] = ctx
-        threads = settings.signing.sign_threads(keys.signer.verify_key.algorithm,
-                                                len(os.sched_getaffinity(0)))
+        threads = settings.signing.sign_threads(
+            keys.signer.verify_key.algorithm, len(os.sched_getaffinity(0))
+        )
         if threads:
             ctx.sign_pool = ThreadPoolExecutor(threads, thread_name_prefix="sign")
             log.info("signing tickets on %d thread(s)", threads)
@@ -166,8 +178,9 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None,
             await ctx.snapshot.refresh()
             await reconcile(ctx, [])
         except StoreUnavailable as exc:
-            log.error("state store unreachable at start (%s); /route answers 503 until it "
-                      "is back", exc)
+            log.error(
+                "state store unreachable at start (%s); /route answers 503 until it is back", exc
+            )
         yield
         await store.close()
         if ctx.sign_pool is not None:
@@ -178,8 +191,9 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None,
         # auto_decompress off: proxied bodies pass through byte for byte, encoding and all.
         # No cookie jar: one session serves every client, and a cookie a worker set for
         # one client must never be sent on another's request (it also saves jar work).
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                         cookie_jar=aiohttp.DummyCookieJar()) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        ) as session:
             app[CTX].session = session
             yield
 
@@ -197,12 +211,18 @@ def build_app(settings: Settings, *, keyring: KeyRing | None = None,
     async def loops(app: web.Application) -> AsyncIterator[None]:
         ctx = app[CTX]
         assert ctx.session is not None
-        poller = ctx.health = HealthPoller(ctx.store, ctx.snapshot, ctx.session,
-                                           ctx.endpoints, ctx.replica_id, ctx.metrics)
+        poller = ctx.health = HealthPoller(
+            ctx.store, ctx.snapshot, ctx.session, ctx.endpoints, ctx.replica_id, ctx.metrics
+        )
         tasks = [
-            _task(repeat(lambda: refresh_once(ctx, app[SPAWNED]),
-                         settings.store.snapshot_interval_s, "snapshot refresh"),
-                  "snapshot-refresh"),
+            _task(
+                repeat(
+                    lambda: refresh_once(ctx, app[SPAWNED]),
+                    settings.store.snapshot_interval_s,
+                    "snapshot refresh",
+                ),
+                "snapshot-refresh",
+            ),
             _task(poller.run_forever(), "health-poller"),
         ]
         yield
@@ -233,14 +253,17 @@ def _task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
 
 
 async def pubkey(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[CTX].keyring.public_pem(),
-                        content_type="application/x-pem-file")
+    return web.Response(
+        text=request.app[CTX].keyring.public_pem(), content_type="application/x-pem-file"
+    )
 
 
 async def jwks(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[CTX].keyring.jwks_bytes(),
-                        content_type="application/json",
-                        headers={"Cache-Control": "max-age=60"})
+    return web.Response(
+        body=request.app[CTX].keyring.jwks_bytes(),
+        content_type="application/json",
+        headers={"Cache-Control": "max-age=60"},
+    )
 
 
 async def livez(request: web.Request) -> web.Response:
@@ -253,9 +276,15 @@ async def readyz(request: web.Request) -> web.Response:
         await ctx.store.ping()
     except StoreUnavailable as exc:
         return json_response({"ready": False, "reason": f"store unreachable: {exc}"}, 503)
-    return json_response({"ready": True, "store": ctx.settings.store.backend,
-                          "key_id": ctx.keyring.kid, "replica": ctx.replica_id,
-                          "pid": os.getpid()})
+    return json_response(
+        {
+            "ready": True,
+            "store": ctx.settings.store.backend,
+            "key_id": ctx.keyring.kid,
+            "replica": ctx.replica_id,
+            "pid": os.getpid(),
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

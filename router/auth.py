@@ -44,8 +44,11 @@ class KeyRingAuth:
     def lookup(self, presented: str | None) -> ApiKeySettings:
         """Return the settings of the presented key or raise a 401 AuthError."""
         if not presented:
-            raise AuthError(401, "missing_api_key",
-                            "an API key is required (Authorization: Bearer KEY or api_key)")
+            raise AuthError(
+                401,
+                "missing_api_key",
+                "an API key is required (Authorization: Bearer KEY or api_key)",
+            )
         digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest()
         found = None
         for k in self._keys:  # compare against every key: timing says nothing of which matched

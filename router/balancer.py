@@ -103,8 +103,9 @@ def shortlist(
             if policy == "least_work":
                 ranked = _least_work(sample, cost, rng, k)
             else:
-                ranked = _rank(policy, [w for w in sample if w.ready and fits(w, cost)],
-                               cost, rng, tick, k)
+                ranked = _rank(
+                    policy, [w for w in sample if w.ready and fits(w, cost)], cost, rng, tick, k
+                )
             if ranked:
                 return ranked, "rescore" if policy in ("least_work", "p2c") else "ordered"
             # nothing usable in the sample (most of the fleet down or full): look at all
@@ -179,8 +180,12 @@ def _rank(
     if policy == "least_work":
         return _least_work(pool, cost, rng, k)
     if policy == "least_requests":
-        return [w for _, _, w in heapq.nsmallest(
-            k, ((w.requests, rng.random(), w) for w in pool), key=lambda t: t[:2])]
+        return [
+            w
+            for _, _, w in heapq.nsmallest(
+                k, ((w.requests, rng.random(), w) for w in pool), key=lambda t: t[:2]
+            )
+        ]
     if policy == "round_robin":
         start = tick % len(pool)
         return [pool[(start + i) % len(pool)] for i in range(min(k, len(pool)))]

@@ -42,26 +42,47 @@ _CHILD_ENV = "ROUTER_PROCESS_INDEX"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inference-router", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="inference-router",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    serve = sub.add_parser("serve", help="run the router",
-                           description="Run the router until SIGINT/SIGTERM.")
-    serve.add_argument("--config", "-c", type=Path, help="TOML config file (default: "
-                       "built-in defaults: memory store, ephemeral key, no endpoints)")
+    serve = sub.add_parser(
+        "serve", help="run the router", description="Run the router until SIGINT/SIGTERM."
+    )
+    serve.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        help="TOML config file (default: "
+        "built-in defaults: memory store, ephemeral key, no endpoints)",
+    )
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                       help="override log_level")
-    serve.add_argument("--processes", type=int, metavar="N",
-                       help="override server.processes: N processes on one port "
-                       "(SO_REUSEPORT), all on the Redis store (default 1)")
-    keygen = sub.add_parser("keygen", help="write a new signing key (PEM, mode 0600)",
-                            description="Write a new private signing key. Add its path to "
-                            "signing.key_files (newest last) to rotate keys.")
+    serve.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="override log_level"
+    )
+    serve.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="override server.processes: N processes on one port "
+        "(SO_REUSEPORT), all on the Redis store (default 1)",
+    )
+    keygen = sub.add_parser(
+        "keygen",
+        help="write a new signing key (PEM, mode 0600)",
+        description="Write a new private signing key. Add its path to "
+        "signing.key_files (newest last) to rotate keys.",
+    )
     keygen.add_argument("--out", type=Path, required=True, help="file to create")
-    keygen.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa",
-                        help="rsa (RSA-2048, Vast-compatible, default) or ed25519 (faster)")
+    keygen.add_argument(
+        "--algorithm",
+        choices=["rsa", "ed25519"],
+        default="rsa",
+        help="rsa (RSA-2048, Vast-compatible, default) or ed25519 (faster)",
+    )
     return p
 
 
@@ -105,10 +126,16 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     """
     n = settings.server.processes
     cmd = [sys.executable, "-m", "router", *argv]
-    children = [subprocess.Popen(cmd, env={**os.environ, _CHILD_ENV: str(i)},
-                                 start_new_session=True) for i in range(n)]
-    log.info("serving on port %d with %d processes (pids %s)", settings.server.port, n,
-             ", ".join(str(c.pid) for c in children))
+    children = [
+        subprocess.Popen(cmd, env={**os.environ, _CHILD_ENV: str(i)}, start_new_session=True)
+        for i in range(n)
+    ]
+    log.info(
+        "serving on port %d with %d processes (pids %s)",
+        settings.server.port,
+        n,
+        ", ".join(str(c.pid) for c in children),
+    )
     stopping = False
 
     def stop(sig: int, _frame: object = None) -> None:
@@ -165,20 +192,28 @@ def _run(app: Any, settings: Settings) -> None:
 
     async def main() -> None:
         runner = web.AppRunner(
-            app, handle_signals=True, access_log=None,
+            app,
+            handle_signals=True,
+            access_log=None,
             shutdown_timeout=server.shutdown_grace_s,
             # a client hanging up cancels its handler, so a proxied upstream request is
             # dropped at once and its load released
             handler_cancellation=True,
             # closes connections idle this long, and ones whose request headers have not
             # all arrived by then (slowloris)
-            keepalive_timeout=server.request_read_timeout_s)
+            keepalive_timeout=server.request_read_timeout_s,
+        )
         await runner.setup()
         try:
             # several processes accept on one port, the kernel spreads connections
-            site = FrontSite(runner, server.host, server.port,
-                             reuse_port=server.processes > 1, fast=server.fast_proxy,
-                             grace_s=server.shutdown_grace_s)
+            site = FrontSite(
+                runner,
+                server.host,
+                server.port,
+                reuse_port=server.processes > 1,
+                fast=server.fast_proxy,
+                grace_s=server.shutdown_grace_s,
+            )
             await site.start()
             _freeze_startup_objects()
             await asyncio.Event().wait()
@@ -242,15 +277,21 @@ def serve(settings: Settings, index: int = 0) -> int:
     try:
         # spawned demo workers belong to child 0 only: the others would start them again
         app = build_app(settings, spawn_workers=index == 0)
-        log.info("starting router on http://%s:%d (store: %s; endpoints: %s)",
-                 settings.server.host, settings.server.port, settings.store.backend,
-                 ", ".join(e.name for e in settings.endpoints) or "none")
+        log.info(
+            "starting router on http://%s:%d (store: %s; endpoints: %s)",
+            settings.server.host,
+            settings.server.port,
+            settings.store.backend,
+            ", ".join(e.name for e in settings.endpoints) or "none",
+        )
         _run(app, settings)
     except SigningKeyError as exc:
         print(f"config error: signing.key_files: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"error: cannot serve on {settings.server.host}:{settings.server.port}: {exc}",
-              file=sys.stderr)
+        print(
+            f"error: cannot serve on {settings.server.host}:{settings.server.port}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -23,8 +23,19 @@ SpawnBackend = Literal["synthetic"]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # First path segments that proxy mode cannot use as endpoint names (DESIGN §7).
 RESERVED_NAMES = frozenset(
-    {"route", "pubkey", "livez", "readyz", "metrics", "api", "admin", "model", "v1",
-     ".well-known", "openapi.json"}
+    {
+        "route",
+        "pubkey",
+        "livez",
+        "readyz",
+        "metrics",
+        "api",
+        "admin",
+        "model",
+        "v1",
+        ".well-known",
+        "openapi.json",
+    }
 )
 
 
@@ -194,7 +205,7 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, value in env.items():
         if not name.startswith("ROUTER_"):
             continue
-        rest = name[len("ROUTER_"):].lower()
+        rest = name[len("ROUTER_") :].lower()
         if rest == "log_level":
             data["log_level"] = value
             continue
@@ -202,8 +213,9 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             data.setdefault("api_keys", []).append({"key": value, "name": "env"})
             continue
         if rest == "admin_key":
-            data.setdefault("api_keys", []).append({"key": value, "name": "env-admin",
-                                                    "admin": True})
+            data.setdefault("api_keys", []).append(
+                {"key": value, "name": "env-admin", "admin": True}
+            )
             continue
         section, _, key = rest.partition("_")
         if section in _ENV_SECTIONS and key:
@@ -346,8 +358,9 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
         timeout_s=st.num("timeout_s", 0.5, positive=True),
         snapshot_interval_s=st.num("snapshot_interval_s", 0.1, positive=True),
     )
-    if store.backend == "redis" and not store.redis_url.startswith(("redis://", "rediss://",
-                                                                      "unix://")):
+    if store.backend == "redis" and not store.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
         raise ConfigError("store.redis_url: must start with redis://, rediss:// or unix://")
     st.done()
 
@@ -367,17 +380,20 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
             raise ConfigError(f"{r.where}: set exactly one of key or key_sha256")
         if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise ConfigError(f"{r.name('key_sha256')}: must be 64 hex characters")
-        api_keys.append(ApiKeySettings(
-            key_sha256=digest or hashlib.sha256(key.encode()).hexdigest(),
-            name=r.str_("name", f"key{len(api_keys)}"),
-            endpoints=r.str_list("endpoints", ("*",)),
-            admin=r.bool_("admin", False),
-            register_workers=r.bool_("register_workers", False),
-            rate_per_s=r.opt_num("rate_per_s"),
-            burst=None if r.data.get("burst") is None else r.num("burst", 1.0, min_=1.0),
-            max_concurrent=None if r.data.get("max_concurrent") is None
-            else r.int_("max_concurrent", 1, min_=1),
-        ))
+        api_keys.append(
+            ApiKeySettings(
+                key_sha256=digest or hashlib.sha256(key.encode()).hexdigest(),
+                name=r.str_("name", f"key{len(api_keys)}"),
+                endpoints=r.str_list("endpoints", ("*",)),
+                admin=r.bool_("admin", False),
+                register_workers=r.bool_("register_workers", False),
+                rate_per_s=r.opt_num("rate_per_s"),
+                burst=None if r.data.get("burst") is None else r.num("burst", 1.0, min_=1.0),
+                max_concurrent=None
+                if r.data.get("max_concurrent") is None
+                else r.int_("max_concurrent", 1, min_=1),
+            )
+        )
         if api_keys[-1].burst is not None and api_keys[-1].rate_per_s is None:
             raise ConfigError(f"{r.name('burst')}: needs rate_per_s")
         r.done()
@@ -402,15 +418,21 @@ def check_processes(settings: Settings) -> None:
         return
     n = settings.server.processes
     if settings.store.backend != "redis":
-        raise ConfigError(f"server.processes: {n} processes need store.backend = \"redis\" "
-                          "(with the memory store each would have its own workers and "
-                          "reqnums); use 1")
+        raise ConfigError(
+            f'server.processes: {n} processes need store.backend = "redis" '
+            "(with the memory store each would have its own workers and "
+            "reqnums); use 1"
+        )
     if not settings.signing.key_files:
-        raise ConfigError("server.processes: several processes need signing.key_files "
-                          "(each would make its own ephemeral key)")
+        raise ConfigError(
+            "server.processes: several processes need signing.key_files "
+            "(each would make its own ephemeral key)"
+        )
     if not settings.api_keys:
-        raise ConfigError("server.processes: several processes need [[api_keys]] (each "
-                          "would make its own admin key)")
+        raise ConfigError(
+            "server.processes: several processes need [[api_keys]] (each "
+            "would make its own admin key)"
+        )
     if settings.server.port == 0:
         raise ConfigError("server.port: must be fixed (not 0) with several processes")
 
@@ -435,19 +457,26 @@ def _endpoint(r: _Reader) -> EndpointSettings:
     h.done()
     workers = []
     for w in r.tables("workers"):
-        workers.append(StaticWorker(url=_url(w, "url"), perf=w.num("perf", 100.0, positive=True),
-                                    max_load=w.opt_num("max_load")))
+        workers.append(
+            StaticWorker(
+                url=_url(w, "url"),
+                perf=w.num("perf", 100.0, positive=True),
+                max_load=w.opt_num("max_load"),
+            )
+        )
         w.done()
     spawn = []
     for sp in r.tables("spawn"):
-        spawn.append(SpawnSettings(
-            backend=sp.choice("backend", "synthetic", get_args(SpawnBackend)),  # type: ignore[arg-type]
-            count=sp.int_("count", 1, min_=1, max_=64),
-            perf=sp.num("perf", 200.0, positive=True),
-            ttft_ms=sp.num("ttft_ms", 50.0),
-            tokens_per_s=sp.num("tokens_per_s", 100.0, positive=True),
-            max_load=sp.opt_num("max_load"),
-        ))
+        spawn.append(
+            SpawnSettings(
+                backend=sp.choice("backend", "synthetic", get_args(SpawnBackend)),  # type: ignore[arg-type]
+                count=sp.int_("count", 1, min_=1, max_=64),
+                perf=sp.num("perf", 200.0, positive=True),
+                ttft_ms=sp.num("ttft_ms", 50.0),
+                tokens_per_s=sp.num("tokens_per_s", 100.0, positive=True),
+                max_load=sp.opt_num("max_load"),
+            )
+        )
         sp.done()
     ep = EndpointSettings(
         name=name,

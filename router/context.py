@@ -36,8 +36,9 @@ class RouterContext:
     sign_pool: ThreadPoolExecutor | None = None  # None: tickets are signed on the loop
     next_refresh: float = 0.0  # monotonic time the snapshot is next re-read
     # (spawned count, [(worker id, configured worker)]): reconcile's list, built once
-    configured: tuple[int, list[tuple[str, tuple[str, str, float, float | None, Any]]]] | \
-        None = None
+    configured: tuple[int, list[tuple[str, tuple[str, str, float, float | None, Any]]]] | None = (
+        None
+    )
 
 
 CTX = web.AppKey("router_context", RouterContext)

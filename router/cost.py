@@ -50,14 +50,21 @@ def estimate(header: str | None, body: Any, default: float) -> float:
         return min(width * height * steps, _MAX_COST)
     params = body.get("parameters")
     out = None
-    for v in (body.get("max_tokens"), body.get("max_completion_tokens"),
-              body.get("max_new_tokens"),
-              params.get("max_new_tokens") if isinstance(params, dict) else None):
+    for v in (
+        body.get("max_tokens"),
+        body.get("max_completion_tokens"),
+        body.get("max_new_tokens"),
+        params.get("max_new_tokens") if isinstance(params, dict) else None,
+    ):
         out = _num(v)
         if out is not None:
             break
-    prompt = _text_len(body.get("prompt")) + _text_len(body.get("inputs")) \
-        + _text_len(body.get("messages")) + _text_len(body.get("input"))
+    prompt = (
+        _text_len(body.get("prompt"))
+        + _text_len(body.get("inputs"))
+        + _text_len(body.get("messages"))
+        + _text_len(body.get("input"))
+    )
     if out is None and prompt == 0:
         return default
     return min((out or 0.0) + prompt / 4, _MAX_COST)

@@ -26,8 +26,16 @@ T = TypeVar("T")
 class ApiError(Exception):
     """An error answer: HTTP status, a stable code, a message, and extra body fields."""
 
-    def __init__(self, status: int, code: str, message: str, /, *,
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        /,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -45,21 +53,24 @@ async def read_within(request: web.Request, coro: Awaitable[T]) -> T:
         async with asyncio.timeout(timeout_s):
             return await coro
     except TimeoutError:
-        raise ApiError(408, "request_timeout",
-                       f"the request body did not arrive within {timeout_s:g} s") from None
+        raise ApiError(
+            408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s"
+        ) from None
 
 
-def json_response(body: Any, status: int = 200,
-                  headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, headers=headers,
-                        content_type="application/json")
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
 
 
-def error_response(status: int, code: str, message: str, /, *,
-                   headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, /, *, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
     """An error answer; `extra` fields (even one named `status`) join the body."""
-    return json_response({"error": {"code": code, "message": message}, **extra}, status,
-                         headers)
+    return json_response({"error": {"code": code, "message": message}, **extra}, status, headers)
 
 
 @web.middleware
@@ -67,8 +78,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, headers=exc.headers,
-                              **exc.extra)
+        return error_response(exc.status, exc.code, exc.message, headers=exc.headers, **exc.extra)
     except AuthError as exc:
         return error_response(exc.status, exc.code, exc.message)
     except StoreUnavailable as exc:
@@ -76,9 +86,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
         if CTX in request.app:
             request.app[CTX].metrics.store_errors.inc()
-        return error_response(503, "store_unavailable",
-                              f"router state store is unreachable ({exc}); retry shortly",
-                              headers={"Retry-After": "1"})
+        return error_response(
+            503,
+            "store_unavailable",
+            f"router state store is unreachable ({exc}); retry shortly",
+            headers={"Retry-After": "1"},
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

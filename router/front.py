@@ -81,8 +81,10 @@ _MAX_HEAD_BYTES = 64 * 1024  # a request head larger than this goes to aiohttp (
 _MAX_HEADERS = 100
 _LINGER_S = 2.0  # after answering a body too large before it arrived, read on this long
 _MAX_PIPELINED = 8  # complete requests queued on one connection before reading pauses
-_SSE_ERROR = (b'event: error\ndata: {"error":{"code":"upstream_failed",'
-              b'"message":"the worker failed mid-stream"}}\n\n')
+_SSE_ERROR = (
+    b'event: error\ndata: {"error":{"code":"upstream_failed",'
+    b'"message":"the worker failed mid-stream"}}\n\n'
+)
 
 
 class _HandOff(Exception):
@@ -150,8 +152,9 @@ class Front:
         self.aiohttp_protocol = aiohttp_protocol
         self.pool = Pool()
         self.read_timeout_s = ctx.settings.server.request_read_timeout_s
-        self.endpoints = {name.encode(): ep for name, ep in ctx.endpoints.items()
-                          if name not in RESERVED_NAMES}
+        self.endpoints = {
+            name.encode(): ep for name, ep in ctx.endpoints.items() if name not in RESERVED_NAMES
+        }
         self.openai_limit = max((e.max_body_bytes for e in ctx.endpoints.values()), default=1)
         self.conns: set[FrontConn] = set()
         self.closing = False
@@ -162,8 +165,11 @@ class Front:
         if self.closing and not self.conns:
             self.drained.set()
 
-    def route(self, method: bytes, path: bytes,
-              ) -> tuple[int, EndpointSettings | None, bytes] | None:
+    def route(
+        self,
+        method: bytes,
+        path: bytes,
+    ) -> tuple[int, EndpointSettings | None, bytes] | None:
         """(kind, endpoint or None, the worker's path); None: not for the fast path."""
         if path in _ROUTE_PATHS:
             return (_ROUTE, None, b"") if method == b"POST" else None
@@ -317,8 +323,15 @@ class FrontConn(asyncio.Protocol):
             self._hand_off()
             raise _HandOff from None
         path = url.path
-        if (url.schema or url.host or not path or path[:1] != b"/" or path[:2] == b"//"
-                or b"%" in path or b"/." in path):
+        if (
+            url.schema
+            or url.host
+            or not path
+            or path[:1] != b"/"
+            or path[:2] == b"//"
+            or b"%" in path
+            or b"/." in path
+        ):
             self._hand_off()  # aiohttp decodes and normalises these; keep its answer
             raise _HandOff
         route = self.front.route(method, path)
@@ -329,8 +342,13 @@ class FrontConn(asyncio.Protocol):
         req.kind, req.ep, req.upstream_path = route
         req.keep_alive = p.should_keep_alive()
         self.head_bytes = 0
-        req.limit = (req.ep.max_body_bytes if req.ep is not None else
-                     self.front.openai_limit if req.kind == _OPENAI else MAX_JSON_BODY_BYTES)
+        req.limit = (
+            req.ep.max_body_bytes
+            if req.ep is not None
+            else self.front.openai_limit
+            if req.kind == _OPENAI
+            else MAX_JSON_BODY_BYTES
+        )
         for name, value in req.headers:
             if name.lower() == b"content-length":
                 try:
@@ -402,8 +420,7 @@ class FrontConn(asyncio.Protocol):
             if req.answered:
                 self._close()  # the answer is under way: it cannot turn into a 500 now
             else:
-                self.respond_error(req, 500, "internal_error",
-                                   "internal error; see the router log")
+                self.respond_error(req, 500, "internal_error", "internal error; see the router log")
         if not req.keep_alive:
             self.stopped = True
             self.queue.clear()
@@ -465,8 +482,9 @@ class FrontConn(asyncio.Protocol):
             # the head came, the body is too slow: say so before closing
             s = self.front.read_timeout_s
             self.stopped, req.keep_alive = True, False
-            self.respond_error(req, 408, "request_timeout",
-                               f"the request body did not arrive within {s:g} s")
+            self.respond_error(
+                req, 408, "request_timeout", f"the request body did not arrive within {s:g} s"
+            )
         self._close()  # idle too long, or a head that never ended (slowloris)
 
     # writing
@@ -501,17 +519,37 @@ class FrontConn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def respond_error(self, req: Req, status: int, code: str, message: str, /, *,
-                      headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def respond_error(
+        self,
+        req: Req,
+        status: int,
+        code: str,
+        message: str,
+        /,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         body = orjson.dumps({"error": {"code": code, "message": message}, **extra})
         self.respond(req, status, body, headers)
 
-    def respond(self, req: Req, status: int, body: bytes,
-                headers: dict[str, str] | None = None,
-                content_type: bytes = b"application/json") -> None:
+    def respond(
+        self,
+        req: Req,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        content_type: bytes = b"application/json",
+    ) -> None:
         req.answered = True
-        parts = [_status_line(status), b"Date: ", _date(), b"\r\nContent-Type: ",
-                 content_type, b"\r\nContent-Length: %d\r\n" % len(body)]
+        parts = [
+            _status_line(status),
+            b"Date: ",
+            _date(),
+            b"\r\nContent-Type: ",
+            content_type,
+            b"\r\nContent-Length: %d\r\n" % len(body),
+        ]
         for k, v in (headers or {}).items():
             parts += (k.encode("latin-1"), b": ", v.encode("latin-1"), b"\r\n")
         if not req.keep_alive or self.front.closing:
@@ -561,7 +599,7 @@ def _offset_after(raw: bytes, n: int) -> int:
     parser = httptools.HttpRequestParser(counter)
     for i in range(len(raw)):
         try:
-            parser.feed_data(raw[i:i + 1])
+            parser.feed_data(raw[i : i + 1])
         except httptools.HttpParserError:
             return i
         if counter.done >= n:
@@ -571,12 +609,18 @@ def _offset_after(raw: bytes, n: int) -> int:
 
 # The proxy itself ------------------------------------------------------------------------
 
+
 class _Retry(Retry):
     """A failed try, with what to answer if no other worker does better."""
 
-    def __init__(self, reason: str, status: int, body: bytes,
-                 headers: list[tuple[bytes, bytes]] | None = None,
-                 error: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.body = body
@@ -601,12 +645,12 @@ async def serve(fc: FrontConn, req: Req) -> None:
             try:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
-                raise ApiError(400, "bad_json",
-                               f"request body is not valid JSON: {exc.msg}") from exc
+                raise ApiError(
+                    400, "bad_json", f"request body is not valid JSON: {exc.msg}"
+                ) from exc
             model = doc.get("model") if isinstance(doc, dict) else None
             if not isinstance(model, str) or not model:
-                raise ApiError(400, "bad_request",
-                               "the body must be a JSON object with a 'model'")
+                raise ApiError(400, "bad_request", "the body must be a JSON object with a 'model'")
             ep = model_endpoint(ctx, model)
             if ep is None:
                 raise ApiError(404, "model_not_found", f"no endpoint serves model {model!r}")
@@ -630,15 +674,18 @@ async def serve(fc: FrontConn, req: Req) -> None:
         async with in_flight_slot(ctx, key, ep.name, ep.timeout_total_s):
             await forward(fc, req, ctx, ep, body, parsed)
     except ApiError as exc:
-        fc.respond_error(req, exc.status, exc.code, exc.message, headers=exc.headers,
-                         **exc.extra)
+        fc.respond_error(req, exc.status, exc.code, exc.message, headers=exc.headers, **exc.extra)
     except AuthError as exc:
         fc.respond_error(req, exc.status, exc.code, exc.message)
     except StoreUnavailable as exc:
         ctx.metrics.store_errors.inc()
-        fc.respond_error(req, 503, "store_unavailable",
-                         f"router state store is unreachable ({exc}); retry shortly",
-                         headers={"Retry-After": "1"})
+        fc.respond_error(
+            req,
+            503,
+            "store_unavailable",
+            f"router state store is unreachable ({exc}); retry shortly",
+            headers={"Retry-After": "1"},
+        )
 
 
 _ID_PREFIX = secrets.token_hex(8)
@@ -655,22 +702,29 @@ def _is_json(ctype: bytes) -> bool:
     return ctype.split(b";", 1)[0].strip() == b"application/json"
 
 
-async def forward(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSettings,
-                  body: bytes, parsed: Any) -> None:
+async def forward(
+    fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSettings, body: bytes, parsed: Any
+) -> None:
     """Send the request to a worker (retrying on others) and relay its answer."""
-    cost = request_cost(req.x_cost.decode("latin-1") if req.x_cost is not None else None,
-                        parsed, ep)
+    cost = request_cost(
+        req.x_cost.decode("latin-1") if req.x_cost is not None else None, parsed, ep
+    )
     rid = req.x_request_id
-    request_id = rid.decode() if rid and _REQUEST_ID_RE.match(rid.decode("latin-1")) \
-        else _new_request_id()
+    request_id = (
+        rid.decode() if rid and _REQUEST_ID_RE.match(rid.decode("latin-1")) else _new_request_id()
+    )
     m = ctx.metrics
     started = time.perf_counter()
     status: int | None = None
     try:
         status, last = await on_workers(
-            ctx, ep, cost, request_id,
+            ctx,
+            ep,
+            cost,
+            request_id,
             lambda ticket, wid: _attempt(fc, req, ctx, ep, body, ticket, wid, request_id),
-            _Retry)
+            _Retry,
+        )
         if status is not None:
             return
         if last is not None:
@@ -678,13 +732,27 @@ async def forward(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSetti
             if last.error is not None:
                 fc.respond_error(req, last.status, *last.error)
             else:
-                _relay_whole(fc, req, last.status, b"", last.headers, last.body, request_id,
-                             keep_request_id=False)
+                _relay_whole(
+                    fc,
+                    req,
+                    last.status,
+                    b"",
+                    last.headers,
+                    last.body,
+                    request_id,
+                    keep_request_id=False,
+                )
             return
         no_worker, headers = no_worker_body(ctx, ep.name)
         status = 503
-        fc.respond_error(req, 503, "no_worker", "no worker of this endpoint can take the "
-                         "request now; retry later", headers=headers, **no_worker)
+        fc.respond_error(
+            req,
+            503,
+            "no_worker",
+            "no worker of this endpoint can take the request now; retry later",
+            headers=headers,
+            **no_worker,
+        )
     finally:
         code = str(status) if status is not None else "499"
         m.child(m.requests, ep.name, "proxy", code).inc()
@@ -702,8 +770,15 @@ def _worker_address(url: str) -> tuple[tuple[str, int, bool], bytes, bytes]:
     return (host, port, tls), u.raw_path.rstrip("/").encode(), f"{named}:{port}".encode()
 
 
-def _upstream_request(fc: FrontConn, req: Req, prefix: bytes, hostport: bytes,
-                      ticket: dict[str, Any], request_id: str, body: bytes) -> bytes:
+def _upstream_request(
+    fc: FrontConn,
+    req: Req,
+    prefix: bytes,
+    hostport: bytes,
+    ticket: dict[str, Any],
+    request_id: str,
+    body: bytes,
+) -> bytes:
     target = prefix + req.upstream_path
     if req.query:
         target += b"?" + req.query
@@ -713,9 +788,17 @@ def _upstream_request(fc: FrontConn, req: Req, prefix: bytes, hostport: bytes,
         if name.lower() not in drop:
             parts += (name, b": ", value, b"\r\n")
     xff = req.xff + b", " + fc.peer if req.xff else fc.peer
-    parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
-              req.host or fc.local, b"\r\nX-Request-Id: ", request_id.encode(),
-              b"\r\nX-Route-Ticket: ", ticket_header(ticket).encode(), b"\r\n")
+    parts += (
+        b"X-Forwarded-For: ",
+        xff,
+        b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
+        req.host or fc.local,
+        b"\r\nX-Request-Id: ",
+        request_id.encode(),
+        b"\r\nX-Route-Ticket: ",
+        ticket_header(ticket).encode(),
+        b"\r\n",
+    )
     if body or req.method in (b"POST", b"PUT", b"PATCH"):
         parts += (b"Content-Length: %d\r\n\r\n" % len(body), body)
     else:
@@ -723,8 +806,16 @@ def _upstream_request(fc: FrontConn, req: Req, prefix: bytes, hostport: bytes,
     return b"".join(parts)
 
 
-async def _attempt(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSettings,
-                   body: bytes, ticket: dict[str, Any], wid: str, request_id: str) -> int:
+async def _attempt(
+    fc: FrontConn,
+    req: Req,
+    ctx: RouterContext,
+    ep: EndpointSettings,
+    body: bytes,
+    ticket: dict[str, Any],
+    wid: str,
+    request_id: str,
+) -> int:
     """One try on one worker; the status relayed, or _Retry before any byte was sent."""
     key, prefix, hostport = _worker_address(ticket["url"])
     request = _upstream_request(fc, req, prefix, hostport, ticket, request_id, body)
@@ -739,8 +830,12 @@ async def _attempt(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSett
                 conn = await pool.connect(key, ep.timeout_connect_s)
             except UpstreamError as exc:
                 await _passive(ctx, wid, PollResult(False, refused=True, detail=str(exc)))
-                raise _Retry("connect", 502, b"", error=(
-                    "worker_unreachable", "could not connect to a worker")) from exc
+                raise _Retry(
+                    "connect",
+                    502,
+                    b"",
+                    error=("worker_unreachable", "could not connect to a worker"),
+                ) from exc
         conn.send(request)
         conn.watch(min(total_deadline, loop.time() + ep.timeout_ttfb_s), None)
         try:
@@ -751,11 +846,20 @@ async def _attempt(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSett
             if exc.stale and not fresh:
                 continue  # the worker closed the idle connection as we reused it
             await _passive(ctx, wid, PollResult(False, detail="ServerDisconnectedError"))
-            raise _Retry("disconnect", 502, b"", error=(
-                "worker_disconnected", "the worker closed the connection")) from exc
+            raise _Retry(
+                "disconnect",
+                502,
+                b"",
+                error=("worker_disconnected", "the worker closed the connection"),
+            ) from exc
         except TimeoutError:
-            fc.respond_error(req, 504, "upstream_timeout", "the worker did not answer in time",
-                             request_id=request_id)
+            fc.respond_error(
+                req,
+                504,
+                "upstream_timeout",
+                "the worker did not answer in time",
+                request_id=request_id,
+            )
             return 504
         except asyncio.CancelledError:
             conn.close()
@@ -783,8 +887,9 @@ async def _attempt(fc: FrontConn, req: Req, ctx: RouterContext, ep: EndpointSett
         pool.put(conn)  # closes it unless its answer ended cleanly and it may be reused
 
 
-async def _finish(loop: asyncio.AbstractEventLoop, conn: Conn, deadline: float,
-                  idle_s: float) -> None:
+async def _finish(
+    loop: asyncio.AbstractEventLoop, conn: Conn, deadline: float, idle_s: float
+) -> None:
     if conn.complete:
         return
     conn.watch(deadline, idle_s)
@@ -817,8 +922,14 @@ def _response_headers(conn: Conn) -> tuple[list[tuple[bytes, bytes]], int | None
     return kept, (None if chunked else length), chunked, sse
 
 
-def _head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]], request_id: str,
-          close: bool, framing: bytes) -> list[bytes]:
+def _head(
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    request_id: str,
+    close: bool,
+    framing: bytes,
+) -> list[bytes]:
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"OK")]
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
@@ -830,18 +941,28 @@ def _head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]], reques
     return parts
 
 
-def _relay_whole(fc: FrontConn, req: Req, status: int, reason: bytes,
-                 headers: list[tuple[bytes, bytes]], body: bytes, request_id: str,
-                 keep_request_id: bool = True) -> None:
+def _relay_whole(
+    fc: FrontConn,
+    req: Req,
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    request_id: str,
+    keep_request_id: bool = True,
+) -> None:
     if not keep_request_id:
-        headers = [(n, v) for n, v in headers
-                   if n.lower() not in _DROP_RESPONSE]
+        headers = [(n, v) for n, v in headers if n.lower() not in _DROP_RESPONSE]
     # 1xx, 204 and 304 answers carry no body and no Content-Length (RFC 9110 §8.6)
-    framing = b"" if status < 200 or status in (204, 304) else \
-        b"Content-Length: %d\r\n" % len(body)
-    parts = _head(status, reason or _status_line(status)[13:-2], headers,
-                  request_id if keep_request_id else "",
-                  not req.keep_alive or fc.front.closing, framing)
+    framing = b"" if status < 200 or status in (204, 304) else b"Content-Length: %d\r\n" % len(body)
+    parts = _head(
+        status,
+        reason or _status_line(status)[13:-2],
+        headers,
+        request_id if keep_request_id else "",
+        not req.keep_alive or fc.front.closing,
+        framing,
+    )
     parts.append(body)
     req.answered = True
     fc._write(b"".join(parts))
@@ -872,8 +993,9 @@ class _PlainSink:
         self.fc._write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
-async def _relay(fc: FrontConn, req: Req, conn: Conn, deadline: float, idle_s: float,
-                 request_id: str) -> int:
+async def _relay(
+    fc: FrontConn, req: Req, conn: Conn, deadline: float, idle_s: float, request_id: str
+) -> int:
     """Write the worker's answer to the client: whole if it is all here, else as it comes."""
     headers, length, _, sse = _response_headers(conn)
     status, loop = conn.status, fc.loop
@@ -884,16 +1006,24 @@ async def _relay(fc: FrontConn, req: Req, conn: Conn, deadline: float, idle_s: f
         try:
             await _finish(loop, conn, deadline, idle_s)
         except (UpstreamError, TimeoutError) as exc:
-            log.warning("upstream %s:%d failed mid-response: %s", conn.key[0], conn.key[1],
-                        type(exc).__name__)
-            fc.respond_error(req, 502, "upstream_failed", "the worker failed mid-response",
-                             request_id=request_id)
+            log.warning(
+                "upstream %s:%d failed mid-response: %s",
+                conn.key[0],
+                conn.key[1],
+                type(exc).__name__,
+            )
+            fc.respond_error(
+                req, 502, "upstream_failed", "the worker failed mid-response", request_id=request_id
+            )
             return status
     if conn.complete:
         _relay_whole(fc, req, status, conn.reason, headers, conn.take_body(), request_id)
         return status
-    framing = b"Content-Length: %d\r\n" % length if length is not None \
+    framing = (
+        b"Content-Length: %d\r\n" % length
+        if length is not None
         else b"Transfer-Encoding: chunked\r\n"
+    )
     req.answered = True
     fc._write(b"".join(_head(status, conn.reason, headers, request_id, close, framing)))
     sink = _PlainSink(fc) if length is not None else _ChunkedSink(fc)
@@ -904,8 +1034,9 @@ async def _relay(fc: FrontConn, req: Req, conn: Conn, deadline: float, idle_s: f
             await _finish(loop, conn, deadline, idle_s)
     except (UpstreamError, TimeoutError) as exc:
         # After the first byte the status is sent: end the stream, say why if we can.
-        log.warning("upstream %s:%d failed mid-response: %s", conn.key[0], conn.key[1],
-                    type(exc).__name__)
+        log.warning(
+            "upstream %s:%d failed mid-response: %s", conn.key[0], conn.key[1], type(exc).__name__
+        )
         if sse and length is None:
             fc._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(_SSE_ERROR), _SSE_ERROR))
         else:
@@ -925,14 +1056,23 @@ async def _relay(fc: FrontConn, req: Req, conn: Conn, deadline: float, idle_s: f
 
 # Serving ---------------------------------------------------------------------------------
 
+
 class FrontSite(web.BaseSite):
     """An aiohttp site whose connections take the fast path for proxied requests."""
 
     __slots__ = ("_fast", "_grace_s", "_host", "_port", "_reuse_port", "_sock", "front")
 
-    def __init__(self, runner: web.BaseRunner, host: str | None = None, port: int = 0, *,
-                 sock: socket.socket | None = None, reuse_port: bool = False,
-                 fast: bool = True, grace_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        sock: socket.socket | None = None,
+        reuse_port: bool = False,
+        fast: bool = True,
+        grace_s: float = 30.0,
+    ) -> None:
         super().__init__(runner)
         self._host, self._port, self._sock = host, port, sock
         self._reuse_port, self._fast, self._grace_s = reuse_port, fast, grace_s
@@ -962,8 +1102,8 @@ class FrontSite(web.BaseSite):
             self._server = await loop.create_server(factory, sock=self._sock, backlog=1024)
         else:
             self._server = await loop.create_server(
-                factory, self._host, self._port, backlog=1024,
-                reuse_port=self._reuse_port or None)
+                factory, self._host, self._port, backlog=1024, reuse_port=self._reuse_port or None
+            )
 
     async def stop(self) -> None:
         """Stop listening; let requests in flight on fast connections finish (bounded)."""

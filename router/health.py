@@ -59,8 +59,10 @@ def transition(w: WorkerRecord, r: PollResult, cfg: HealthSettings, now: float) 
         status = "draining"
     else:
         ok, fail, last_ok = 0, w.fail_streak + 1, w.last_ok
-        if w.status in ("ready", "draining") and not w.admin_drain and (
-            r.refused or fail >= cfg.unhealthy_after
+        if (
+            w.status in ("ready", "draining")
+            and not w.admin_drain
+            and (r.refused or fail >= cfg.unhealthy_after)
         ):
             status = "unhealthy"
     return HealthUpdate(w.status, status, ok, fail, last_ok, r.report, r.perf)
@@ -76,8 +78,11 @@ def parse_report(body: bytes) -> tuple[tuple[float, int, int] | None, float | No
         return None, None, False
     draining = doc.get("draining") is True
     report = None
-    cost, reqs, seen = doc.get("inflight_cost"), doc.get("inflight_requests"), \
-        doc.get("max_reqnum_seen")
+    cost, reqs, seen = (
+        doc.get("inflight_cost"),
+        doc.get("inflight_requests"),
+        doc.get("max_reqnum_seen"),
+    )
     if _num(cost) and isinstance(reqs, int) and isinstance(seen, int):
         report = (float(cost), max(0, reqs), max(0, seen))
     perf = doc.get("perf")
@@ -106,8 +111,9 @@ async def probe(prober: Prober, key: str, url: URL, timeout_s: float) -> PollRes
         return PollResult(False, refused=exc.refused, detail=str(exc))
 
 
-async def poll(session: aiohttp.ClientSession, url: str | URL,
-               limit: float | aiohttp.ClientTimeout) -> PollResult:
+async def poll(
+    session: aiohttp.ClientSession, url: str | URL, limit: float | aiohttp.ClientTimeout
+) -> PollResult:
     """GET one worker's health path within `limit` (seconds) and classify the answer."""
     if not isinstance(limit, aiohttp.ClientTimeout):
         limit = aiohttp.ClientTimeout(total=limit)
@@ -131,8 +137,15 @@ def _phase(wid: str) -> float:
 class HealthPoller:
     """Polls the workers this replica holds a lease on; one poller per worker fleet-wide."""
 
-    def __init__(self, store: Store, snapshot: Snapshot, session: aiohttp.ClientSession,
-                 endpoints: dict[str, EndpointSettings], holder: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        snapshot: Snapshot,
+        session: aiohttp.ClientSession,
+        endpoints: dict[str, EndpointSettings],
+        holder: str,
+        metrics: Metrics,
+    ) -> None:
         self.store = store
         self.snapshot = snapshot
         self.session = session
@@ -145,16 +158,21 @@ class HealthPoller:
         self.prober = Prober()
         # Parsed once per worker and endpoint: a poll a second per worker adds up.
         self._urls: dict[str, URL] = {}
-        self._timeouts = {name: aiohttp.ClientTimeout(total=e.health.timeout_s)
-                          for name, e in endpoints.items()}
+        self._timeouts = {
+            name: aiohttp.ClientTimeout(total=e.health.timeout_s) for name, e in endpoints.items()
+        }
         self.tick_s = min((e.health.interval_s for e in endpoints.values()), default=1.0)
 
     async def run_once(self, now: float | None = None) -> int:
         """Poll every due worker whose lease this replica holds; return how many were polled."""
         now = time.time() if now is None else now
-        due = [w for w in self.snapshot.workers() if w.endpoint in self.endpoints
-               and now - self._last_poll.get(w.id, 0.0)
-               >= self.endpoints[w.endpoint].health.interval_s * 0.95]
+        due = [
+            w
+            for w in self.snapshot.workers()
+            if w.endpoint in self.endpoints
+            and now - self._last_poll.get(w.id, 0.0)
+            >= self.endpoints[w.endpoint].health.interval_s * 0.95
+        ]
         if not due:
             return 0
         held = await self.store.claim_leases([w.id for w in due], self.holder, self.tick_s * 3)
@@ -164,8 +182,9 @@ class HealthPoller:
             # a fleet registered together is spread over the interval, not polled in
             # bursts of thousands that stall the loop.
             first = w.id not in self._last_poll
-            self._last_poll[w.id] = now + (_phase(w.id) * self.endpoints[
-                w.endpoint].health.interval_s * 0.5 if first else 0.0)
+            self._last_poll[w.id] = now + (
+                _phase(w.id) * self.endpoints[w.endpoint].health.interval_s * 0.5 if first else 0.0
+            )
         results = await asyncio.gather(*(self._check(w) for w in mine), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         for r in failed:
@@ -173,8 +192,9 @@ class HealthPoller:
                 raise r  # a cancellation is never swallowed
         if failed:
             # their next poll (one interval on) writes again; StoreUnavailable is the usual
-            log.debug("health poll: %d of %d results not written: %r", len(failed),
-                      len(mine), failed[0])
+            log.debug(
+                "health poll: %d of %d results not written: %r", len(failed), len(mine), failed[0]
+            )
         return len(mine)
 
     async def _check(self, w: WorkerRecord) -> None:
@@ -190,10 +210,13 @@ class HealthPoller:
         now = time.time()
         m = self.metrics
         m.child(m.health_checks, w.endpoint, "ok" if result.ok else "fail").inc()
-        if (not result.ok and w.source != "static"
-                and now - w.last_ok > ep.health.remove_after_s):
-            log.warning("removing worker %s (%s): no successful health check for %.0fs",
-                        w.id, w.url, now - w.last_ok)
+        if not result.ok and w.source != "static" and now - w.last_ok > ep.health.remove_after_s:
+            log.warning(
+                "removing worker %s (%s): no successful health check for %.0fs",
+                w.id,
+                w.url,
+                now - w.last_ok,
+            )
             await self.store.remove_worker(w.id)
             self._last_poll.pop(w.id, None)
             self._urls.pop(w.id, None)
@@ -210,8 +233,14 @@ class HealthPoller:
     async def _apply(self, w: WorkerRecord, result: PollResult, now: float) -> None:
         update = transition(w, result, self.endpoints[w.endpoint].health, now)
         if update.status != w.status:
-            log.info("worker %s (%s) %s -> %s%s", w.id, w.url, w.status, update.status,
-                     f": {result.detail}" if result.detail else "")
+            log.info(
+                "worker %s (%s) %s -> %s%s",
+                w.id,
+                w.url,
+                w.status,
+                update.status,
+                f": {result.detail}" if result.detail else "",
+            )
         async with self._writes:
             written = await self.store.record_health(w.id, update)
         if written:

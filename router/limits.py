@@ -35,26 +35,34 @@ async def check_rate(ctx: RouterContext, key: ApiKeySettings, endpoint: str) -> 
     wait = await ctx.store.take_rate(key_id(key), key.rate_per_s, key.bucket, time.time())
     if wait > 0:
         ctx.metrics.child(ctx.metrics.limited, endpoint, "rate").inc()
-        raise ApiError(429, "rate_limited",
-                       f"this API key is over its rate of {key.rate_per_s:g} requests/s",
-                       headers={"Retry-After": str(max(1, math.ceil(wait)))},
-                       retry_after_s=round(wait, 3))
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"this API key is over its rate of {key.rate_per_s:g} requests/s",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            retry_after_s=round(wait, 3),
+        )
 
 
 @asynccontextmanager
-async def in_flight_slot(ctx: RouterContext, key: ApiKeySettings, endpoint: str,
-                         longest_s: float) -> AsyncIterator[None]:
+async def in_flight_slot(
+    ctx: RouterContext, key: ApiKeySettings, endpoint: str, longest_s: float
+) -> AsyncIterator[None]:
     """Hold one of the key's in-flight slots for the block, or raise 429."""
     if key.max_concurrent is None:
         yield
         return
     kid, token = key_id(key), secrets.token_hex(8)
-    if not await ctx.store.acquire_slot(kid, key.max_concurrent, token, time.time(),
-                                        longest_s + _LEASE_SLACK_S):
+    if not await ctx.store.acquire_slot(
+        kid, key.max_concurrent, token, time.time(), longest_s + _LEASE_SLACK_S
+    ):
         ctx.metrics.child(ctx.metrics.limited, endpoint, "concurrency").inc()
-        raise ApiError(429, "too_many_in_flight",
-                       f"this API key already has {key.max_concurrent} requests in flight",
-                       headers={"Retry-After": "1"})
+        raise ApiError(
+            429,
+            "too_many_in_flight",
+            f"this API key already has {key.max_concurrent} requests in flight",
+            headers={"Retry-After": "1"},
+        )
     try:
         yield
     finally:

@@ -21,15 +21,17 @@ class _BadRequestFilter(logging.Filter):
         if not logging.getLogger("aiohttp.server").isEnabledFor(logging.DEBUG):
             return False
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.msg, record.args = "bad request from %s: HTTP %s", (
-            record.args[0] if isinstance(record.args, tuple) and record.args else "?",
-            exc.code)
+        record.msg, record.args = (
+            "bad request from %s: HTTP %s",
+            (record.args[0] if isinstance(record.args, tuple) and record.args else "?", exc.code),
+        )
         record.exc_info = record.exc_text = None
         return True
 
 
 def configure(level: str, tag: str = "") -> None:
     """Log to stderr at `level`; client errors from aiohttp's server stay quiet."""
-    logging.basicConfig(level=level.upper(),
-                        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"
+    )
     logging.getLogger("aiohttp.server").addFilter(_BadRequestFilter())

@@ -30,8 +30,25 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 # `*_created` series double the output and nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                    2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
 
 
 class _CounterChild:
@@ -68,9 +85,15 @@ class _Labelled:
     request. Exposed through the registry as a custom collector, in the same format.
     """
 
-    def __init__(self, kind: str, name: str, doc: str, labelnames: Sequence[str],
-                 registry: CollectorRegistry,
-                 buckets: Sequence[float] = ()) -> None:
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        doc: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+        buckets: Sequence[float] = (),
+    ) -> None:
         self.kind, self.name, self.doc = kind, name, doc
         self.labelnames = tuple(labelnames)
         self.bounds = (*buckets, math.inf) if kind == "histogram" else ()
@@ -83,8 +106,9 @@ class _Labelled:
             raise ValueError(f"{self.name} takes labels {self.labelnames}")
         c = self._children.get(values)
         if c is None:
-            c = self._children[values] = (_HistogramChild(self.bounds)
-                                          if self.kind == "histogram" else _CounterChild())
+            c = self._children[values] = (
+                _HistogramChild(self.bounds) if self.kind == "histogram" else _CounterChild()
+            )
         return c
 
     def describe(self) -> list[Metric]:
@@ -109,46 +133,84 @@ class _Labelled:
         yield family
 
 
-def _histogram(name: str, doc: str, labelnames: Sequence[str], *, buckets: Sequence[float],
-               registry: CollectorRegistry) -> _Labelled:
+def _histogram(
+    name: str,
+    doc: str,
+    labelnames: Sequence[str],
+    *,
+    buckets: Sequence[float],
+    registry: CollectorRegistry,
+) -> _Labelled:
     return _Labelled("histogram", name, doc, labelnames, registry, buckets)
 
 
-def _counter(name: str, doc: str, labelnames: Sequence[str], *,
-             registry: CollectorRegistry) -> _Labelled:
+def _counter(
+    name: str, doc: str, labelnames: Sequence[str], *, registry: CollectorRegistry
+) -> _Labelled:
     return _Labelled("counter", name, doc, labelnames, registry)
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = _counter("router_requests_total", "Requests answered by the router.",
-                                 ["endpoint", "mode", "code"], registry=r)
-        self.duration = _histogram("router_request_duration_seconds",
-                                   "Time from request to last byte.", ["endpoint", "mode"],
-                                   buckets=_LATENCY_BUCKETS, registry=r)
-        self.upstream_ttfb = _histogram("router_upstream_ttfb_seconds",
-                                        "Proxy mode: time to the worker's first byte.",
-                                        ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.inflight_cost = Gauge("router_inflight_cost",
-                                   "Estimated cost in flight (reported plus outstanding tickets).",
-                                   ["endpoint"], registry=r)
-        self.inflight_requests = Gauge("router_inflight_requests",
-                                       "Estimated requests in flight.", ["endpoint"], registry=r)
-        self.workers = Gauge("router_workers", "Workers by health status.",
-                             ["endpoint", "status"], registry=r)
-        self.tickets = _counter("router_tickets_total", "Ticket-mode /route outcomes.",
-                                ["endpoint", "outcome"], registry=r)
-        self.retries = _counter("router_retries_total", "Proxy retries on another worker.",
-                                ["endpoint", "reason"], registry=r)
-        self.health_checks = _counter("router_health_checks_total", "Health polls made.",
-                                      ["endpoint", "result"], registry=r)
-        self.limited = _counter("router_limited_total",
-                                "Requests refused by a per-key limit (429).",
-                                ["endpoint", "limit"], registry=r)
-        self.store_errors = Counter("router_store_errors_total",
-                                    "Store operations that failed (store unreachable).",
-                                    registry=r)
+        self.requests = _counter(
+            "router_requests_total",
+            "Requests answered by the router.",
+            ["endpoint", "mode", "code"],
+            registry=r,
+        )
+        self.duration = _histogram(
+            "router_request_duration_seconds",
+            "Time from request to last byte.",
+            ["endpoint", "mode"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_ttfb = _histogram(
+            "router_upstream_ttfb_seconds",
+            "Proxy mode: time to the worker's first byte.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight_cost = Gauge(
+            "router_inflight_cost",
+            "Estimated cost in flight (reported plus outstanding tickets).",
+            ["endpoint"],
+            registry=r,
+        )
+        self.inflight_requests = Gauge(
+            "router_inflight_requests", "Estimated requests in flight.", ["endpoint"], registry=r
+        )
+        self.workers = Gauge(
+            "router_workers", "Workers by health status.", ["endpoint", "status"], registry=r
+        )
+        self.tickets = _counter(
+            "router_tickets_total",
+            "Ticket-mode /route outcomes.",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.retries = _counter(
+            "router_retries_total",
+            "Proxy retries on another worker.",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.health_checks = _counter(
+            "router_health_checks_total", "Health polls made.", ["endpoint", "result"], registry=r
+        )
+        self.limited = _counter(
+            "router_limited_total",
+            "Requests refused by a per-key limit (429).",
+            ["endpoint", "limit"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "router_store_errors_total",
+            "Store operations that failed (store unreachable).",
+            registry=r,
+        )
 
         self._children: dict[tuple[object, ...], Any] = {}
 

@@ -96,9 +96,10 @@ class Prober:
         """(status, body) of `GET url`; ProbeError if it cannot be had within `timeout_s`."""
         path = url.raw_path_qs or "/"
         host = url.raw_host or ""
-        request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{url.port}\r\n"
-                   "User-Agent: inference-router-health\r\nAccept: application/json\r\n\r\n"
-                   ).encode("latin-1")
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{url.port}\r\n"
+            "User-Agent: inference-router-health\r\nAccept: application/json\r\n\r\n"
+        ).encode("latin-1")
         try:
             async with asyncio.timeout(timeout_s):
                 conn = self._conns.get(key)

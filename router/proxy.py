@@ -36,13 +36,32 @@ from router.ticket import issue_ticket, no_worker_body
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate",
-                        "proxy-authorization", "te", "trailer", "trailers",
-                        "transfer-encoding", "upgrade"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 # Never forwarded upstream: hop-by-hop, the router's own key, and what the router sets.
-DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "x-route-ticket",
-                              "x-cost", "x-request-id", "x-forwarded-for",
-                              "x-forwarded-proto", "x-forwarded-host", "expect"}
+DROP_REQUEST = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "authorization",
+    "x-route-ticket",
+    "x-cost",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "expect",
+}
 DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 RETRY_STATUSES = frozenset({502, 503, 429})
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -81,9 +100,14 @@ def request_cost(header: str | None, parsed: Any, ep: EndpointSettings) -> float
         raise ApiError(400, "bad_request", str(exc)) from exc
 
 
-async def on_workers(ctx: RouterContext, ep: EndpointSettings, cost: float, request_id: str,
-                     attempt: Callable[[dict[str, Any], str], Awaitable[T]],
-                     retry: type[R]) -> tuple[T | None, R | None]:
+async def on_workers(
+    ctx: RouterContext,
+    ep: EndpointSettings,
+    cost: float,
+    request_id: str,
+    attempt: Callable[[dict[str, Any], str], Awaitable[T]],
+    retry: type[R],
+) -> tuple[T | None, R | None]:
     """`attempt(ticket, worker id)` on one worker, then others while it raises `retry`.
 
     Each try holds a ticket of its own, released when the try ends however it ends
@@ -94,8 +118,9 @@ async def on_workers(ctx: RouterContext, ep: EndpointSettings, cost: float, requ
     tried: set[str] = set()
     last: R | None = None
     for n in range(ep.retries + 1):
-        ticket, _, wid = await issue_ticket(ctx, ep.name, cost, exclude=frozenset(tried),
-                                            request_id=request_id)
+        ticket, _, wid = await issue_ticket(
+            ctx, ep.name, cost, exclude=frozenset(tried), request_id=request_id
+        )
         if ticket is None:
             break
         tried.add(wid)
@@ -138,8 +163,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     ep = ctx.endpoints.get(name)
     if ep is None or name in RESERVED_NAMES:
         raise ApiError(404, "not_found", f"no endpoint or route named {name!r}")
-    key = ctx.auth.require_endpoint(key_from_header(request.headers.get("Authorization")),
-                                    name)
+    key = ctx.auth.require_endpoint(key_from_header(request.headers.get("Authorization")), name)
     body = await read_body(request, ep.max_body_bytes)
     parsed = None
     if body and "X-Cost" not in request.headers and request.content_type == "application/json":
@@ -174,9 +198,15 @@ async def openai(request: web.Request) -> web.StreamResponse:
     return await limited_forward(request, ctx, key, ep, request.path, body, doc)
 
 
-async def limited_forward(request: web.Request, ctx: RouterContext, key: ApiKeySettings,
-                          ep: EndpointSettings, path: str, body: bytes,
-                          parsed: Any) -> web.StreamResponse:
+async def limited_forward(
+    request: web.Request,
+    ctx: RouterContext,
+    key: ApiKeySettings,
+    ep: EndpointSettings,
+    path: str,
+    body: bytes,
+    parsed: Any,
+) -> web.StreamResponse:
     """`forward()` within the key's limits: its rate, and a slot held to the last byte."""
     if not key.limited:
         return await forward(request, ctx, ep, path, body, parsed)
@@ -196,9 +226,12 @@ async def list_models(request: web.Request) -> web.Response:
     """`GET /v1/models`: the endpoints this key may use, as OpenAI model objects."""
     ctx = request.app[CTX]
     key = ctx.auth.lookup(key_from_header(request.headers.get("Authorization")))
-    data = [{"id": m, "object": "model", "created": 0, "owned_by": "inference-router"}
-            for ep in ctx.endpoints.values() if key.allows(ep.name)
-            for m in (ep.name, *ep.models)]
+    data = [
+        {"id": m, "object": "model", "created": 0, "owned_by": "inference-router"}
+        for ep in ctx.endpoints.values()
+        if key.allows(ep.name)
+        for m in (ep.name, *ep.models)
+    ]
     return json_response({"object": "list", "data": data})
 
 
@@ -211,8 +244,9 @@ def _connection_tokens(headers: Any) -> set[str]:
     return {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
 
 
-def _upstream_headers(request: web.Request, ticket: dict[str, Any],
-                      request_id: str) -> dict[str, str]:
+def _upstream_headers(
+    request: web.Request, ticket: dict[str, Any], request_id: str
+) -> dict[str, str]:
     drop = DROP_REQUEST | _connection_tokens(request.headers)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
     peer = request.remote or ""
@@ -225,8 +259,14 @@ def _upstream_headers(request: web.Request, ticket: dict[str, Any],
     return headers
 
 
-async def forward(request: web.Request, ctx: RouterContext, ep: EndpointSettings, path: str,
-                  body: bytes, parsed: Any) -> web.StreamResponse:
+async def forward(
+    request: web.Request,
+    ctx: RouterContext,
+    ep: EndpointSettings,
+    path: str,
+    body: bytes,
+    parsed: Any,
+) -> web.StreamResponse:
     """Send the request to a worker (retrying on others) and stream its answer back."""
     cost = request_cost(request.headers.get("X-Cost"), parsed, ep)
     rid = request.headers.get("X-Request-Id", "")
@@ -236,17 +276,26 @@ async def forward(request: web.Request, ctx: RouterContext, ep: EndpointSettings
     resp: web.StreamResponse | None = None
     try:
         resp, last = await on_workers(
-            ctx, ep, cost, request_id,
+            ctx,
+            ep,
+            cost,
+            request_id,
             lambda ticket, wid: _attempt(request, ctx, ep, path, body, ticket, wid, request_id),
-            _Retry)
+            _Retry,
+        )
         if resp is not None:
             return resp
         if last is not None:
             resp = last.response
             return resp
         no_worker, headers = no_worker_body(ctx, ep.name)
-        resp = error_response(503, "no_worker", "no worker of this endpoint can take the "
-                              "request now; retry later", headers=headers, **no_worker)
+        resp = error_response(
+            503,
+            "no_worker",
+            "no worker of this endpoint can take the request now; retry later",
+            headers=headers,
+            **no_worker,
+        )
         return resp
     finally:
         code = str(resp.status) if resp is not None else "499"
@@ -259,9 +308,16 @@ async def _passive(ctx: RouterContext, wid: str, result: PollResult) -> None:
         await ctx.health.observe(wid, result)
 
 
-async def _attempt(request: web.Request, ctx: RouterContext, ep: EndpointSettings, path: str,
-                   body: bytes, ticket: dict[str, Any], wid: str,
-                   request_id: str) -> web.StreamResponse:
+async def _attempt(
+    request: web.Request,
+    ctx: RouterContext,
+    ep: EndpointSettings,
+    path: str,
+    body: bytes,
+    ticket: dict[str, Any],
+    wid: str,
+    request_id: str,
+) -> web.StreamResponse:
     assert ctx.session is not None
     url = ticket["url"] + path + (f"?{request.query_string}" if request.query_string else "")
     timeout = _client_timeout(ep)
@@ -269,32 +325,48 @@ async def _attempt(request: web.Request, ctx: RouterContext, ep: EndpointSetting
     try:
         async with asyncio.timeout(ep.timeout_ttfb_s):
             upstream = await ctx.session.request(
-                request.method, url, data=body or None,
+                request.method,
+                url,
+                data=body or None,
                 headers=_upstream_headers(request, ticket, request_id),
-                timeout=timeout, allow_redirects=False, skip_auto_headers=_SKIP_AUTO)
+                timeout=timeout,
+                allow_redirects=False,
+                skip_auto_headers=_SKIP_AUTO,
+            )
     except aiohttp.ClientConnectorError as exc:
         await _passive(ctx, wid, PollResult(False, refused=True, detail=str(exc)))
-        raise _Retry("connect", error_response(
-            502, "worker_unreachable", "could not connect to a worker")) from exc
+        raise _Retry(
+            "connect", error_response(502, "worker_unreachable", "could not connect to a worker")
+        ) from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         await _passive(ctx, wid, PollResult(False, detail=type(exc).__name__))
-        raise _Retry("disconnect", error_response(
-            502, "worker_disconnected", "the worker closed the connection")) from exc
+        raise _Retry(
+            "disconnect",
+            error_response(502, "worker_disconnected", "the worker closed the connection"),
+        ) from exc
     except TimeoutError:
-        return error_response(504, "upstream_timeout",
-                              "the worker did not answer in time", request_id=request_id)
+        return error_response(
+            504, "upstream_timeout", "the worker did not answer in time", request_id=request_id
+        )
     except aiohttp.ClientError as exc:
-        return error_response(502, "upstream_error", f"worker request failed: "
-                              f"{type(exc).__name__}", request_id=request_id)
+        return error_response(
+            502,
+            "upstream_error",
+            f"worker request failed: {type(exc).__name__}",
+            request_id=request_id,
+        )
     try:
-        ctx.metrics.child(ctx.metrics.upstream_ttfb, ep.name).observe(
-            time.perf_counter() - sent)
+        ctx.metrics.child(ctx.metrics.upstream_ttfb, ep.name).observe(time.perf_counter() - sent)
         if upstream.status >= 500:
             await _passive(ctx, wid, PollResult(False, detail=f"HTTP {upstream.status}"))
         if upstream.status in RETRY_STATUSES:
             data = await upstream.content.read(65536)
-            raise _Retry(f"status_{upstream.status}", web.Response(
-                body=data, status=upstream.status, headers=_response_headers(upstream)))
+            raise _Retry(
+                f"status_{upstream.status}",
+                web.Response(
+                    body=data, status=upstream.status, headers=_response_headers(upstream)
+                ),
+            )
         return await _stream(request, upstream, request_id)
     finally:
         upstream.close()  # drops the connection if the body was not read to the end
@@ -302,8 +374,9 @@ async def _attempt(request: web.Request, ctx: RouterContext, ep: EndpointSetting
 
 @functools.cache
 def _client_timeout(ep: EndpointSettings) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=ep.timeout_total_s, connect=ep.timeout_connect_s,
-                                 sock_read=ep.timeout_idle_s)
+    return aiohttp.ClientTimeout(
+        total=ep.timeout_total_s, connect=ep.timeout_connect_s, sock_read=ep.timeout_idle_s
+    )
 
 
 def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
@@ -311,8 +384,9 @@ def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
     return {k: v for k, v in upstream.headers.items() if k.lower() not in drop}
 
 
-async def _stream(request: web.Request, upstream: aiohttp.ClientResponse,
-                  request_id: str) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, upstream: aiohttp.ClientResponse, request_id: str
+) -> web.StreamResponse:
     """Write each upstream chunk to the client as it arrives; never buffer a stream."""
     headers = _response_headers(upstream)
     headers["X-Request-Id"] = request_id
@@ -327,12 +401,15 @@ async def _stream(request: web.Request, upstream: aiohttp.ClientResponse,
         try:
             data = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("upstream %s failed mid-response: %s", upstream.url.origin(),
-                        type(exc).__name__)
-            return error_response(502, "upstream_failed", "the worker failed mid-response",
-                                  request_id=request_id)
-        return web.Response(body=data, status=upstream.status, reason=upstream.reason,
-                            headers=headers)
+            log.warning(
+                "upstream %s failed mid-response: %s", upstream.url.origin(), type(exc).__name__
+            )
+            return error_response(
+                502, "upstream_failed", "the worker failed mid-response", request_id=request_id
+            )
+        return web.Response(
+            body=data, status=upstream.status, reason=upstream.reason, headers=headers
+        )
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if length is not None:
         resp.content_length = length
@@ -350,14 +427,14 @@ async def _stream(request: web.Request, upstream: aiohttp.ClientResponse,
             break
         except (aiohttp.ClientError, TimeoutError) as exc:
             # After the first byte the status is sent: end the stream, say why if we can.
-            log.warning("upstream %s failed mid-response: %s", upstream.url.origin(),
-                        type(exc).__name__)
+            log.warning(
+                "upstream %s failed mid-response: %s", upstream.url.origin(), type(exc).__name__
+            )
             if not sse:
                 if request.transport is not None:
                     request.transport.close()  # a truncated body must not look complete
                 return resp
-            err = {"error": {"code": "upstream_failed",
-                             "message": "the worker failed mid-stream"}}
+            err = {"error": {"code": "upstream_failed", "message": "the worker failed mid-stream"}}
             chunk = b"event: error\ndata: " + orjson.dumps(err) + b"\n\n"
             failed = True
         try:
@@ -367,7 +444,6 @@ async def _stream(request: web.Request, upstream: aiohttp.ClientResponse,
             return resp
     await resp.write_eof()
     return resp
-
 
 
 def add_routes(app: web.Application) -> None:

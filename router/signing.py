@@ -103,19 +103,32 @@ class VerifyKey:
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw
             )
             x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-            return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "alg": "EdDSA",
-                    "use": "sig"}
+            return {
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": x,
+                "kid": self.kid,
+                "alg": "EdDSA",
+                "use": "sig",
+            }
         nums = self.public.public_numbers()
-        return {"kty": "RSA", "n": _b64url_uint(nums.n), "e": _b64url_uint(nums.e),
-                "kid": self.kid, "alg": "RS256", "use": "sig"}
+        return {
+            "kty": "RSA",
+            "n": _b64url_uint(nums.n),
+            "e": _b64url_uint(nums.e),
+            "kid": self.kid,
+            "alg": "RS256",
+            "use": "sig",
+        }
 
 
 def _ed25519_signer(private: ed25519.Ed25519PrivateKey) -> Callable[[bytes], bytes]:
     """Sign with libsodium (PyNaCl, from PyCA like `cryptography`): 22 µs a signature on
     the bench machine against OpenSSL's 36 µs, on every ticket. Ed25519 signatures are
     deterministic, so the bytes are the same either way (tests/router/test_signing.py)."""
-    seed = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                 serialization.NoEncryption())
+    seed = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     _, secret = crypto_sign_seed_keypair(seed)
     return lambda message: crypto_sign(message, secret)[:64]
 
@@ -193,8 +206,9 @@ def verify_key_from_jwk(jwk: Mapping[str, Any]) -> VerifyKey:
             e = int.from_bytes(_b64url_decode(jwk["e"]), "big")
             return VerifyKey(kid, rsa.RSAPublicNumbers(e, n).public_key())
         if jwk["kty"] == "OKP" and jwk.get("crv") == "Ed25519":
-            return VerifyKey(kid, ed25519.Ed25519PublicKey.from_public_bytes(
-                _b64url_decode(jwk["x"])))
+            return VerifyKey(
+                kid, ed25519.Ed25519PublicKey.from_public_bytes(_b64url_decode(jwk["x"]))
+            )
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise SigningKeyError(f"malformed JWK: {exc}") from exc
     raise SigningKeyError(f"unsupported JWK type {jwk.get('kty')!r}")

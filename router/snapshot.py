@@ -82,8 +82,12 @@ class Snapshot:
         w = self._by_id.get(wid)
         if w is None:
             return
-        w.status, w.ok_streak, w.fail_streak, w.last_ok = u.status, u.ok_streak, \
-            u.fail_streak, u.last_ok
+        w.status, w.ok_streak, w.fail_streak, w.last_ok = (
+            u.status,
+            u.ok_streak,
+            u.fail_streak,
+            u.last_ok,
+        )
         if u.perf is not None:
             w.perf = u.perf
         if u.report is not None:

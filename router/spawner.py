@@ -36,11 +36,29 @@ class SpawnedWorker:
     spec: SpawnSettings
 
     def argv(self, router_url: str) -> list[str]:
-        args = [sys.executable, "-m", "workers", "--backend", self.spec.backend,
-                "--host", "127.0.0.1", "--port", str(self.port), "--public-url", self.url,
-                "--endpoint", self.endpoint, "--router-url", router_url,
-                "--perf", repr(self.spec.perf), "--ttft-ms", repr(self.spec.ttft_ms),
-                "--tokens-per-s", repr(self.spec.tokens_per_s)]
+        args = [
+            sys.executable,
+            "-m",
+            "workers",
+            "--backend",
+            self.spec.backend,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--public-url",
+            self.url,
+            "--endpoint",
+            self.endpoint,
+            "--router-url",
+            router_url,
+            "--perf",
+            repr(self.spec.perf),
+            "--ttft-ms",
+            repr(self.spec.ttft_ms),
+            "--tokens-per-s",
+            repr(self.spec.tokens_per_s),
+        ]
         if self.spec.max_load is not None:
             args += ["--max-load", repr(self.spec.max_load)]
         return args
@@ -70,14 +88,21 @@ class Spawner:
 
     async def _supervise(self, w: SpawnedWorker) -> None:
         while True:
-            proc = await asyncio.create_subprocess_exec(*w.argv(self.router_url),
-                                                        stdin=asyncio.subprocess.DEVNULL)
+            proc = await asyncio.create_subprocess_exec(
+                *w.argv(self.router_url), stdin=asyncio.subprocess.DEVNULL
+            )
             self._procs[w.url] = proc
-            log.info("started %s worker for %s at %s (pid %d)", w.spec.backend, w.endpoint,
-                     w.url, proc.pid)
+            log.info(
+                "started %s worker for %s at %s (pid %d)",
+                w.spec.backend,
+                w.endpoint,
+                w.url,
+                proc.pid,
+            )
             code = await proc.wait()
-            log.warning("worker %s exited with %s; restarting in %.0fs", w.url, code,
-                        _RESTART_DELAY_S)
+            log.warning(
+                "worker %s exited with %s; restarting in %.0fs", w.url, code, _RESTART_DELAY_S
+            )
             await asyncio.sleep(_RESTART_DELAY_S)
 
     async def stop(self) -> None:

@@ -78,13 +78,17 @@ def _optional_str(body: dict[str, Any], field: str, max_len: int) -> str | None:
 
 async def route(request: web.Request) -> web.Response:
     body = await read_json_object(request)
-    answer, headers = await route_answer(request.app[CTX], body,
-                                         request.headers.get("Authorization"))
+    answer, headers = await route_answer(
+        request.app[CTX], body, request.headers.get("Authorization")
+    )
     return json_response(answer, headers=headers)
 
 
-async def route_answer(ctx: RouterContext, body: dict[str, Any], authorization: str | None,
-                       ) -> tuple[dict[str, Any], dict[str, str] | None]:
+async def route_answer(
+    ctx: RouterContext,
+    body: dict[str, Any],
+    authorization: str | None,
+) -> tuple[dict[str, Any], dict[str, str] | None]:
     """`/route` for a parsed body, whichever server read it: (answer, headers) or raise."""
     started = time.perf_counter()
     endpoint = body.get("endpoint")
@@ -116,10 +120,15 @@ async def route_answer(ctx: RouterContext, body: dict[str, Any], authorization: 
     return answer
 
 
-async def issue_ticket(ctx: RouterContext, endpoint: str, cost: float, request_idx: int = 0,
-                       session_id: str | None = None, exclude: frozenset[str] = frozenset(),
-                       request_id: str | None = None,
-                       ) -> tuple[dict[str, Any] | None, int, str]:
+async def issue_ticket(
+    ctx: RouterContext,
+    endpoint: str,
+    cost: float,
+    request_idx: int = 0,
+    session_id: str | None = None,
+    exclude: frozenset[str] = frozenset(),
+    request_id: str | None = None,
+) -> tuple[dict[str, Any] | None, int, str]:
     """Pick a worker and sign its ticket: (ticket or None if none fits, request_idx, worker id).
 
     `exclude`: worker ids not to pick (proxy retries); `request_id`: the ticket's
@@ -131,14 +140,15 @@ async def issue_ticket(ctx: RouterContext, endpoint: str, cost: float, request_i
     workers = ctx.snapshot.endpoint(endpoint)
     if exclude:
         workers = [w for w in workers if w.id not in exclude]
-    ranked, mode = shortlist(ep.policy, workers, cost, rng=ctx.rng, tick=ctx.tick,
-                             session_id=session_id)
+    ranked, mode = shortlist(
+        ep.policy, workers, cost, rng=ctx.rng, tick=ctx.tick, session_id=session_id
+    )
     now = time.time()
     issued = None
     if ranked or request_idx <= 0:
         issued, request_idx = await ctx.store.issue(
-            [c.id for c in ranked], mode, cost, now, ctx.settings.signing.ticket_ttl_s,
-            request_idx)
+            [c.id for c in ranked], mode, cost, now, ctx.settings.signing.ticket_ttl_s, request_idx
+        )
     if issued is None:
         return None, request_idx, ""
     ctx.snapshot.apply_issue(issued, cost)
@@ -155,13 +165,15 @@ async def issue_ticket(ctx: RouterContext, endpoint: str, cost: float, request_i
         ctx.keyring.sign_ticket(ticket)
     else:
         await asyncio.get_running_loop().run_in_executor(
-            ctx.sign_pool, ctx.keyring.sign_ticket, ticket)
+            ctx.sign_pool, ctx.keyring.sign_ticket, ticket
+        )
     ticket["__request_id"] = request_id or secrets.token_hex(16)
     return ticket, request_idx, issued.worker_id
 
 
-async def _issue(ctx: RouterContext, endpoint: str, cost: float, request_idx: int,
-                 session_id: str | None) -> tuple[dict[str, Any], dict[str, str] | None]:
+async def _issue(
+    ctx: RouterContext, endpoint: str, cost: float, request_idx: int, session_id: str | None
+) -> tuple[dict[str, Any], dict[str, str] | None]:
     ticket, request_idx, _ = await issue_ticket(ctx, endpoint, cost, request_idx, session_id)
     if ticket is None:
         return _no_worker(ctx, endpoint, request_idx)
@@ -175,17 +187,23 @@ def no_worker_body(ctx: RouterContext, endpoint: str) -> tuple[dict[str, Any], d
     """The status breakdown sent when no worker can take a request, and its headers."""
     retry = ctx.endpoints[endpoint].retry_after_s
     counts = ctx.snapshot.status_counts(endpoint)
-    body = {"endpoint": endpoint, "status": counts, "retry_after_s": retry,
-            "reason": "all_workers_busy" if counts["ready"] else "no_ready_worker"}
+    body = {
+        "endpoint": endpoint,
+        "status": counts,
+        "retry_after_s": retry,
+        "reason": "all_workers_busy" if counts["ready"] else "no_ready_worker",
+    }
     return body, {"Retry-After": str(max(1, math.ceil(retry)))}
 
 
-def _no_worker(ctx: RouterContext, endpoint: str, request_idx: int,
-               ) -> tuple[dict[str, Any], dict[str, str]]:
+def _no_worker(
+    ctx: RouterContext,
+    endpoint: str,
+    request_idx: int,
+) -> tuple[dict[str, Any], dict[str, str]]:
     """200 without `url`: the Vast SDK keeps polling while `url` is absent (5xx would fail it)."""
     body, headers = no_worker_body(ctx, endpoint)
     m = ctx.metrics
-    m.child(m.tickets, endpoint, "all_busy" if body["status"]["ready"] else
-            "no_ready_worker").inc()
+    m.child(m.tickets, endpoint, "all_busy" if body["status"]["ready"] else "no_ready_worker").inc()
     m.child(m.requests, endpoint, "ticket", "200").inc()
     return {**body, "request_idx": request_idx}, headers

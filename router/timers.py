@@ -18,8 +18,12 @@ class LazyTimer:
 
     __slots__ = ("_at", "_due", "_fire", "_handle", "_loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, due: Callable[[], float | None],
-                 fire: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        due: Callable[[], float | None],
+        fire: Callable[[], None],
+    ) -> None:
         self._loop, self._due, self._fire = loop, due, fire
         self._handle: asyncio.TimerHandle | None = None
         self._at = 0.0

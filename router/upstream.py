@@ -280,8 +280,9 @@ class Pool:
                 if tls:
                     if self._ssl is None:
                         self._ssl = ssl.create_default_context()
-                    _, conn = await loop.create_connection(factory, host, port, ssl=self._ssl,
-                                                           server_hostname=host)
+                    _, conn = await loop.create_connection(
+                        factory, host, port, ssl=self._ssl, server_hostname=host
+                    )
                 else:
                     _, conn = await loop.create_connection(factory, host, port)
         except TimeoutError:

@@ -11,42 +11,67 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dockerfile_runs_as_non_root_with_livez_healthcheck() -> None:
-    lines = [ln.strip() for ln in (ROOT / "Dockerfile").read_text().splitlines()
-             if ln.strip() and not ln.strip().startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in (ROOT / "Dockerfile").read_text().splitlines()
+        if ln.strip() and not ln.strip().startswith("#")
+    ]
     assert lines[0].startswith("FROM python:3.11-slim")
     users = [ln for ln in lines if ln.startswith("USER ")]
     assert users and users[-1] not in ("USER root", "USER 0")
-    health = "\n".join(lines[lines.index(next(ln for ln in lines
-                                                if ln.startswith("HEALTHCHECK"))):])
+    health = "\n".join(
+        lines[lines.index(next(ln for ln in lines if ln.startswith("HEALTHCHECK"))) :]
+    )
     assert "/livez" in health
     assert any(ln.startswith("ENTRYPOINT") and "inference-router" in ln for ln in lines)
 
 
 def test_console_scripts_declared() -> None:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert meta["project"]["scripts"] == {"inference-router": "router.cli:main",
-                                          "inference-worker": "workers.cli:main"}
+    assert meta["project"]["scripts"] == {
+        "inference-router": "router.cli:main",
+        "inference-worker": "workers.cli:main",
+    }
 
 
 def test_router_help_and_keygen(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "router", "--help"], capture_output=True,
-                         text=True, check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "router", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     assert "serve" in out and "keygen" in out and "ROUTER_" in out
     key = tmp_path / "k.pem"
-    done = subprocess.run([sys.executable, "-m", "router", "keygen", "--out", str(key),
-                           "--algorithm", "ed25519"], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "router", "keygen", "--out", str(key), "--algorithm", "ed25519"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 0 and key.stat().st_mode & 0o777 == 0o600
-    again = subprocess.run([sys.executable, "-m", "router", "keygen", "--out", str(key)],
-                           capture_output=True, text=True, cwd=ROOT)
+    again = subprocess.run(
+        [sys.executable, "-m", "router", "keygen", "--out", str(key)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
 
 
 def test_bad_config_fails_with_one_clear_line(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[[endpoints]]\nname = "demo"\npolicy = "fastest"\n')
-    done = subprocess.run([sys.executable, "-m", "router", "serve", "--config", str(cfg)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "router", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "config error: endpoints[0].policy: must be one of least_work, round_robin, random, "
-        "least_requests, p2c; got 'fastest'"]
+        "least_requests, p2c; got 'fastest'"
+    ]

@@ -32,8 +32,12 @@ from workers.verify import ReplayWindow, TicketRejected, TicketVerifier, extract
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-_ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-                413: "body_too_large"}
+_ERROR_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
 
 
 class WorkerState:
@@ -44,22 +48,37 @@ class WorkerState:
         self.backend = backend
         self.load = Load()
         self.metrics = WorkerMetrics(self.load)
-        self.verifier = TicketVerifier({}, settings.public_url, settings.endpoint,
-                                       settings.clock_skew_s,
-                                       ReplayWindow(settings.replay_window))
+        self.verifier = TicketVerifier(
+            {},
+            settings.public_url,
+            settings.endpoint,
+            settings.clock_skew_s,
+            ReplayWindow(settings.replay_window),
+        )
         static: dict[str, VerifyKey] = {}
         if settings.pubkey_file is not None:
             key = load_pubkey_file(settings.pubkey_file)
             static[key.kid] = key
         router_url = settings.router_url if settings.verify else None
-        self.keys = KeySource(self.verifier, router_url, static,
-                              settings.jwks_refetch_interval_s, settings.jwks_refresh_s)
+        self.keys = KeySource(
+            self.verifier,
+            router_url,
+            static,
+            settings.jwks_refetch_interval_s,
+            settings.jwks_refresh_s,
+        )
         self.registrar: Registrar | None = None
         if settings.register_token and settings.router_url:
             self.registrar = Registrar(
-                settings.router_url, settings.register_token, settings.endpoint,
-                settings.public_url, lambda: self.perf, settings.max_load,
-                settings.register_interval_s, paused=lambda: self.draining)
+                settings.router_url,
+                settings.register_token,
+                settings.endpoint,
+                settings.public_url,
+                lambda: self.perf,
+                settings.max_load,
+                settings.register_interval_s,
+                paused=lambda: self.draining,
+            )
         self.draining = False
 
     @property
@@ -71,8 +90,12 @@ class WorkerState:
         self.draining = True
 
     def report(self) -> dict[str, Any]:
-        return {"inflight_cost": self.load.cost, "inflight_requests": self.load.requests,
-                "max_reqnum_seen": self.verifier.window.max_seen, "perf": self.perf}
+        return {
+            "inflight_cost": self.load.cost,
+            "inflight_requests": self.load.requests,
+            "max_reqnum_seen": self.verifier.window.max_seen,
+            "perf": self.perf,
+        }
 
 
 STATE = web.AppKey("worker_state", WorkerState)
@@ -120,11 +143,13 @@ async def _router_ctx(app: web.Application) -> AsyncIterator[None]:
             await state.keys.close()
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-           **extra: Any) -> web.Response:
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
     body = {"error": {"code": code, "message": message}, **extra}
-    return web.Response(body=orjson.dumps(body), status=status, headers=headers,
-                        content_type="application/json")
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -139,9 +164,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error(exc.status, _ERROR_CODES.get(exc.status, f"http_{exc.status}"),
-                      exc.reason, headers={k: v for k, v in exc.headers.items()
-                                           if k.lower() == "allow"})
+        return _error(
+            exc.status,
+            _ERROR_CODES.get(exc.status, f"http_{exc.status}"),
+            exc.reason,
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
     except Exception as exc:
         prepared: web.StreamResponse | None = request.get(_PREPARED)
         if prepared is None:
@@ -151,8 +179,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if isinstance(exc, ConnectionResetError):
             log.debug("client went away mid-response: %s", exc)
         elif isinstance(exc, BackendFailed):
-            log.warning("backend failed mid-response to %s %s: %s", request.method,
-                        request.path, exc)
+            log.warning(
+                "backend failed mid-response to %s %s: %s", request.method, request.path, exc
+            )
         else:
             log.exception("error mid-response to %s %s", request.method, request.path)
         if request.transport is not None:
@@ -193,8 +222,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[STATE].metrics.render(),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=request.app[STATE].metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 async def infer(request: web.Request) -> web.StreamResponse:
@@ -225,8 +255,9 @@ async def _infer(request: web.Request, state: WorkerState, path: str) -> web.Str
         return _error(404, "not_found", f"no route {path}")
     method = "GET" if path in backend.get_routes else "POST"
     if request.method != method:
-        return _error(405, "method_not_allowed", f"{path} takes {method}",
-                      headers={"Allow": method})
+        return _error(
+            405, "method_not_allowed", f"{path} takes {method}", headers={"Allow": method}
+        )
     if state.draining:
         return _error(503, "draining", "this worker is shutting down; route again")
     raw = await request.read()
@@ -253,12 +284,22 @@ async def _infer(request: web.Request, state: WorkerState, path: str) -> web.Str
             payload = body
         cost = state.backend.workload(path, payload)
     # No await from _check to here: the reqnum is recorded only for a request we serve.
-    retry_after_s = admission_delay(state.load.cost, state.load.requests, cost, state.perf,
-                                    state.settings.max_queue_time_s, state.settings.max_load)
+    retry_after_s = admission_delay(
+        state.load.cost,
+        state.load.requests,
+        cost,
+        state.perf,
+        state.settings.max_queue_time_s,
+        state.settings.max_load,
+    )
     if retry_after_s is not None:
-        return _error(429, "overloaded", "this worker's queue is full; route again",
-                      headers={"Retry-After": str(retry_after_s)},
-                      retry_after_s=retry_after_s)
+        return _error(
+            429,
+            "overloaded",
+            "this worker's queue is full; route again",
+            headers={"Retry-After": str(retry_after_s)},
+            retry_after_s=retry_after_s,
+        )
     if reqnum is not None:
         state.verifier.window.record(reqnum)
     state.load.add(cost)

@@ -51,7 +51,8 @@ def _number(text: str, *, allow_zero: bool) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         raise argparse.ArgumentTypeError(
-            f"must be a finite number {'>=' if allow_zero else '>'} 0, got {text}")
+            f"must be a finite number {'>=' if allow_zero else '>'} 0, got {text}"
+        )
     return v
 
 
@@ -84,88 +85,187 @@ def _window(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inference-worker", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", choices=BACKEND_NAMES, default="synthetic",
-                   help="model backend to front (default: synthetic, a built-in stand-in); "
-                   "tgi, openai (vLLM, SGLang, llama.cpp) and bentoml forward to a model "
-                   "server at --backend-url")
-    p.add_argument("--backend-url", metavar="URL",
-                   help="the model server's base URL, required with --backend tgi, openai "
-                   "or bentoml (e.g. http://127.0.0.1:8000)")
-    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
-                   help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=3000, metavar="N",
-                   help="port to listen on (default 3000)")
-    p.add_argument("--public-url", metavar="URL",
-                   help="URL the router gives clients for this worker "
-                   "(default http://HOST:PORT); tickets must name exactly this URL")
-    p.add_argument("--endpoint", default="default", metavar="NAME",
-                   help="endpoint this worker serves; tickets must name it (default: default)")
-    p.add_argument("--router-url", metavar="URL",
-                   help="router base URL: its JWKS gives the keys, and --register-token "
-                   "registers there")
-    p.add_argument("--register-token", default=os.environ.get("WORKER_REGISTER_TOKEN"),
-                   metavar="TOKEN",
-                   help="worker token to register with the router (default: the "
-                   "WORKER_REGISTER_TOKEN environment variable)")
-    p.add_argument("--register-interval-s", type=_positive, default=15.0, metavar="S",
-                   help="re-register this often, so a router whose store lost its state "
-                   "(Redis restarted empty) finds the worker again (default 15)")
-    p.add_argument("--perf", type=_positive, metavar="N",
-                   help="cost units/s this worker processes, reported to the router "
-                   "(default: synthetic --capacity; tgi and openai 1000 tokens/s; required "
-                   "with bentoml, in the service's own units)")
-    p.add_argument("--max-load", type=_positive, metavar="N",
-                   help="most in-flight cost to accept (default: no limit)")
-    p.add_argument("--max-queue-time-s", type=_positive, default=30.0, metavar="S",
-                   help="answer 429 when queued work would take longer than this "
-                   "(default 30)")
-    p.add_argument("--replay-window", type=_window, default=1024, metavar="N",
-                   help="reqnums accepted out of order below the highest seen (default 1024)")
-    p.add_argument("--clock-skew-s", type=_non_negative, default=5.0, metavar="S",
-                   help="clock difference allowed when checking ticket expiry (default 5)")
-    p.add_argument("--jwks-refresh-s", type=_non_negative, default=60.0, metavar="S",
-                   help="refetch the router's JWKS this often, so keys it dropped stop "
-                   "verifying (default 60; 0: only when a ticket names an unknown key)")
-    p.add_argument("--pubkey-file", type=Path, metavar="PEM",
-                   help="router public key PEM, used with or instead of the JWKS")
-    p.add_argument("--no-verify", action="store_true",
-                   help="serve requests without a ticket: anyone who can reach the worker "
-                   "may use it (development only)")
-    p.add_argument("--grace-s", type=_non_negative, default=30.0, metavar="S",
-                   help="on SIGTERM, time in-flight requests get to finish (default 30)")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+    p = argparse.ArgumentParser(
+        prog="inference-worker",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        default="synthetic",
+        help="model backend to front (default: synthetic, a built-in stand-in); "
+        "tgi, openai (vLLM, SGLang, llama.cpp) and bentoml forward to a model "
+        "server at --backend-url",
+    )
+    p.add_argument(
+        "--backend-url",
+        metavar="URL",
+        help="the model server's base URL, required with --backend tgi, openai "
+        "or bentoml (e.g. http://127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address to listen on (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port", type=_port, default=3000, metavar="N", help="port to listen on (default 3000)"
+    )
+    p.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="URL the router gives clients for this worker "
+        "(default http://HOST:PORT); tickets must name exactly this URL",
+    )
+    p.add_argument(
+        "--endpoint",
+        default="default",
+        metavar="NAME",
+        help="endpoint this worker serves; tickets must name it (default: default)",
+    )
+    p.add_argument(
+        "--router-url",
+        metavar="URL",
+        help="router base URL: its JWKS gives the keys, and --register-token registers there",
+    )
+    p.add_argument(
+        "--register-token",
+        default=os.environ.get("WORKER_REGISTER_TOKEN"),
+        metavar="TOKEN",
+        help="worker token to register with the router (default: the "
+        "WORKER_REGISTER_TOKEN environment variable)",
+    )
+    p.add_argument(
+        "--register-interval-s",
+        type=_positive,
+        default=15.0,
+        metavar="S",
+        help="re-register this often, so a router whose store lost its state "
+        "(Redis restarted empty) finds the worker again (default 15)",
+    )
+    p.add_argument(
+        "--perf",
+        type=_positive,
+        metavar="N",
+        help="cost units/s this worker processes, reported to the router "
+        "(default: synthetic --capacity; tgi and openai 1000 tokens/s; required "
+        "with bentoml, in the service's own units)",
+    )
+    p.add_argument(
+        "--max-load",
+        type=_positive,
+        metavar="N",
+        help="most in-flight cost to accept (default: no limit)",
+    )
+    p.add_argument(
+        "--max-queue-time-s",
+        type=_positive,
+        default=30.0,
+        metavar="S",
+        help="answer 429 when queued work would take longer than this (default 30)",
+    )
+    p.add_argument(
+        "--replay-window",
+        type=_window,
+        default=1024,
+        metavar="N",
+        help="reqnums accepted out of order below the highest seen (default 1024)",
+    )
+    p.add_argument(
+        "--clock-skew-s",
+        type=_non_negative,
+        default=5.0,
+        metavar="S",
+        help="clock difference allowed when checking ticket expiry (default 5)",
+    )
+    p.add_argument(
+        "--jwks-refresh-s",
+        type=_non_negative,
+        default=60.0,
+        metavar="S",
+        help="refetch the router's JWKS this often, so keys it dropped stop "
+        "verifying (default 60; 0: only when a ticket names an unknown key)",
+    )
+    p.add_argument(
+        "--pubkey-file",
+        type=Path,
+        metavar="PEM",
+        help="router public key PEM, used with or instead of the JWKS",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="serve requests without a ticket: anyone who can reach the worker "
+        "may use it (development only)",
+    )
+    p.add_argument(
+        "--grace-s",
+        type=_non_negative,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, time in-flight requests get to finish (default 30)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     syn = p.add_argument_group("synthetic backend")
-    syn.add_argument("--ttft-ms", type=_non_negative, default=50.0, metavar="MS",
-                     help="time to first token in ms (default 50)")
-    syn.add_argument("--tokens-per-s", type=_positive, default=200.0, metavar="N",
-                     help="speed of one stream (default 200)")
-    syn.add_argument("--capacity", type=_positive, metavar="N",
-                     help="tokens/s shared by all streams in flight (default: --perf, "
-                     "else 4 x --tokens-per-s)")
+    syn.add_argument(
+        "--ttft-ms",
+        type=_non_negative,
+        default=50.0,
+        metavar="MS",
+        help="time to first token in ms (default 50)",
+    )
+    syn.add_argument(
+        "--tokens-per-s",
+        type=_positive,
+        default=200.0,
+        metavar="N",
+        help="speed of one stream (default 200)",
+    )
+    syn.add_argument(
+        "--capacity",
+        type=_positive,
+        metavar="N",
+        help="tokens/s shared by all streams in flight (default: --perf, else 4 x --tokens-per-s)",
+    )
     return p
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     return WorkerSettings(
-        backend=args.backend, backend_url=args.backend_url, host=args.host, port=args.port,
-        public_url=args.public_url or "", endpoint=args.endpoint,
-        router_url=args.router_url, register_token=args.register_token or None,
-        perf=args.perf, max_load=args.max_load, max_queue_time_s=args.max_queue_time_s,
-        register_interval_s=args.register_interval_s, jwks_refresh_s=args.jwks_refresh_s,
-        replay_window=args.replay_window, clock_skew_s=args.clock_skew_s,
-        pubkey_file=args.pubkey_file, verify=not args.no_verify, grace_s=args.grace_s,
-        ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s, capacity=args.capacity)
+        backend=args.backend,
+        backend_url=args.backend_url,
+        host=args.host,
+        port=args.port,
+        public_url=args.public_url or "",
+        endpoint=args.endpoint,
+        router_url=args.router_url,
+        register_token=args.register_token or None,
+        perf=args.perf,
+        max_load=args.max_load,
+        max_queue_time_s=args.max_queue_time_s,
+        register_interval_s=args.register_interval_s,
+        jwks_refresh_s=args.jwks_refresh_s,
+        replay_window=args.replay_window,
+        clock_skew_s=args.clock_skew_s,
+        pubkey_file=args.pubkey_file,
+        verify=not args.no_verify,
+        grace_s=args.grace_s,
+        ttft_ms=args.ttft_ms,
+        tokens_per_s=args.tokens_per_s,
+        capacity=args.capacity,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if not args.no_verify and not args.router_url and not args.pubkey_file:
-        p.error("give --router-url or --pubkey-file so tickets can be verified "
-                "(or --no-verify to serve anyone)")
+        p.error(
+            "give --router-url or --pubkey-file so tickets can be verified "
+            "(or --no-verify to serve anyone)"
+        )
     if args.register_token and not args.router_url:
         p.error("--register-token needs --router-url")
     try:
@@ -179,14 +279,18 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--pubkey-file: {exc}")
     configure_logging(args.log_level)
     if not settings.verify:
-        log.warning("--no-verify: tickets are not checked; this worker serves anyone who "
-                    "can reach %s", settings.public_url)
+        log.warning(
+            "--no-verify: tickets are not checked; this worker serves anyone who can reach %s",
+            settings.public_url,
+        )
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(settings))
     except OSError as exc:
-        print(f"inference-worker: cannot serve on {settings.host}:{settings.port}: {exc}",
-              file=sys.stderr)
+        print(
+            f"inference-worker: cannot serve on {settings.host}:{settings.port}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -209,9 +313,13 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 async def serve(settings: WorkerSettings, backend: Backend | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain: report it, finish in-flight work, leave."""
     app = build_app(settings, backend)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           handler_cancellation=True,
-                           shutdown_timeout=_SHUTDOWN_AFTER_GRACE_S)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=_SHUTDOWN_AFTER_GRACE_S,
+    )
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -220,14 +328,23 @@ async def serve(settings: WorkerSettings, backend: Backend | None = None) -> Non
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
         state = app[STATE]
-        log.info("worker for endpoint %s on %s:%d as %s (backend %s, perf %.6g)",
-                 settings.endpoint, settings.host, settings.port, settings.public_url,
-                 state.backend.name, state.perf)
+        log.info(
+            "worker for endpoint %s on %s:%d as %s (backend %s, perf %.6g)",
+            settings.endpoint,
+            settings.host,
+            settings.port,
+            settings.public_url,
+            state.backend.name,
+            state.perf,
+        )
         await stop.wait()
         stop.clear()  # a second signal stops the grace period early
         state.start_draining()
-        log.info("draining: %d request(s) in flight, waiting up to %ss",
-                 state.load.requests, settings.grace_s)
+        log.info(
+            "draining: %d request(s) in flight, waiting up to %ss",
+            state.load.requests,
+            settings.grace_s,
+        )
         await _wait_any(state.load.idle, stop, settings.grace_s)
         if state.load.requests:
             log.warning("stopping with %d request(s) still in flight", state.load.requests)
@@ -239,8 +356,10 @@ async def serve(settings: WorkerSettings, backend: Backend | None = None) -> Non
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:
-    tasks = [asyncio.create_task(a.wait(), name="worker-drain-idle"),
-             asyncio.create_task(b.wait(), name="worker-drain-signal")]
+    tasks = [
+        asyncio.create_task(a.wait(), name="worker-drain-idle"),
+        asyncio.create_task(b.wait(), name="worker-drain-signal"),
+    ]
     try:
         await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     finally:

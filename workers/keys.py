@@ -44,9 +44,14 @@ def load_pubkey_file(path: Path) -> VerifyKey:
 class KeySource:
     """Keeps `verifier.keys` = the PEM file's key + the router's current JWKS."""
 
-    def __init__(self, verifier: TicketVerifier, router_url: str | None,
-                 static_keys: dict[str, VerifyKey], refetch_interval_s: float = 5.0,
-                 refresh_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        verifier: TicketVerifier,
+        router_url: str | None,
+        static_keys: dict[str, VerifyKey],
+        refetch_interval_s: float = 5.0,
+        refresh_s: float = 60.0,
+    ) -> None:
         self.verifier = verifier
         self.jwks_url = f"{router_url.rstrip('/')}/.well-known/jwks.json" if router_url else None
         self.static_keys = dict(static_keys)
@@ -68,7 +73,8 @@ class KeySource:
         self._session = session
         if self.jwks_url is not None:
             self._loader = asyncio.get_running_loop().create_task(
-                self.load_and_refresh(), name="worker-jwks-load")
+                self.load_and_refresh(), name="worker-jwks-load"
+            )
 
     async def close(self) -> None:
         await cancel_and_wait(self._loader, self._refetch)
@@ -83,8 +89,7 @@ class KeySource:
                 if resp.status != 200:
                     return self._failed(f"answered HTTP {resp.status}")
                 keys = verify_keys_from_jwks(orjson.loads(await resp.read()))
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError,
-                SigningKeyError) as exc:
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, SigningKeyError) as exc:
             return self._failed(str(exc) or type(exc).__name__)
         if not keys:
             return self._failed("published no keys")
@@ -96,8 +101,7 @@ class KeySource:
 
     def _failed(self, why: str) -> bool:
         if why != self._last_error:  # once per distinct problem, not once per retry
-            log.warning("fetching router keys from %s failed: %s (retrying)", self.jwks_url,
-                        why)
+            log.warning("fetching router keys from %s failed: %s (retrying)", self.jwks_url, why)
             self._last_error = why
         return False
 
@@ -128,5 +132,6 @@ class KeySource:
                 return False
             self._last_refetch = now
             self._refetch = asyncio.get_running_loop().create_task(
-                self.fetch_once(), name="worker-jwks-refetch")
+                self.fetch_once(), name="worker-jwks-refetch"
+            )
         return await asyncio.shield(self._refetch)

@@ -6,8 +6,14 @@ import asyncio
 import math
 
 
-def admission_delay(inflight_cost: float, inflight_requests: int, cost: float, perf: float,
-                    max_queue_time_s: float, max_load: float | None) -> int | None:
+def admission_delay(
+    inflight_cost: float,
+    inflight_requests: int,
+    cost: float,
+    perf: float,
+    max_queue_time_s: float,
+    max_load: float | None,
+) -> int | None:
     """Return None to admit, else the Retry-After seconds (>= 1) for a 429.
 
     Refuse work that would wait longer than `max_queue_time_s` behind what is in flight,

@@ -17,20 +17,25 @@ class WorkerMetrics:
         self._load = load
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "worker_requests_total", "Inference requests answered, by route template and "
-            "status code (499: the client went away).", ["route", "code"], registry=r)
+            "worker_requests_total",
+            "Inference requests answered, by route template and "
+            "status code (499: the client went away).",
+            ["route", "code"],
+            registry=r,
+        )
         self.rejections = Counter(
-            "worker_ticket_rejections_total", "Tickets refused, by reason.", ["reason"],
-            registry=r)
-        inflight_cost = Gauge("worker_inflight_cost", "Cost of the requests in flight.",
-                              registry=r)
+            "worker_ticket_rejections_total", "Tickets refused, by reason.", ["reason"], registry=r
+        )
+        inflight_cost = Gauge("worker_inflight_cost", "Cost of the requests in flight.", registry=r)
         inflight_cost.set_function(lambda: load.cost)
-        inflight_requests = Gauge("worker_inflight_requests", "Requests in flight.",
-                                  registry=r)
+        inflight_requests = Gauge("worker_inflight_requests", "Requests in flight.", registry=r)
         inflight_requests.set_function(lambda: load.requests)
         self.ttfb = Histogram(
-            "worker_backend_ttfb_seconds", "Time from handing a request to the backend until "
-            "its response started.", buckets=_TTFB_BUCKETS, registry=r)
+            "worker_backend_ttfb_seconds",
+            "Time from handing a request to the backend until its response started.",
+            buckets=_TTFB_BUCKETS,
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -28,9 +28,17 @@ _BACKOFF_MAX_S = 5.0
 class Registrar:
     """Registers one worker (`endpoint`, `public_url`) with the router's workers API."""
 
-    def __init__(self, router_url: str, token: str, endpoint: str, public_url: str,
-                 perf: Callable[[], float], max_load: float | None,
-                 interval_s: float = 15.0, paused: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        router_url: str,
+        token: str,
+        endpoint: str,
+        public_url: str,
+        perf: Callable[[], float],
+        max_load: float | None,
+        interval_s: float = 15.0,
+        paused: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.url = f"{router_url.rstrip('/')}/api/v1/workers"
         self._headers = {"Authorization": f"Bearer {token}"}
         self.endpoint = endpoint
@@ -48,8 +56,12 @@ class Registrar:
         return f"Registrar({self.url!r}, endpoint={self.endpoint!r}, id={self.worker_id!r})"
 
     def body(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "url": self.public_url, "perf": self.perf(),
-                "max_load": self.max_load}
+        return {
+            "endpoint": self.endpoint,
+            "url": self.public_url,
+            "perf": self.perf(),
+            "max_load": self.max_load,
+        }
 
     def start(self, session: aiohttp.ClientSession) -> None:
         self._session = session
@@ -66,10 +78,12 @@ class Registrar:
         if self._session is None:
             return False
         try:
-            async with self._session.post(self.url, data=orjson.dumps(self.body()),
-                                          headers={**self._headers,
-                                                   "Content-Type": "application/json"},
-                                          timeout=_TIMEOUT) as resp:
+            async with self._session.post(
+                self.url,
+                data=orjson.dumps(self.body()),
+                headers={**self._headers, "Content-Type": "application/json"},
+                timeout=_TIMEOUT,
+            ) as resp:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -85,8 +99,7 @@ class Registrar:
                 log.info("registered with %s as worker %s", self.url, wid)
             self.worker_id = wid
         elif self.worker_id is None:
-            log.warning("registration answered %d without an id; cannot deregister later",
-                        status)
+            log.warning("registration answered %d without an id; cannot deregister later", status)
         self._last_error = None
         return True
 
@@ -116,9 +129,11 @@ class Registrar:
         if self._session is None or self.worker_id is None:
             return False
         try:
-            async with self._session.delete(f"{self.url}/{quote(self.worker_id, safe='')}",
-                                            headers=self._headers,
-                                            timeout=_DEREGISTER_TIMEOUT) as resp:
+            async with self._session.delete(
+                f"{self.url}/{quote(self.worker_id, safe='')}",
+                headers=self._headers,
+                timeout=_DEREGISTER_TIMEOUT,
+            ) as resp:
                 await resp.read()
                 ok = 200 <= resp.status < 300 or resp.status == 404
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -74,34 +74,47 @@ class WorkerSettings:
         for name in ("max_queue_time_s", "tokens_per_s", "register_interval_s"):
             if not _positive(getattr(self, name)):
                 raise SettingsError(f"{name}: must be a finite number > 0")
-        for name in ("clock_skew_s", "grace_s", "ttft_ms", "jwks_refetch_interval_s",
-                     "jwks_refresh_s"):
+        for name in (
+            "clock_skew_s",
+            "grace_s",
+            "ttft_ms",
+            "jwks_refetch_interval_s",
+            "jwks_refresh_s",
+        ):
             if not _non_negative(getattr(self, name)):
                 raise SettingsError(f"{name}: must be a finite number >= 0")
         if self.replay_window < 1:
             raise SettingsError("replay_window: must be >= 1")
         if self.verify and self.router_url is None and self.pubkey_file is None:
-            raise SettingsError("verify: needs router_url or pubkey_file to get the router's "
-                                "keys (or turn verification off)")
+            raise SettingsError(
+                "verify: needs router_url or pubkey_file to get the router's "
+                "keys (or turn verification off)"
+            )
         if self.register_token and self.router_url is None:
             raise SettingsError("register_token: needs router_url")
 
     def _validate_backend(self) -> None:
         if self.backend not in HTTP_BACKENDS:
             if self.backend_url is not None:
-                raise SettingsError(f"backend_url: only for the {', '.join(sorted(HTTP_BACKENDS))} "
-                                    f"backends, not {self.backend}")
+                raise SettingsError(
+                    f"backend_url: only for the {', '.join(sorted(HTTP_BACKENDS))} "
+                    f"backends, not {self.backend}"
+                )
             return
         if self.backend_url is None:
-            raise SettingsError(f"backend_url: required with backend {self.backend} (the model "
-                                "server's base URL, e.g. http://127.0.0.1:8000)")
+            raise SettingsError(
+                f"backend_url: required with backend {self.backend} (the model "
+                "server's base URL, e.g. http://127.0.0.1:8000)"
+            )
         if not _is_http_url(self.backend_url):
             raise SettingsError(f"backend_url: must be an http(s) URL, got {self.backend_url!r}")
         # A BentoML service's cost unit is its own (pixels x steps, requests, ...): no
         # default figure would be right, and a wrong one makes admission refuse or flood.
         if self.backend == "bentoml" and self.perf is None:
-            raise SettingsError("perf: required with backend bentoml (cost units per second "
-                                "the service processes, in its own units)")
+            raise SettingsError(
+                "perf: required with backend bentoml (cost units per second "
+                "the service processes, in its own units)"
+            )
 
 
 def _is_http_url(url: str) -> bool:

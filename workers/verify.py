@@ -56,9 +56,7 @@ def _ticket_from_header(value: str) -> dict[str, Any]:
     return ticket
 
 
-def extract_ticket(
-    body: Any, header: str | None
-) -> tuple[dict[str, Any], Any]:
+def extract_ticket(body: Any, header: str | None) -> tuple[dict[str, Any], Any]:
     """Split a request into (ticket, model payload) for the three shapes of DESIGN §3.3.
 
     1. `{"auth_data": ticket, "payload": {...}}` (Vast SDK);

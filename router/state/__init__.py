@@ -13,8 +13,9 @@ def open_store(settings: StoreSettings) -> Store:
     if settings.backend == "redis":
         from router.state.redis import RedisStore
 
-        return RedisStore(settings.redis_url, prefix=settings.key_prefix,
-                          timeout_s=settings.timeout_s)
+        return RedisStore(
+            settings.redis_url, prefix=settings.key_prefix, timeout_s=settings.timeout_s
+        )
     from router.state.memory import MemoryStore
 
     return MemoryStore()

@@ -72,10 +72,17 @@ class WorkerRecord:
     def public(self) -> dict[str, Any]:
         """The admin API's view of the worker."""
         return {
-            "id": self.id, "endpoint": self.endpoint, "url": self.url, "perf": self.perf,
-            "max_load": self.max_load, "source": self.source, "status": self.status,
-            "load": self.load, "inflight_requests": self.requests,
-            "max_reqnum_seen": self.max_reqnum_seen, "last_ok": self.last_ok or None,
+            "id": self.id,
+            "endpoint": self.endpoint,
+            "url": self.url,
+            "perf": self.perf,
+            "max_load": self.max_load,
+            "source": self.source,
+            "status": self.status,
+            "load": self.load,
+            "inflight_requests": self.requests,
+            "max_reqnum_seen": self.max_reqnum_seen,
+            "last_ok": self.last_ok or None,
         }
 
 
@@ -119,7 +126,12 @@ class Store(ABC):
 
     @abstractmethod
     async def upsert_worker(
-        self, endpoint: str, url: str, perf: float, max_load: float | None, source: Source,
+        self,
+        endpoint: str,
+        url: str,
+        perf: float,
+        max_load: float | None,
+        source: Source,
         now: float,
     ) -> WorkerRecord:
         """Add a worker (status loading) or update perf/max_load of a known one."""
@@ -145,7 +157,12 @@ class Store(ABC):
 
     @abstractmethod
     async def issue(
-        self, candidates: Sequence[str], mode: Mode, cost: float, now: float, ttl_s: float,
+        self,
+        candidates: Sequence[str],
+        mode: Mode,
+        cost: float,
+        now: float,
+        ttl_s: float,
         request_idx: int,
     ) -> tuple[Issued | None, int]:
         """Atomically pick among `candidates` with fresh load, bump its reqnum, add the ticket.
@@ -172,8 +189,9 @@ class Store(ABC):
         else the seconds until one would be (and nothing is counted)."""
 
     @abstractmethod
-    async def acquire_slot(self, key_id: str, limit: int, token: str, now: float,
-                           lease_s: float) -> bool:
+    async def acquire_slot(
+        self, key_id: str, limit: int, token: str, now: float, lease_s: float
+    ) -> bool:
         """Hold one of a key's `limit` in-flight slots under `token` until released or
         `now + lease_s`; False if all are held."""
 

@@ -36,14 +36,20 @@ class MemoryStore(Store):
         return None
 
     async def upsert_worker(
-        self, endpoint: str, url: str, perf: float, max_load: float | None, source: Source,
+        self,
+        endpoint: str,
+        url: str,
+        perf: float,
+        max_load: float | None,
+        source: Source,
         now: float,
     ) -> WorkerRecord:
         wid = worker_id(endpoint, url)
         w = self._workers.get(wid)
         if w is None:
-            w = WorkerRecord(wid, endpoint, url, perf, max_load, source, last_ok=now,
-                             registered_at=now)
+            w = WorkerRecord(
+                wid, endpoint, url, perf, max_load, source, last_ok=now, registered_at=now
+            )
             self._workers[wid] = w
         else:
             w.perf, w.max_load = perf, max_load
@@ -94,7 +100,12 @@ class MemoryStore(Store):
             w.pending_cost, w.pending_requests = 0.0, 0
 
     async def issue(
-        self, candidates: Sequence[str], mode: Mode, cost: float, now: float, ttl_s: float,
+        self,
+        candidates: Sequence[str],
+        mode: Mode,
+        cost: float,
+        now: float,
+        ttl_s: float,
         request_idx: int,
     ) -> tuple[Issued | None, int]:
         if request_idx <= 0:
@@ -141,8 +152,9 @@ class MemoryStore(Store):
             self._rates[key_id] = tat
         return retry
 
-    async def acquire_slot(self, key_id: str, limit: int, token: str, now: float,
-                           lease_s: float) -> bool:
+    async def acquire_slot(
+        self, key_id: str, limit: int, token: str, now: float, lease_s: float
+    ) -> bool:
         held = self._slots.setdefault(key_id, {})
         for t in [t for t, until in held.items() if until <= now]:
             del held[t]

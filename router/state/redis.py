@@ -292,14 +292,16 @@ class _Batcher:
     running: what its call did in Redis stands, as it would have without batching.
     """
 
-    def __init__(self, script: AsyncScript, width: int, name: str,
-                 fast: Scripts | None = None) -> None:
+    def __init__(
+        self, script: AsyncScript, width: int, name: str, fast: Scripts | None = None
+    ) -> None:
         self.script, self.width, self.name, self.fast = script, width, name, fast
         self._queue: list[_Call] = []
         self._running: set[asyncio.Task[None]] = set()
 
-    async def call(self, keys: list[str], args: list[Any], common_keys: list[str],
-                   common_args: list[Any]) -> list[Any]:
+    async def call(
+        self, keys: list[str], args: list[Any], common_keys: list[str], common_args: list[Any]
+    ) -> list[Any]:
         loop = asyncio.get_running_loop()
         call = _Call(keys, args, loop.create_future())
         self._queue.append(call)
@@ -318,28 +320,34 @@ class _Batcher:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, batch: list[_Call], common_keys: list[str],
-                   common_args: list[Any]) -> None:
+    async def _run(
+        self, batch: list[_Call], common_keys: list[str], common_args: list[Any]
+    ) -> None:
         keys, args = list(common_keys), list(common_args)
         for call in batch:
             keys += call.keys
             args += call.args
         try:
-            res: list[Any] = await (self.fast.run(self.script, keys, args) if self.fast
-                                    else self.script(keys=keys, args=args))
+            res: list[Any] = await (
+                self.fast.run(self.script, keys, args)
+                if self.fast
+                else self.script(keys=keys, args=args)
+            )
         except BaseException as exc:
             for call in batch:
                 if not call.future.done():
                     call.future.set_exception(
                         StoreUnavailable(f"redis unreachable: {type(exc).__name__}")
-                        if isinstance(exc, _UNREACHABLE) else exc)
+                        if isinstance(exc, _UNREACHABLE)
+                        else exc
+                    )
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
             return
         w = self.width
         for j, call in enumerate(batch):
             if not call.future.done():
-                call.future.set_result(res[j * w:(j + 1) * w])
+                call.future.set_result(res[j * w : (j + 1) * w])
 
     async def close(self) -> None:
         self.flush()
@@ -363,13 +371,18 @@ def _unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
 def _record(h: dict[str, str]) -> WorkerRecord:
     max_load = h.get("max_load") or ""
     return WorkerRecord(
-        id=h["id"], endpoint=h["endpoint"], url=h["url"], perf=float(h.get("perf") or 1.0),
+        id=h["id"],
+        endpoint=h["endpoint"],
+        url=h["url"],
+        perf=float(h.get("perf") or 1.0),
         max_load=float(max_load) if max_load else None,
         source=h.get("source", "static"),  # type: ignore[arg-type]
         status=h.get("status", "loading"),  # type: ignore[arg-type]
         admin_drain=h.get("admin_drain") == "1",
-        ok_streak=int(h.get("ok_streak") or 0), fail_streak=int(h.get("fail_streak") or 0),
-        last_ok=float(h.get("last_ok") or 0), reported_cost=float(h.get("reported_cost") or 0),
+        ok_streak=int(h.get("ok_streak") or 0),
+        fail_streak=int(h.get("fail_streak") or 0),
+        last_ok=float(h.get("last_ok") or 0),
+        reported_cost=float(h.get("reported_cost") or 0),
         reported_requests=int(h.get("reported_requests") or 0),
         max_reqnum_seen=int(h.get("max_reqnum_seen") or 0),
         pending_cost=max(0.0, float(h.get("pending_cost") or 0)),
@@ -383,8 +396,9 @@ def _pairs(flat: list[str]) -> dict[str, str]:
 
 
 class RedisStore(Store):
-    def __init__(self, url: str, *, prefix: str = "ir:", timeout_s: float = 0.5,
-                 max_connections: int = 64) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "ir:", timeout_s: float = 0.5, max_connections: int = 64
+    ) -> None:
         # A bounded pool, and no retry on a timeout: when Redis stalls, requests fail
         # fast (503) instead of queueing connections and coroutines behind it. One retry
         # on a broken connection: after Redis restarts, every pooled connection is dead,
@@ -392,8 +406,12 @@ class RedisStore(Store):
         # (Were the link to break after a script was sent, a retry could run it twice:
         # an unused ticket, which expires, or a rate count too many, once.)
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=timeout_s, decode_responses=True,
-            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self.redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
@@ -419,23 +437,37 @@ class RedisStore(Store):
 
     @_unavailable
     async def upsert_worker(
-        self, endpoint: str, url: str, perf: float, max_load: float | None, source: Source,
+        self,
+        endpoint: str,
+        url: str,
+        perf: float,
+        max_load: float | None,
+        source: Source,
         now: float,
     ) -> WorkerRecord:
         wid = worker_id(endpoint, url)
         k = self.keys
         flat = await self._upsert(
             keys=[k.worker(wid), k.endpoint_set(endpoint), k.endpoints],
-            args=[wid, endpoint, url, repr(perf), "" if max_load is None else repr(max_load),
-                  source, repr(now), WORKER_TTL_S],
+            args=[
+                wid,
+                endpoint,
+                url,
+                repr(perf),
+                "" if max_load is None else repr(max_load),
+                source,
+                repr(now),
+                WORKER_TTL_S,
+            ],
         )
         return _record(_pairs(flat))
 
     @_unavailable
     async def remove_worker(self, wid: str) -> bool:
         k = self.keys
-        n = await self._remove(keys=[k.worker(wid), k.pending(wid), k.lease(wid)],
-                               args=[wid, k.endpoint_set("")])
+        n = await self._remove(
+            keys=[k.worker(wid), k.pending(wid), k.lease(wid)], args=[wid, k.endpoint_set("")]
+        )
         return bool(n)
 
     @_unavailable
@@ -448,12 +480,14 @@ class RedisStore(Store):
         k = self.keys
         members: list[Any]
         if self._scripts is not None:
-            endpoints: list[str] = sorted((await self._scripts.many([("SMEMBERS",
-                                                                       k.endpoints)]))[0])
+            endpoints: list[str] = sorted(
+                (await self._scripts.many([("SMEMBERS", k.endpoints)]))[0]
+            )
             if not endpoints:
                 return []
-            members = await self._scripts.many([("SMEMBERS", k.endpoint_set(ep))
-                                                for ep in endpoints])
+            members = await self._scripts.many(
+                [("SMEMBERS", k.endpoint_set(ep)) for ep in endpoints]
+            )
         else:
             endpoints = sorted(await self.redis.smembers(k.endpoints))  # type: ignore[arg-type]
             if not endpoints:
@@ -462,8 +496,9 @@ class RedisStore(Store):
                 for ep in endpoints:
                     pipe.smembers(k.endpoint_set(ep))
                 members = await pipe.execute()
-        pairs = [(ep, wid) for ep, ids in zip(endpoints, members, strict=True)
-                 for wid in sorted(ids)]
+        pairs = [
+            (ep, wid) for ep, ids in zip(endpoints, members, strict=True) for wid in sorted(ids)
+        ]
         if not pairs:
             return []
         out: list[WorkerRecord] = []
@@ -472,7 +507,7 @@ class RedisStore(Store):
             # In chunks, each one round trip well inside the command timeout, and each
             # chunk's records built before the next: the event loop serves requests in
             # between instead of stalling (building 1,000 records at once took 4 ms).
-            chunk = pairs[i:i + _READ_CHUNK]
+            chunk = pairs[i : i + _READ_CHUNK]
             hashes: list[dict[str, str]]
             if self._scripts is not None:
                 # a third of redis-py's pipeline cost, each chunk blocking the loop less
@@ -502,14 +537,29 @@ class RedisStore(Store):
         report = u.report or (0.0, 0, 0)
         n = await self._report(
             keys=[self.keys.worker(wid), self.keys.pending(wid)],
-            args=[u.expected, u.status, u.ok_streak, u.fail_streak, repr(u.last_ok),
-                  "1" if u.report else "0", repr(float(report[0])), int(report[1]),
-                  int(report[2]), "" if u.perf is None else repr(u.perf), WORKER_TTL_S],
+            args=[
+                u.expected,
+                u.status,
+                u.ok_streak,
+                u.fail_streak,
+                repr(u.last_ok),
+                "1" if u.report else "0",
+                repr(float(report[0])),
+                int(report[1]),
+                int(report[2]),
+                "" if u.perf is None else repr(u.perf),
+                WORKER_TTL_S,
+            ],
         )
         return bool(n)
 
     async def issue(
-        self, candidates: Sequence[str], mode: Mode, cost: float, now: float, ttl_s: float,
+        self,
+        candidates: Sequence[str],
+        mode: Mode,
+        cost: float,
+        now: float,
+        ttl_s: float,
         request_idx: int,
     ) -> tuple[Issued | None, int]:
         k = self.keys
@@ -517,29 +567,45 @@ class RedisStore(Store):
         for wid in candidates:
             keys += [k.worker(wid), k.pending(wid)]
         i, reqnum, ridx, load, url = await self._issues.call(
-            keys, [len(candidates), mode, repr(float(cost)), repr(now), repr(ttl_s),
-                   request_idx, reqnum_floor(now), int(now * 1000)],
-            [k.request_idx], [WORKER_TTL_S])
+            keys,
+            [
+                len(candidates),
+                mode,
+                repr(float(cost)),
+                repr(now),
+                repr(ttl_s),
+                request_idx,
+                reqnum_floor(now),
+                int(now * 1000),
+            ],
+            [k.request_idx],
+            [WORKER_TTL_S],
+        )
         if int(i) < 0:
             return None, int(ridx)
         return Issued(candidates[int(i)], url, int(reqnum), int(ridx), float(load)), int(ridx)
 
     async def release(self, wid: str, reqnum: int, cost: float) -> Released:
-        (n,) = await self._releases.call([self.keys.worker(wid), self.keys.pending(wid)],
-                                         [reqnum, repr(float(cost))], [], [])
+        (n,) = await self._releases.call(
+            [self.keys.worker(wid), self.keys.pending(wid)], [reqnum, repr(float(cost))], [], []
+        )
         return _RELEASED[int(n)]
 
     @_unavailable
     async def take_rate(self, key_id: str, rate_per_s: float, burst: float, now: float) -> float:
-        wait = await self._rate(keys=[self.keys.rate(key_id)],
-                                args=[repr(now), repr(1.0 / rate_per_s), repr(float(burst))])
+        wait = await self._rate(
+            keys=[self.keys.rate(key_id)],
+            args=[repr(now), repr(1.0 / rate_per_s), repr(float(burst))],
+        )
         return float(wait)
 
     @_unavailable
-    async def acquire_slot(self, key_id: str, limit: int, token: str, now: float,
-                           lease_s: float) -> bool:
-        got = await self._slot(keys=[self.keys.slots(key_id)],
-                               args=[limit, token, repr(now), repr(now + lease_s)])
+    async def acquire_slot(
+        self, key_id: str, limit: int, token: str, now: float, lease_s: float
+    ) -> bool:
+        got = await self._slot(
+            keys=[self.keys.slots(key_id)], args=[limit, token, repr(now), repr(now + lease_s)]
+        )
         return bool(got)
 
     @_unavailable
@@ -550,8 +616,9 @@ class RedisStore(Store):
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
         if not wids:
             return set()
-        held = await self._leases(keys=[self.keys.lease(w) for w in wids],
-                                  args=[holder, max(1, int(ttl_s * 1000))])
+        held = await self._leases(
+            keys=[self.keys.lease(w) for w in wids], args=[holder, max(1, int(ttl_s * 1000))]
+        )
         return {wids[int(i) - 1] for i in held}
 
     async def close(self) -> None:

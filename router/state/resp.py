@@ -91,8 +91,9 @@ class _Conn(asyncio.Protocol):
                 continue  # its caller timed out (the connection is closing) or left
             if isinstance(reply, hiredis.ReplyError):
                 msg = str(reply)
-                fut.set_exception(NoScriptError(msg) if msg.startswith("NOSCRIPT")
-                                  else ResponseError(msg))
+                fut.set_exception(
+                    NoScriptError(msg) if msg.startswith("NOSCRIPT") else ResponseError(msg)
+                )
             else:
                 fut.set_result(reply)
 
@@ -101,8 +102,9 @@ class _Conn(asyncio.Protocol):
         while self.waiters:
             fut, _, _ = self.waiters.popleft()
             if not fut.done():
-                fut.set_exception(RedisConnectionError(
-                    "connection to redis lost" if exc is None else str(exc)))
+                fut.set_exception(
+                    RedisConnectionError("connection to redis lost" if exc is None else str(exc))
+                )
 
     def send(self, command: bytes, count: int = 0) -> asyncio.Future[Any]:
         """Write `command`; its reply, or with `count`, that many commands' replies."""
@@ -193,8 +195,11 @@ class Scripts:
                     _, conn = await loop.create_connection(_Conn, self.host, self.port)
                     setup = []
                     if self.password is not None:
-                        auth = ("AUTH", self.username, self.password) if self.username \
+                        auth = (
+                            ("AUTH", self.username, self.password)
+                            if self.username
                             else ("AUTH", self.password)
+                        )
                         setup.append(conn.send(pack(auth)))
                     if self.db:
                         setup.append(conn.send(pack(("SELECT", self.db))))
@@ -204,8 +209,9 @@ class Scripts:
             except (OSError, TimeoutError, RedisConnectionError) as exc:
                 if conn is not None:
                     conn.close()
-                raise RedisConnectionError(f"cannot connect to redis: "
-                                           f"{exc or type(exc).__name__}") from exc
+                raise RedisConnectionError(
+                    f"cannot connect to redis: {exc or type(exc).__name__}"
+                ) from exc
             except ResponseError as exc:
                 if conn is not None:
                     conn.close()

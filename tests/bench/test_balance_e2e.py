@@ -35,14 +35,41 @@ def test_same_seed_same_workload() -> None:
     assert 25 < len(arr) < 80 and all(0 < t <= 5.0 for t, _ in arr)
 
 
-def test_a_short_run_reports_every_policy(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_short_run_reports_every_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out.json"
     # two fast workers, one second of arrivals per run: about 20 s in all
-    assert e2e.main(["--speeds", "1", "2", "--base-tps", "100", "--mean-cost", "8",
-                     "--rho", "0.5", "--duration-s", "1", "--drain-s", "5",
-                     "--proxy-poll-s", "0.25", "--ticket-poll-s", "0.25", "--ticket-rho", "0.5",
-                     "--calibrate-s", "0.5", "--json", str(out)]) == 0
+    assert (
+        e2e.main(
+            [
+                "--speeds",
+                "1",
+                "2",
+                "--base-tps",
+                "100",
+                "--mean-cost",
+                "8",
+                "--rho",
+                "0.5",
+                "--duration-s",
+                "1",
+                "--drain-s",
+                "5",
+                "--proxy-poll-s",
+                "0.25",
+                "--ticket-poll-s",
+                "0.25",
+                "--ticket-rho",
+                "0.5",
+                "--calibrate-s",
+                "0.5",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     doc = json.loads(out.read_text())
     rows = doc["results"]

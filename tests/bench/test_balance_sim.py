@@ -39,8 +39,10 @@ def _p99(recs: list) -> float:
 
 
 # The ideal queue has no dispatcher, so nothing to poll: it runs once, with poll None.
-@pytest.mark.parametrize(("policy", "poll"), [
-    *((p, poll) for p in sim.POLICIES for poll in (None, 1.0)), ("ideal", None)])
+@pytest.mark.parametrize(
+    ("policy", "poll"),
+    [*((p, poll) for p in sim.POLICIES for poll in (None, 1.0)), ("ideal", None)],
+)
 def test_every_request_completes_once_and_no_faster_than_its_service(
     policy: str, poll: float | None
 ) -> None:
@@ -121,8 +123,22 @@ def test_uses_the_routers_policy_functions(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_cli_prints_a_markdown_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert sim.main(["--seeds", "1", "--requests", "300", "--rho", "0.9", "--markdown",
-                     "--poll-interval", "1"]) == 0
+    assert (
+        sim.main(
+            [
+                "--seeds",
+                "1",
+                "--requests",
+                "300",
+                "--rho",
+                "0.9",
+                "--markdown",
+                "--poll-interval",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| rho | policy | mean s | p99 s | p99 ÷ ideal |" in out
     assert "| 0.9 | least_work (poll 1 s) |" in out

@@ -25,8 +25,13 @@ def _load(name: str) -> ModuleType:
 
 def test_locustfile_defines_the_three_users() -> None:
     # In a child: importing locust monkey-patches the process with gevent.
-    out = subprocess.run([sys.executable, "-m", "locust", "-f", str(BENCH / "locustfile.py"),
-                          "--list"], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(BENCH / "locustfile.py"), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     users = out.stdout.split("Available Users:", 1)[1].split()
     assert sorted(users) == ["ProxyJsonUser", "ProxyStreamUser", "TicketUser"]
 
@@ -35,41 +40,78 @@ def test_locustfile_defines_the_three_users() -> None:
 def test_shell_scripts_parse_and_pass_shellcheck(script: str) -> None:
     subprocess.run(["bash", "-n", str(BENCH / script)], check=True)
     shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
-    out = subprocess.run([shellcheck, "-x", f"bench/{script}"], cwd=BENCH.parent,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [shellcheck, "-x", f"bench/{script}"], cwd=BENCH.parent, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout
 
 
 def _soak_dir(tmp_path: Path, failures: list[str]) -> Path:
     (tmp_path / "locust_stats.csv").write_text(
-        "Type,Name,Request Count,Failure Count,50%,99%\n"
-        "POST,ticket: POST /route,100,2,4,19\n")
+        "Type,Name,Request Count,Failure Count,50%,99%\nPOST,ticket: POST /route,100,2,4,19\n"
+    )
     (tmp_path / "events.tsv").write_text(
         "100.0\tstart (router RSS 1 kB)\n110.0\tfault: SIGKILL worker 1\n"
-        "115.0\tfault end: worker 1 restarted\n160.0\tend\n")
+        "115.0\tfault end: worker 1 restarted\n160.0\tend\n"
+    )
     (tmp_path / "failures.tsv").write_text("".join(f + "\n" for f in failures))
     return tmp_path
 
 
 def test_soak_report_blames_failures_in_a_fault_window(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     report = _load("soak_report")
-    d = _soak_dir(tmp_path, ["111.0\tticket: POST /route\tconnect: ConnectionError",
-                             "119.5\tticket: POST /route\thttp 503: store_unavailable"])
-    assert report.main(["--results", str(d), "--rss-before-kb", "50000",
-                        "--rss-after-kb", "51000", "--fault-window-s", "5"]) == 0
+    d = _soak_dir(
+        tmp_path,
+        [
+            "111.0\tticket: POST /route\tconnect: ConnectionError",
+            "119.5\tticket: POST /route\thttp 503: store_unavailable",
+        ],
+    )
+    assert (
+        report.main(
+            [
+                "--results",
+                str(d),
+                "--rss-before-kb",
+                "50000",
+                "--rss-after-kb",
+                "51000",
+                "--fault-window-s",
+                "5",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| SIGKILL worker 1 | connect | 1 |" in out
     assert "| SIGKILL worker 1 | http 503 | 1 |" in out and "PASS" in out
 
 
 def test_soak_report_fails_on_unexplained_failures_and_rss_growth(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     report = _load("soak_report")
     d = _soak_dir(tmp_path, ["140.0\tticket: POST /route\thttp 500: internal"])
-    assert report.main(["--results", str(d), "--rss-before-kb", "50000",
-                        "--rss-after-kb", "51000"]) == 1
+    assert (
+        report.main(["--results", str(d), "--rss-before-kb", "50000", "--rss-after-kb", "51000"])
+        == 1
+    )
     assert "| unexplained | http 500 | 1 |" in capsys.readouterr().out
     d = _soak_dir(tmp_path, [])
-    assert report.main(["--results", str(d), "--rss-before-kb", "50000",
-                        "--rss-after-kb", "90000", "--rss-growth-mb", "25"]) == 1
+    assert (
+        report.main(
+            [
+                "--results",
+                str(d),
+                "--rss-before-kb",
+                "50000",
+                "--rss-after-kb",
+                "90000",
+                "--rss-growth-mb",
+                "25",
+            ]
+        )
+        == 1
+    )

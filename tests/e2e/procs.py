@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class Proc:
     """A child process with its output in a log file (shown when a test fails)."""
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_dir / f"{name}.log"
@@ -32,8 +33,9 @@ class Proc:
 
     def start(self) -> Proc:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=ROOT, env=self.env)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env
+            )
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -52,9 +54,17 @@ class Proc:
             return ""
 
 
-def router_config(path: Path, *, port: int, store: str, redis_url: str, worker_urls: list[str],
-                  interval_s: float = 0.25, ticket_ttl_s: float = 3.0,
-                  algorithm: str = "rsa") -> Path:
+def router_config(
+    path: Path,
+    *,
+    port: int,
+    store: str,
+    redis_url: str,
+    worker_urls: list[str],
+    interval_s: float = 0.25,
+    ticket_ttl_s: float = 3.0,
+    algorithm: str = "rsa",
+) -> Path:
     workers = "\n".join(f'[[endpoints.workers]]\nurl = "{u}"\nperf = 100\n' for u in worker_urls)
     path.write_text(f"""
 log_level = "info"
@@ -92,24 +102,56 @@ healthy_after = 1
 
 
 def router_proc(config: Path, log_dir: Path, name: str = "router") -> Proc:
-    return Proc(name, [sys.executable, "-m", "router", "serve", "--config", str(config)],
-                log_dir)
+    return Proc(name, [sys.executable, "-m", "router", "serve", "--config", str(config)], log_dir)
 
 
-def worker_proc(port: int, router_url: str, log_dir: Path, *extra: str,
-                name: str | None = None) -> Proc:
-    return Proc(name or f"worker-{port}", [
-        sys.executable, "-m", "workers", "--backend", "synthetic", "--host", "127.0.0.1",
-        "--port", str(port), "--public-url", f"http://127.0.0.1:{port}", "--endpoint", "demo",
-        "--router-url", router_url, "--clock-skew-s", "0", "--ttft-ms", "20",
-        "--tokens-per-s", "400", *extra], log_dir)
+def worker_proc(
+    port: int, router_url: str, log_dir: Path, *extra: str, name: str | None = None
+) -> Proc:
+    return Proc(
+        name or f"worker-{port}",
+        [
+            sys.executable,
+            "-m",
+            "workers",
+            "--backend",
+            "synthetic",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--public-url",
+            f"http://127.0.0.1:{port}",
+            "--endpoint",
+            "demo",
+            "--router-url",
+            router_url,
+            "--clock-skew-s",
+            "0",
+            "--ttft-ms",
+            "20",
+            "--tokens-per-s",
+            "400",
+            *extra,
+        ],
+        log_dir,
+    )
 
 
-def request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-            raw: bytes | None = None) -> tuple[int, Any]:
+def request(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
     data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             status, text = resp.status, resp.read()
@@ -122,8 +164,9 @@ def request(method: str, url: str, body: Any = None, headers: dict[str, str] | N
 
 
 def route(router_url: str, **fields: Any) -> dict[str, Any]:
-    status, doc = request("POST", f"{router_url}/route/",
-                          {"endpoint": "demo", "api_key": "dev-key", **fields})
+    status, doc = request(
+        "POST", f"{router_url}/route/", {"endpoint": "demo", "api_key": "dev-key", **fields}
+    )
     assert status == 200, doc
     assert isinstance(doc, dict)
     return doc
@@ -144,11 +187,23 @@ def wait_until(cond: Any, timeout_s: float = 15.0, what: str = "condition") -> A
 
 
 def statuses(router_url: str) -> dict[str, str]:
-    status, doc = request("GET", f"{router_url}/api/v1/workers?endpoint=demo",
-                          headers={"Authorization": "Bearer admin-key"})
+    status, doc = request(
+        "GET",
+        f"{router_url}/api/v1/workers?endpoint=demo",
+        headers={"Authorization": "Bearer admin-key"},
+    )
     assert status == 200, doc
     return {w["url"]: w["status"] for w in doc["workers"]}
 
 
-__all__ = ["Proc", "free_port", "route", "router_config", "router_proc", "statuses",
-           "wait_port", "wait_until", "worker_proc"]
+__all__ = [
+    "Proc",
+    "free_port",
+    "route",
+    "router_config",
+    "router_proc",
+    "statuses",
+    "wait_port",
+    "wait_until",
+    "worker_proc",
+]

@@ -29,21 +29,29 @@ from tests.e2e.procs import (
 pytestmark = pytest.mark.e2e
 
 
-def config(tmp_path: Path, port: int, store: str, redis_url: str,
-           worker_urls: list[str]) -> Path:
+def config(tmp_path: Path, port: int, store: str, redis_url: str, worker_urls: list[str]) -> Path:
     key = tmp_path / "k1.pem"
     write_private_key(key, "ed25519")
-    cfg = router_config(tmp_path / "router.toml", port=port, store=store,
-                        redis_url=redis_url, worker_urls=worker_urls)
+    cfg = router_config(
+        tmp_path / "router.toml",
+        port=port,
+        store=store,
+        redis_url=redis_url,
+        worker_urls=worker_urls,
+    )
     cfg.write_text(cfg.read_text().replace("[signing]\n", f'[signing]\nkey_files = ["{key}"]\n'))
     return cfg
 
 
 def test_memory_store_refuses_several_processes(tmp_path: Path) -> None:
     cfg = config(tmp_path, free_port(), "memory", "redis://127.0.0.1:1/0", [])
-    out = subprocess.run([sys.executable, "-m", "router", "serve", "--config", str(cfg),
-                          "--processes", "2"], capture_output=True, text=True, timeout=30,
-                         cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--processes", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert out.returncode == 2
     assert "server.processes: 2 processes need store.backend" in out.stderr
     assert "Traceback" not in out.stderr
@@ -55,8 +63,11 @@ def test_two_processes_share_a_port_and_stop_together(tmp_path: Path, redis_url:
     url = f"http://127.0.0.1:{port}"
     wurls = [f"http://127.0.0.1:{p}" for p in wports]
     cfg = config(tmp_path, port, "redis", redis_url, wurls)
-    parent = Proc("router", [sys.executable, "-m", "router", "serve", "--config", str(cfg),
-                             "--processes", "2"], tmp_path).start()
+    parent = Proc(
+        "router",
+        [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--processes", "2"],
+        tmp_path,
+    ).start()
     workers = [worker_proc(p, url, tmp_path).start() for p in wports]
     try:
         wait_port(port)
@@ -82,8 +93,7 @@ def test_two_processes_share_a_port_and_stop_together(tmp_path: Path, redis_url:
 
         parent.proc.send_signal(signal.SIGTERM)
         assert parent.proc.wait(20) == 0
-        wait_until(lambda: not any(_alive(p) for p in pids), timeout_s=5,
-                   what="children gone")
+        wait_until(lambda: not any(_alive(p) for p in pids), timeout_s=5, what="children gone")
     except BaseException:
         print(f"--- router ---\n{parent.log()}")
         raise
@@ -109,8 +119,11 @@ def _alive(pid: int) -> bool:
 def test_a_child_that_dies_stops_the_rest(tmp_path: Path, redis_url: str) -> None:
     port = free_port()
     cfg = config(tmp_path, port, "redis", redis_url, [])
-    parent = Proc("router", [sys.executable, "-m", "router", "serve", "--config", str(cfg),
-                             "--processes", "2"], tmp_path).start()
+    parent = Proc(
+        "router",
+        [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--processes", "2"],
+        tmp_path,
+    ).start()
     try:
         wait_port(port)
         pids: set[int] = set()

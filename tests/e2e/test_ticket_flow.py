@@ -42,8 +42,9 @@ class Stack:
 
     def restart_worker(self, i: int) -> None:
         port = int(self.worker_urls[i].rsplit(":", 1)[1])
-        self.workers[i] = worker_proc(port, self.router_url, self.log_dir,
-                                      name=f"worker-{port}-again").start()
+        self.workers[i] = worker_proc(
+            port, self.router_url, self.log_dir, name=f"worker-{port}-again"
+        ).start()
         wait_port(port)
 
 
@@ -53,8 +54,14 @@ def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
     router_url = f"http://127.0.0.1:{port}"
     wports = [free_port(), free_port()]
     wurls = [f"http://127.0.0.1:{p}" for p in wports]
-    cfg = router_config(tmp_path / "router.toml", port=port, store="redis", redis_url=redis_url,
-                        worker_urls=wurls, interval_s=INTERVAL_S)
+    cfg = router_config(
+        tmp_path / "router.toml",
+        port=port,
+        store="redis",
+        redis_url=redis_url,
+        worker_urls=wurls,
+        interval_s=INTERVAL_S,
+    )
     router = router_proc(cfg, tmp_path).start()
     workers = [worker_proc(p, router_url, tmp_path).start() for p in wports]
     s = Stack(router, router_url, workers, wurls, tmp_path)
@@ -72,8 +79,9 @@ def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
 
 
 def sse_events(url: str, body: Any) -> list[dict[str, Any]]:
-    req = urllib.request.Request(url, data=orjson.dumps(body),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+    )
     events = []
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200
@@ -142,8 +150,11 @@ def test_killed_worker_leaves_rotation_and_returns(stack: Stack) -> None:
     victim = stack.worker_urls[0]
     stack.workers[0].kill()
     killed_at = time.monotonic()
-    wait_until(lambda: statuses(stack.router_url)[victim] == "unhealthy", timeout_s=5,
-               what="victim unhealthy")
+    wait_until(
+        lambda: statuses(stack.router_url)[victim] == "unhealthy",
+        timeout_s=5,
+        what="victim unhealthy",
+    )
     assert time.monotonic() - killed_at <= 2 * INTERVAL_S + 0.3  # two intervals + slack
     for _ in range(20):
         assert route(stack.router_url)["url"] != victim
@@ -156,8 +167,9 @@ def test_killed_worker_leaves_rotation_and_returns(stack: Stack) -> None:
 def test_no_ready_worker_gives_status_breakdown(stack: Stack) -> None:
     for w in stack.workers:
         w.kill()
-    wait_until(lambda: set(statuses(stack.router_url).values()) == {"unhealthy"},
-               what="all unhealthy")
+    wait_until(
+        lambda: set(statuses(stack.router_url).values()) == {"unhealthy"}, what="all unhealthy"
+    )
     # /route answers from a snapshot of the store, re-read a few times a second
     wait_until(lambda: "url" not in route(stack.router_url), what="snapshot")
     doc = route(stack.router_url)
@@ -173,16 +185,18 @@ def test_redis_restarted_empty(stack: Stack, redis_server: RedisServer) -> None:
         last[t["url"]] = t["reqnum"]
     redis_server.kill()
     started = time.monotonic()
-    status, doc = request("POST", f"{stack.router_url}/route/",
-                          {"endpoint": "demo", "api_key": "dev-key"})
+    status, doc = request(
+        "POST", f"{stack.router_url}/route/", {"endpoint": "demo", "api_key": "dev-key"}
+    )
     assert status == 503 and doc["error"]["code"] == "store_unavailable"
     assert time.monotonic() - started < 2.0
     redis_server.start()
     got: dict[str, int] = {}
 
     def both_back() -> bool:
-        status, doc = request("POST", f"{stack.router_url}/route/",
-                              {"endpoint": "demo", "api_key": "dev-key"})
+        status, doc = request(
+            "POST", f"{stack.router_url}/route/", {"endpoint": "demo", "api_key": "dev-key"}
+        )
         if status == 200 and "url" in doc:
             got.setdefault(doc["url"], doc["reqnum"])
             # the new ticket is served: the worker accepts the post-restart reqnums

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.e2e
 
 
 def client(router_url: str) -> object:
-    c = serverless.CoroutineServerless(api_key="dev-key", autoscaler_url=router_url,
-                                       max_poll_interval=0.5)
+    c = serverless.CoroutineServerless(
+        api_key="dev-key", autoscaler_url=router_url, max_poll_interval=0.5
+    )
     # The SDK downloads Vast's root certificate before its first request, even for plain
     # http. Pre-seeding the context keeps it off the network (this machine has none).
     c._ssl_context = ssl.create_default_context()
@@ -40,8 +41,14 @@ async def test_vast_sdk_waits_for_a_worker_then_gets_served(tmp_path: Path) -> N
     router_url = f"http://127.0.0.1:{port}"
     wport = free_port()
     wurl = f"http://127.0.0.1:{wport}"
-    cfg = router_config(tmp_path / "router.toml", port=port, store="memory", redis_url="",
-                        worker_urls=[wurl], interval_s=0.2)
+    cfg = router_config(
+        tmp_path / "router.toml",
+        port=port,
+        store="memory",
+        redis_url="",
+        worker_urls=[wurl],
+        interval_s=0.2,
+    )
     router = router_proc(cfg, tmp_path).start()
     worker = worker_proc(wport, router_url, tmp_path)
     try:
@@ -51,8 +58,9 @@ async def test_vast_sdk_waits_for_a_worker_then_gets_served(tmp_path: Path) -> N
             endpoint = serverless.Endpoint(c, name="demo", id=1, api_key="dev-key")
             payload = {"inputs": "What is deep learning?", "parameters": {"max_new_tokens": 8}}
             # No worker yet: the SDK keeps polling /route/ (200 without url) ...
-            pending = asyncio.ensure_future(endpoint.request("/generate", payload, cost=8,
-                                                             timeout=60))
+            pending = asyncio.ensure_future(
+                endpoint.request("/generate", payload, cost=8, timeout=60)
+            )
             await asyncio.sleep(1.0)
             assert not pending.done()
             # ... until one is up, then it calls the worker with the ticket.

@@ -46,18 +46,36 @@ def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
     port, static_port, reg_port = free_port(), free_port(), free_port()
     router_url = f"http://127.0.0.1:{port}"
     static_url = f"http://127.0.0.1:{static_port}"
-    cfg = router_config(tmp_path / "router.toml", port=port, store="redis",
-                        redis_url=redis_url, worker_urls=[static_url], interval_s=0.25)
-    procs = [router_proc(cfg, tmp_path).start(),
-             worker_proc(static_port, router_url, tmp_path).start()]
+    cfg = router_config(
+        tmp_path / "router.toml",
+        port=port,
+        store="redis",
+        redis_url=redis_url,
+        worker_urls=[static_url],
+        interval_s=0.25,
+    )
+    procs = [
+        router_proc(cfg, tmp_path).start(),
+        worker_proc(static_port, router_url, tmp_path).start(),
+    ]
     wait_port(port)
-    procs.append(worker_proc(reg_port, router_url, tmp_path, "--register-token",
-                             "worker-token", "--register-interval-s", "0.5").start())
+    procs.append(
+        worker_proc(
+            reg_port,
+            router_url,
+            tmp_path,
+            "--register-token",
+            "worker-token",
+            "--register-interval-s",
+            "0.5",
+        ).start()
+    )
     s = Stack(router_url, static_url, f"http://127.0.0.1:{reg_port}", procs)
     try:
-        wait_until(lambda: statuses(router_url) == {static_url: "ready",
-                                                    s.registered_url: "ready"},
-                   what="both workers ready")
+        wait_until(
+            lambda: statuses(router_url) == {static_url: "ready", s.registered_url: "ready"},
+            what="both workers ready",
+        )
         yield s
     except BaseException:
         for p in procs:
@@ -98,7 +116,8 @@ def both_routable_again(router_url: str, before: dict[str, int]) -> dict[str, in
 
 
 def test_redis_restarted_empty_static_and_registered_workers_return(
-        stack: Stack, redis_server: RedisServer) -> None:
+    stack: Stack, redis_server: RedisServer
+) -> None:
     before = reqnums(stack.router_url, 20)
     assert set(before) == {stack.static_url, stack.registered_url}
     redis_server.kill()
@@ -116,7 +135,8 @@ def test_redis_restarted_empty_static_and_registered_workers_return(
 
 
 def test_redis_paused_longer_than_the_command_timeout(
-        stack: Stack, redis_server: RedisServer) -> None:
+    stack: Stack, redis_server: RedisServer
+) -> None:
     before = reqnums(stack.router_url, 20)
     assert redis_server.proc is not None
     redis_server.proc.send_signal(signal.SIGSTOP)

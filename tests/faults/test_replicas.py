@@ -90,18 +90,26 @@ def replicas(tmp_path: Path, redis_url: str) -> Iterator[Replicas]:
         for i, port in enumerate(ports):
             d = tmp_path / f"r{i}"
             d.mkdir()
-            cfg = router_config(d / "router.toml", port=port, store="redis",
-                                redis_url=redis_url, worker_urls=[*wurls, counting.url],
-                                interval_s=INTERVAL_S, algorithm="ed25519",
-                                ticket_ttl_s=TICKET_TTL_S)
+            cfg = router_config(
+                d / "router.toml",
+                port=port,
+                store="redis",
+                redis_url=redis_url,
+                worker_urls=[*wurls, counting.url],
+                interval_s=INTERVAL_S,
+                algorithm="ed25519",
+                ticket_ttl_s=TICKET_TTL_S,
+            )
             procs.append(router_proc(cfg, d, name=f"router-{i}").start())
         # equal perf everywhere (the stand-in reports none: config's 100), so least_work
         # ranks workers by outstanding cost alone
         procs += [worker_proc(p, urls[0], tmp_path, "--perf", "100").start() for p in wports]
         for port in ports:
             wait_port(port)
-        wait_until(lambda: all(set(statuses(u).values()) == {"ready"} for u in urls),
-                   what="every worker ready on both replicas")
+        wait_until(
+            lambda: all(set(statuses(u).values()) == {"ready"} for u in urls),
+            what="every worker ready on both replicas",
+        )
         yield Replicas(urls, wurls, counting)
     except BaseException:
         for p in procs:
@@ -115,8 +123,9 @@ def replicas(tmp_path: Path, redis_url: str) -> Iterator[Replicas]:
 
 
 def route(router_url: str, cost: float, endpoint: str = "demo") -> dict[str, Any]:
-    status, doc = request("POST", f"{router_url}/route/",
-                          {"endpoint": endpoint, "api_key": "dev-key", "cost": cost})
+    status, doc = request(
+        "POST", f"{router_url}/route/", {"endpoint": endpoint, "api_key": "dev-key", "cost": cost}
+    )
     assert status == 200 and "url" in doc, doc
     assert isinstance(doc, dict)
     return doc
@@ -135,8 +144,7 @@ def test_a_replica_sees_the_load_the_other_issued(replicas: Replicas) -> None:
     # A issues big tickets, B small ones; with least_work on equal workers, B must pick
     # a worker with the least outstanding cost, counting A's tickets as well as its own.
     a, b = replicas.urls
-    pending: dict[str, float] = {u: 0.0 for u in [*replicas.worker_urls,
-                                                   replicas.counting.url]}
+    pending: dict[str, float] = {u: 0.0 for u in [*replicas.worker_urls, replicas.counting.url]}
     started = time.monotonic()
     for _ in range(6):
         t = route(a, 1000)

@@ -57,8 +57,7 @@ def refused(port: int) -> bool:
 def grace(stack: Stack, seconds: float) -> None:
     """Restart the stack's router with another shutdown grace."""
     cfg = Path(stack.router.argv[-1])
-    cfg.write_text(cfg.read_text().replace("shutdown_grace_s = 2",
-                                           f"shutdown_grace_s = {seconds}"))
+    cfg.write_text(cfg.read_text().replace("shutdown_grace_s = 2", f"shutdown_grace_s = {seconds}"))
     stack.router.kill()
     stack.router.start()
     wait_until(lambda: set(statuses(stack.url).values()) == {"ready"}, what="ready again")
@@ -98,8 +97,9 @@ def test_router_grace_is_bounded(tmp_path: Path) -> None:
     s = Stack(tmp_path, 1, 0.25, "--tokens-per-s", "20")
     try:
         grace(s, 1)
-        reader = Reader(f"{s.url}/demo/generate_stream",
-                        {"inputs": "hi", "parameters": {"max_new_tokens": 400}})  # 20 s
+        reader = Reader(
+            f"{s.url}/demo/generate_stream", {"inputs": "hi", "parameters": {"max_new_tokens": 400}}
+        )  # 20 s
         reader.start()
         assert reader.first.wait(10)
         assert s.router.proc is not None
@@ -135,8 +135,9 @@ def test_worker_sigterm_drains_before_it_goes(tmp_path: Path) -> None:
             return status == 503 and doc.get("draining") is True
 
         wait_until(says_draining, timeout_s=3, what="worker reports draining")
-        wait_until(lambda: statuses(s.url)[leaving] == "draining", timeout_s=5,
-                   what="router sees draining")
+        wait_until(
+            lambda: statuses(s.url)[leaving] == "draining", timeout_s=5, what="router sees draining"
+        )
         # from now on every ticket goes to the other worker
         assert all(route(s.url)["url"] == staying for _ in range(20))
         reader.join(15)

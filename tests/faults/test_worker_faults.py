@@ -34,8 +34,9 @@ def timed_post(url: str, body: Any = SHORT) -> tuple[int, float]:
 
 
 def admin_workers(router_url: str) -> list[dict[str, Any]]:
-    _, doc = request("GET", f"{router_url}/api/v1/workers",
-                     headers={"Authorization": "Bearer admin-key"})
+    _, doc = request(
+        "GET", f"{router_url}/api/v1/workers", headers={"Authorization": "Bearer admin-key"}
+    )
     return list(doc["workers"])
 
 
@@ -43,8 +44,12 @@ def served(worker_url: str) -> int:
     """Successful /generate answers a worker counted (its own /metrics)."""
     with urllib.request.urlopen(f"{worker_url}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    return sum(int(float(m)) for m in re.findall(
-        r'^worker_requests_total\{code="200",route="/generate"\} (\S+)', text, re.M))
+    return sum(
+        int(float(m))
+        for m in re.findall(
+            r'^worker_requests_total\{code="200",route="/generate"\} (\S+)', text, re.M
+        )
+    )
 
 
 def with_endpoint_settings(stack: Stack, **settings: float) -> None:
@@ -85,21 +90,25 @@ def test_worker_killed_under_load_loses_no_unanswered_request(tmp_path: Path) ->
             for j in jobs:
                 j.result(timeout=30)
         # every non-streamed request was answered, those on the dead worker by a retry
-        assert len(results) > 20 and all(st == 200 for st, _ in results), \
-            {st for st, _ in results}
+        assert len(results) > 20 and all(st == 200 for st, _ in results), {st for st, _ in results}
         assert max(t for _, t in results) < 5.0  # nobody waited out a timeout
         # each stream either ran to its end or ended with an error event: none hung
         for lines in streams:
             finished = len(lines) == 120
-            assert finished or (lines[-2] == b"event: error"
-                                and b"upstream_failed" in lines[-1]), lines[-3:]
+            assert finished or (lines[-2] == b"event: error" and b"upstream_failed" in lines[-1]), (
+                lines[-3:]
+            )
         # out of rotation within two health intervals (plus the poll timeout)
         wait_until(lambda: statuses(s.url)[s.worker_urls[0]] == "unhealthy", timeout_s=3)
         assert time.monotonic() - killed_at < 5.0
         # and nothing it held is still counted
-        wait_until(lambda: all(w["load"] == 0 and w["inflight_requests"] == 0
-                               for w in admin_workers(s.url)),
-                   timeout_s=5, what="load released")
+        wait_until(
+            lambda: all(
+                w["load"] == 0 and w["inflight_requests"] == 0 for w in admin_workers(s.url)
+            ),
+            timeout_s=5,
+            what="load released",
+        )
     except BaseException:
         print(s.logs())
         raise
@@ -125,8 +134,11 @@ def test_stopped_worker_times_out_and_loses_its_share(tmp_path: Path) -> None:
             assert statuses(s.url)[s.worker_urls[0]] == "unhealthy"
         finally:
             w.proc.send_signal(signal.SIGCONT)
-        wait_until(lambda: statuses(s.url)[s.worker_urls[0]] == "ready", timeout_s=5,
-                   what="back in rotation after SIGCONT")
+        wait_until(
+            lambda: statuses(s.url)[s.worker_urls[0]] == "ready",
+            timeout_s=5,
+            what="back in rotation after SIGCONT",
+        )
     except BaseException:
         print(s.logs())
         raise
@@ -140,16 +152,27 @@ def test_slow_worker_gets_a_smaller_share(tmp_path: Path) -> None:
         # a second worker that claims the same perf but generates 10x slower
         slow_port = free_port()
         slow_url = f"http://127.0.0.1:{slow_port}"
-        s.procs.append(worker_proc(slow_port, s.url, tmp_path, "--perf", "400",
-                                   "--capacity", "40", "--tokens-per-s", "40",
-                                   "--register-token", "worker-token",
-                                   name="slow").start())
+        s.procs.append(
+            worker_proc(
+                slow_port,
+                s.url,
+                tmp_path,
+                "--perf",
+                "400",
+                "--capacity",
+                "40",
+                "--tokens-per-s",
+                "40",
+                "--register-token",
+                "worker-token",
+                name="slow",
+            ).start()
+        )
         wait_port(slow_port)
         wait_until(lambda: statuses(s.url).get(slow_url) == "ready", what="slow ready")
         before = {u: served(u) for u in (s.worker_urls[0], slow_url)}
         with ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(lambda _: timed_post(f"{s.url}/demo/generate")[0],
-                                  range(120)))
+            codes = list(pool.map(lambda _: timed_post(f"{s.url}/demo/generate")[0], range(120)))
         assert all(c == 200 for c in codes)
         fast_n = served(s.worker_urls[0]) - before[s.worker_urls[0]]
         slow_n = served(slow_url) - before[slow_url]

@@ -62,8 +62,9 @@ class FakeWorker:
 
         async def readyz(request: web.Request) -> web.Response:
             self.polls += 1
-            return web.Response(body=orjson.dumps(self.body), status=self.status,
-                                content_type="application/json")
+            return web.Response(
+                body=orjson.dumps(self.body), status=self.status, content_type="application/json"
+            )
 
         app.router.add_get("/readyz", readyz)
         self.server = TestServer(app, host="127.0.0.1")
@@ -74,13 +75,23 @@ class FakeWorker:
             await self.server.close()
 
 
-def settings(worker_urls: list[str], *, store: StoreSettings | None = None,
-             policy: str = "least_work", **endpoint: Any) -> Settings:
+def settings(
+    worker_urls: list[str],
+    *,
+    store: StoreSettings | None = None,
+    policy: str = "least_work",
+    **endpoint: Any,
+) -> Settings:
     ep = EndpointSettings(
-        name="demo", default_cost=100.0, policy=policy,  # type: ignore[arg-type]
-        health=HealthSettings(interval_s=0.05, timeout_s=0.5, unhealthy_after=2,
-                              healthy_after=2, remove_after_s=60),
-        workers=tuple(StaticWorker(u, perf=100.0) for u in worker_urls), **endpoint)
+        name="demo",
+        default_cost=100.0,
+        policy=policy,  # type: ignore[arg-type]
+        health=HealthSettings(
+            interval_s=0.05, timeout_s=0.5, unhealthy_after=2, healthy_after=2, remove_after_s=60
+        ),
+        workers=tuple(StaticWorker(u, perf=100.0) for u in worker_urls),
+        **endpoint,
+    )
     other = EndpointSettings(name="other")
     return Settings(store=store or StoreSettings(), api_keys=keys(), endpoints=(ep, other))
 
@@ -89,8 +100,9 @@ class FrontTestServer(TestServer):
     """A TestServer listening through `FrontSite`, as `router serve` does: proxied requests
     take the fast path when `server.fast_proxy` is on (the default)."""
 
-    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None,
-                           **kwargs: Any) -> None:
+    async def start_server(
+        self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any
+    ) -> None:
         from yarl import URL
 
         from router.front import FrontSite
@@ -109,8 +121,9 @@ class FrontTestServer(TestServer):
 
 
 @asynccontextmanager
-async def router_client(s: Settings, keyring: KeyRing | None = None
-                        ) -> AsyncIterator[tuple[TestClient[Any, Any], RouterContext]]:
+async def router_client(
+    s: Settings, keyring: KeyRing | None = None
+) -> AsyncIterator[tuple[TestClient[Any, Any], RouterContext]]:
     """The router in process, served as `router serve` serves it (`FrontSite`)."""
     app = build_app(s, keyring=keyring or KeyRing.ephemeral("ed25519"))
     client = TestClient(FrontTestServer(app, host="127.0.0.1"))

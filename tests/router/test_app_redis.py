@@ -18,20 +18,21 @@ pytestmark = pytest.mark.redis
 
 
 def store(url: str) -> StoreSettings:
-    return StoreSettings(backend="redis", redis_url=url, snapshot_interval_s=0.05,
-                         timeout_s=0.5)
+    return StoreSettings(backend="redis", redis_url=url, snapshot_interval_s=0.05, timeout_s=0.5)
 
 
 async def route(client: Any) -> tuple[int, Any]:
-    resp = await client.post("/route", data=orjson.dumps({"endpoint": "demo",
-                                                          "api_key": DEV_KEY}))
+    resp = await client.post("/route", data=orjson.dumps({"endpoint": "demo", "api_key": DEV_KEY}))
     return resp.status, await resp.json()
 
 
 async def test_redis_down_answers_503_then_recovers_with_increasing_reqnums(
-        redis_server: RedisServer, redis_url: str, workers: list[FakeWorker]) -> None:
+    redis_server: RedisServer, redis_url: str, workers: list[FakeWorker]
+) -> None:
     async with router_client(settings([w.url for w in workers], store=store(redis_url))) as (
-            client, ctx):
+        client,
+        ctx,
+    ):
         await until(lambda: ready_count(ctx) == 2)
         last: dict[str, int] = {}
         for _ in range(10):
@@ -63,13 +64,13 @@ async def test_redis_down_answers_503_then_recovers_with_increasing_reqnums(
         assert (await client.get("/readyz")).status == 200
         metrics = await (await client.get("/metrics")).text()
         assert "router_store_errors_total" in metrics
-        line = next(ln for ln in metrics.splitlines()
-                    if ln.startswith("router_store_errors_total"))
+        line = next(ln for ln in metrics.splitlines() if ln.startswith("router_store_errors_total"))
         assert float(line.split()[-1]) >= 1
 
 
 async def test_two_replicas_share_reqnums_and_poll_each_worker_once(
-        redis_url: str, workers: list[FakeWorker]) -> None:
+    redis_url: str, workers: list[FakeWorker]
+) -> None:
     s = settings([w.url for w in workers], store=store(redis_url))
     ring = KeyRing.ephemeral("ed25519")  # both replicas sign with the same key
     async with router_client(s, ring) as (a, ctx_a), router_client(s, ring) as (b, ctx_b):

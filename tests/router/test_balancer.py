@@ -60,8 +60,9 @@ def test_an_idle_worker_takes_a_request_bigger_than_its_max_load() -> None:
 
 def test_least_work_breaks_ties_randomly() -> None:
     ws = [Candidate(str(i), perf=100) for i in range(4)]
-    firsts = Counter(shortlist("least_work", ws, 1, rng=random.Random(i))[0][0].id
-                     for i in range(400))
+    firsts = Counter(
+        shortlist("least_work", ws, 1, rng=random.Random(i))[0][0].id for i in range(400)
+    )
     assert set(firsts) == {"0", "1", "2", "3"}
     assert min(firsts.values()) > 60
 
@@ -93,8 +94,7 @@ def test_p2c_returns_the_better_of_two() -> None:
         assert work_score(ranked[0], 100) <= work_score(ranked[1], 100)
 
 
-@pytest.mark.parametrize("policy", ["least_work", "round_robin", "random", "least_requests",
-                                    "p2c"])
+@pytest.mark.parametrize("policy", ["least_work", "round_robin", "random", "least_requests", "p2c"])
 def test_no_ready_worker_gives_empty_shortlist(policy: str) -> None:
     ws = fleet()
     for w in ws:
@@ -170,8 +170,10 @@ def test_large_fleet_mostly_down_still_finds_the_ready_worker() -> None:
 def test_large_fleet_round_robin_walks_on_without_a_full_scan() -> None:
     fleet = [Counted(f"w{i}", 0.0, ready=(i % 3 != 0)) for i in range(1_000)]
     Counted.looks = 0
-    firsts = [shortlist("round_robin", fleet, 1, rng=random.Random(0), tick=t)[0][0].id
-              for t in range(1, 7)]
+    firsts = [
+        shortlist("round_robin", fleet, 1, rng=random.Random(0), tick=t)[0][0].id
+        for t in range(1, 7)
+    ]
     assert firsts == ["w1", "w2", "w4", "w4", "w5", "w7"]
     assert Counted.looks < 50
 

@@ -33,12 +33,19 @@ def test_defaults_without_file() -> None:
 
 
 def test_env_overrides(tmp_path: Path) -> None:
-    p = write(tmp_path, '[server]\nport = 1\n')
-    s = Settings.from_toml(p, env={
-        "ROUTER_SERVER_PORT": "9000", "ROUTER_STORE_BACKEND": "redis",
-        "ROUTER_STORE_REDIS_URL": "redis://10.0.0.1:6379/2",
-        "ROUTER_SIGNING_KEY_FILES": "a.pem, b.pem", "ROUTER_API_KEY": "k",
-        "ROUTER_LOG_LEVEL": "debug", "UNRELATED": "x"})
+    p = write(tmp_path, "[server]\nport = 1\n")
+    s = Settings.from_toml(
+        p,
+        env={
+            "ROUTER_SERVER_PORT": "9000",
+            "ROUTER_STORE_BACKEND": "redis",
+            "ROUTER_STORE_REDIS_URL": "redis://10.0.0.1:6379/2",
+            "ROUTER_SIGNING_KEY_FILES": "a.pem, b.pem",
+            "ROUTER_API_KEY": "k",
+            "ROUTER_LOG_LEVEL": "debug",
+            "UNRELATED": "x",
+        },
+    )
     assert s.server.port == 9000 and s.store.backend == "redis"
     assert s.store.redis_url == "redis://10.0.0.1:6379/2"
     assert [f.name for f in s.signing.key_files] == ["a.pem", "b.pem"]
@@ -48,46 +55,72 @@ def test_env_overrides(tmp_path: Path) -> None:
 
 
 def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
-    p = write(tmp_path, '[store]\nbackend="redis"\nredis_url="redis://:hunter2@h:6379/0"\n'
-                        '[[api_keys]]\nkey="sekrit"\n')
+    p = write(
+        tmp_path,
+        '[store]\nbackend="redis"\nredis_url="redis://:hunter2@h:6379/0"\n'
+        '[[api_keys]]\nkey="sekrit"\n',
+    )
     text = repr(Settings.from_toml(p, env={}))
     assert "hunter2" not in text and "sekrit" not in text
     assert hashlib.sha256(b"sekrit").hexdigest() not in text
 
 
-@pytest.mark.parametrize(("toml", "env", "message"), [
-    ('[server]\nport = "x"', {}, "server.port: must be an integer"),
-    ('[server]\nport = 70000', {}, "server.port: must be between"),
-    ("", {"ROUTER_SERVER_PORT": "eighty"}, "server.port: must be an integer"),
-    ('[store]\nbackend = "mongo"', {}, "store.backend: must be one of memory, redis"),
-    ('[store]\nbackend = "redis"\nredis_url = "http://x"', {}, "store.redis_url"),
-    ('[signing]\nalgorithm = "dsa"', {}, "signing.algorithm: must be one of"),
-    ('[[api_keys]]\nname = "a"', {}, "api_keys[0]: set exactly one of key or key_sha256"),
-    ('[[api_keys]]\nkey_sha256 = "zz"', {}, "api_keys[0].key_sha256: must be 64 hex"),
-    ('[[endpoints]]\nname = "route"', {}, "endpoints[0].name: 'route' is reserved"),
-    ('[[endpoints]]\nname = "a b"', {}, "endpoints[0].name: must be"),
-    ('[[endpoints]]\nname = "a"\npolicy = "fastest"', {}, "endpoints[0].policy: must be one of"),
-    ('[[endpoints]]\nname = "a"\ndefault_cost = -1', {}, "endpoints[0].default_cost: must be"),
-    ('[[endpoints]]\nname = "a"\n[[endpoints]]\nname = "a"', {}, "duplicate endpoint name"),
-    ('[[endpoints]]\nname = "a"\n[[endpoints.workers]]\nurl = "ftp://x"', {},
-     "endpoints[0].workers[0].url: must be an http(s) URL"),
-    ('[[endpoints]]\nname = "a"\n[endpoints.health]\ninterval_s = 0', {},
-     "endpoints[0].health.interval_s: must be > 0"),
-    ('[[api_keys]]\nkey = "k"\nrate_per_s = 0', {}, "api_keys[0].rate_per_s: must be > 0"),
-    ('[[api_keys]]\nkey = "k"\nburst = 5', {}, "api_keys[0].burst: needs rate_per_s"),
-    ('[[api_keys]]\nkey = "k"\nrate_per_s = 1\nburst = 0.5', {},
-     "api_keys[0].burst: must be >= 1"),
-    ('[[api_keys]]\nkey = "k"\nmax_concurrent = 0', {},
-     "api_keys[0].max_concurrent: must be between 1"),
-    ('[server]\nprocesses = 2', {}, 'server.processes: 2 processes need store.backend'),
-    ('[server]\nprocesses = 0', {}, "server.processes: must be between 1 and 64"),
-    ('[server]\nprocesses = 2\n[store]\nbackend = "redis"', {},
-     "server.processes: several processes need signing.key_files"),
-    ('[server]\nprot = 1', {}, "server.prot: unknown setting"),
-    ("[server\n", {}, "invalid TOML"),
-])
-def test_bad_settings_name_themselves(tmp_path: Path, toml: str, env: dict[str, str],
-                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ('[server]\nport = "x"', {}, "server.port: must be an integer"),
+        ("[server]\nport = 70000", {}, "server.port: must be between"),
+        ("", {"ROUTER_SERVER_PORT": "eighty"}, "server.port: must be an integer"),
+        ('[store]\nbackend = "mongo"', {}, "store.backend: must be one of memory, redis"),
+        ('[store]\nbackend = "redis"\nredis_url = "http://x"', {}, "store.redis_url"),
+        ('[signing]\nalgorithm = "dsa"', {}, "signing.algorithm: must be one of"),
+        ('[[api_keys]]\nname = "a"', {}, "api_keys[0]: set exactly one of key or key_sha256"),
+        ('[[api_keys]]\nkey_sha256 = "zz"', {}, "api_keys[0].key_sha256: must be 64 hex"),
+        ('[[endpoints]]\nname = "route"', {}, "endpoints[0].name: 'route' is reserved"),
+        ('[[endpoints]]\nname = "a b"', {}, "endpoints[0].name: must be"),
+        (
+            '[[endpoints]]\nname = "a"\npolicy = "fastest"',
+            {},
+            "endpoints[0].policy: must be one of",
+        ),
+        ('[[endpoints]]\nname = "a"\ndefault_cost = -1', {}, "endpoints[0].default_cost: must be"),
+        ('[[endpoints]]\nname = "a"\n[[endpoints]]\nname = "a"', {}, "duplicate endpoint name"),
+        (
+            '[[endpoints]]\nname = "a"\n[[endpoints.workers]]\nurl = "ftp://x"',
+            {},
+            "endpoints[0].workers[0].url: must be an http(s) URL",
+        ),
+        (
+            '[[endpoints]]\nname = "a"\n[endpoints.health]\ninterval_s = 0',
+            {},
+            "endpoints[0].health.interval_s: must be > 0",
+        ),
+        ('[[api_keys]]\nkey = "k"\nrate_per_s = 0', {}, "api_keys[0].rate_per_s: must be > 0"),
+        ('[[api_keys]]\nkey = "k"\nburst = 5', {}, "api_keys[0].burst: needs rate_per_s"),
+        (
+            '[[api_keys]]\nkey = "k"\nrate_per_s = 1\nburst = 0.5',
+            {},
+            "api_keys[0].burst: must be >= 1",
+        ),
+        (
+            '[[api_keys]]\nkey = "k"\nmax_concurrent = 0',
+            {},
+            "api_keys[0].max_concurrent: must be between 1",
+        ),
+        ("[server]\nprocesses = 2", {}, "server.processes: 2 processes need store.backend"),
+        ("[server]\nprocesses = 0", {}, "server.processes: must be between 1 and 64"),
+        (
+            '[server]\nprocesses = 2\n[store]\nbackend = "redis"',
+            {},
+            "server.processes: several processes need signing.key_files",
+        ),
+        ("[server]\nprot = 1", {}, "server.prot: unknown setting"),
+        ("[server\n", {}, "invalid TOML"),
+    ],
+)
+def test_bad_settings_name_themselves(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.from_toml(write(tmp_path, toml), env=env)
 
@@ -97,14 +130,17 @@ def test_missing_file(tmp_path: Path) -> None:
         Settings.from_toml(tmp_path / "nope.toml", env={})
 
 
-@pytest.mark.parametrize(("algorithm", "threads", "cpus", "expected"), [
-    ("rsa", None, 1, 0),       # one CPU: a thread hop only adds cost
-    ("rsa", None, 2, 2),       # RSA releases the GIL: sign beside the loop
-    ("rsa", None, 16, 4),      # capped: more threads than this only queue
-    ("ed25519", None, 8, 0),   # cheaper than the hop to a thread
-    ("ed25519", 3, 1, 3),      # an explicit setting wins
-    ("rsa", 0, 8, 0),
-])
+@pytest.mark.parametrize(
+    ("algorithm", "threads", "cpus", "expected"),
+    [
+        ("rsa", None, 1, 0),  # one CPU: a thread hop only adds cost
+        ("rsa", None, 2, 2),  # RSA releases the GIL: sign beside the loop
+        ("rsa", None, 16, 4),  # capped: more threads than this only queue
+        ("ed25519", None, 8, 0),  # cheaper than the hop to a thread
+        ("ed25519", 3, 1, 3),  # an explicit setting wins
+        ("rsa", 0, 8, 0),
+    ],
+)
 def test_sign_threads(algorithm: str, threads: int | None, cpus: int, expected: int) -> None:
     s = SigningSettings(threads=threads)
     assert s.sign_threads(algorithm, cpus) == expected  # type: ignore[arg-type]
@@ -122,10 +158,15 @@ def test_signing_threads_from_toml_and_env(tmp_path: Path) -> None:
 
 
 def test_api_key_limits(tmp_path: Path) -> None:
-    s = Settings.from_toml(write(tmp_path, '[[api_keys]]\nkey = "a"\nrate_per_s = 2.5\n'
-                                 'max_concurrent = 4\n[[api_keys]]\nkey = "b"\n'
-                                 'rate_per_s = 10\nburst = 40\n[[api_keys]]\nkey = "c"\n'),
-                           env={})
+    s = Settings.from_toml(
+        write(
+            tmp_path,
+            '[[api_keys]]\nkey = "a"\nrate_per_s = 2.5\n'
+            'max_concurrent = 4\n[[api_keys]]\nkey = "b"\n'
+            'rate_per_s = 10\nburst = 40\n[[api_keys]]\nkey = "c"\n',
+        ),
+        env={},
+    )
     a, b, c = s.api_keys
     assert (a.rate_per_s, a.bucket, a.max_concurrent, a.limited) == (2.5, 2.5, 4, True)
     assert (b.bucket, b.max_concurrent) == (40.0, None)

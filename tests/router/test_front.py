@@ -68,25 +68,35 @@ async def shut(writer: asyncio.StreamWriter) -> None:
 
 
 def post(path: str, body: bytes, extra: bytes = b"") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n").encode() + AUTH + extra + b"\r\n" + body
+    return (
+        (
+            f"POST {path} HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        ).encode()
+        + AUTH
+        + extra
+        + b"\r\n"
+        + body
+    )
 
 
-async def test_pipelined_requests_are_answered_in_order_across_the_hand_off(
-        up: Upstream) -> None:
+async def test_pipelined_requests_are_answered_in_order_across_the_hand_off(up: Upstream) -> None:
     async with router_client(fast(proxy_settings([up]))) as (client, ctx):
         await until(lambda: ready_count(ctx) == 1)
         assert client.port is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
         # two proxied requests, one for aiohttp (/livez), then a proxied one again: all in
         # one write, so the fast path must find where /livez begins to hand it over
-        writer.write(post("/demo/one", b'{"n": 1}') + post("/demo/two", b'{"n": 2}')
-                     + b"GET /livez HTTP/1.1\r\nHost: r\r\n\r\n" + post("/demo/three", b"{}"))
+        writer.write(
+            post("/demo/one", b'{"n": 1}')
+            + post("/demo/two", b'{"n": 2}')
+            + b"GET /livez HTTP/1.1\r\nHost: r\r\n\r\n"
+            + post("/demo/three", b"{}")
+        )
         answers = [await read_answer(reader) for _ in range(4)]
         await shut(writer)
         assert [a[0] for a in answers] == [200, 200, 200, 200]
-        assert [orjson.loads(a[2]).get("path") for a in answers] == [
-            "/one", "/two", None, "/three"]
+        assert [orjson.loads(a[2]).get("path") for a in answers] == ["/one", "/two", None, "/three"]
         assert orjson.loads(answers[2][2]) == {"status": "ok"}
         assert [s["body"] for s in up.seen] == [b'{"n": 1}', b'{"n": 2}', b"{}"]
 
@@ -115,14 +125,26 @@ async def test_worker_connections_are_kept_alive_and_reused(up: Upstream) -> Non
     await server.start_server()
     try:
         s = proxy_settings([up])
-        s = replace(s, endpoints=(replace(s.endpoints[0], workers=(replace(
-            s.endpoints[0].workers[0], url=str(server.make_url("")).rstrip("/")),)),
-            *s.endpoints[1:]))
+        s = replace(
+            s,
+            endpoints=(
+                replace(
+                    s.endpoints[0],
+                    workers=(
+                        replace(
+                            s.endpoints[0].workers[0], url=str(server.make_url("")).rstrip("/")
+                        ),
+                    ),
+                ),
+                *s.endpoints[1:],
+            ),
+        )
         async with router_client(fast(s)) as (client, ctx):
             await until(lambda: ready_count(ctx) == 1)
             for _ in range(20):
-                resp = await client.post("/demo/track", headers={"Authorization":
-                                                                 f"Bearer {DEV_KEY}"})
+                resp = await client.post(
+                    "/demo/track", headers={"Authorization": f"Bearer {DEV_KEY}"}
+                )
                 assert resp.status == 200
         assert len(peers) == 1  # one connection served all 20, one after the other
     finally:
@@ -157,15 +179,24 @@ async def test_a_kept_alive_connection_closed_by_the_worker_is_retried_there() -
             if path == b"/work" and n > 1:
                 return  # a reused connection: closed, no answer
             body = b'{"ready": true}' if path == b"/readyz" else b'{"ok": true}'
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         s = proxy_settings([])
-        s = replace(s, endpoints=(replace(s.endpoints[0], workers=(
-            StaticWorker(f"http://127.0.0.1:{port}", perf=100.0),)), *s.endpoints[1:]))
+        s = replace(
+            s,
+            endpoints=(
+                replace(
+                    s.endpoints[0], workers=(StaticWorker(f"http://127.0.0.1:{port}", perf=100.0),)
+                ),
+                *s.endpoints[1:],
+            ),
+        )
         async with router_client(fast(s)) as (client, ctx):
             await until(lambda: ready_count(ctx) == 1)
             auth = {"Authorization": f"Bearer {DEV_KEY}"}
@@ -187,12 +218,13 @@ async def test_chunked_body_after_100_continue(up: Upstream) -> None:
         await until(lambda: ready_count(ctx) == 1)
         assert client.port is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-        writer.write(b"POST /demo/echo HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n"
-                     b"Expect: 100-continue\r\nContent-Type: application/json\r\n" + AUTH
-                     + b"\r\n")
+        writer.write(
+            b"POST /demo/echo HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n"
+            b"Expect: 100-continue\r\nContent-Type: application/json\r\n" + AUTH + b"\r\n"
+        )
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
-        writer.write(b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+        writer.write(b'5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n')
         status, _, body = await read_answer(reader)
         await shut(writer)
         assert status == 200 and orjson.loads(body)["path"] == "/echo"
@@ -209,8 +241,11 @@ async def test_slow_body_gets_408_and_a_silent_connection_is_closed(up: Upstream
         await until(lambda: ready_count(ctx) == 1)
         assert client.port is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-        writer.write(b"POST /demo/echo HTTP/1.1\r\nHost: r\r\nContent-Length: 100\r\n" + AUTH
-                     + b"\r\n{\"partial")
+        writer.write(
+            b"POST /demo/echo HTTP/1.1\r\nHost: r\r\nContent-Length: 100\r\n"
+            + AUTH
+            + b'\r\n{"partial'
+        )
         status, headers, body = await read_answer(reader)
         assert status == 408 and orjson.loads(body)["error"]["code"] == "request_timeout"
         assert headers["connection"] == "close"
@@ -229,13 +264,15 @@ async def test_slow_body_gets_408_and_a_silent_connection_is_closed(up: Upstream
         assert up.seen == []
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"HEAD /demo/x HTTP/1.1\r\nHost: r\r\n" + AUTH + b"\r\n",
-    b"GET /demo/x HTTP/1.0\r\nHost: r\r\n" + AUTH + b"\r\n",
-    b"GET /demo/%78 HTTP/1.1\r\nHost: r\r\n" + AUTH + b"\r\n",
-])
-async def test_unusual_requests_are_served_by_aiohttp(up: Upstream,
-                                                      request_bytes: bytes) -> None:
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"HEAD /demo/x HTTP/1.1\r\nHost: r\r\n" + AUTH + b"\r\n",
+        b"GET /demo/x HTTP/1.0\r\nHost: r\r\n" + AUTH + b"\r\n",
+        b"GET /demo/%78 HTTP/1.1\r\nHost: r\r\n" + AUTH + b"\r\n",
+    ],
+)
+async def test_unusual_requests_are_served_by_aiohttp(up: Upstream, request_bytes: bytes) -> None:
     async with router_client(fast(proxy_settings([up]))) as (client, ctx):
         await until(lambda: ready_count(ctx) == 1)
         assert client.port is not None
@@ -249,11 +286,14 @@ async def test_unusual_requests_are_served_by_aiohttp(up: Upstream,
         assert up.seen[-1]["path"] == "/x"
 
 
-@pytest.mark.parametrize("headers", [
-    b"".join(b"X-H%d: v\r\n" % i for i in range(300)),
-    b"X-Big: " + b"v" * 100_000 + b"\r\n",
-    b"X-Bad\x00Name: v\r\n",
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"".join(b"X-H%d: v\r\n" % i for i in range(300)),
+        b"X-Big: " + b"v" * 100_000 + b"\r\n",
+        b"X-Bad\x00Name: v\r\n",
+    ],
+)
 async def test_bad_heads_on_proxy_paths_get_aiohttps_4xx(up: Upstream, headers: bytes) -> None:
     async with router_client(fast(proxy_settings([up]))) as (client, ctx):
         await until(lambda: ready_count(ctx) == 1)
@@ -272,8 +312,9 @@ async def test_oversized_declared_body_is_413_without_reading_it(up: Upstream) -
         await until(lambda: ready_count(ctx) == 1)
         assert client.port is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-        writer.write(b"POST /demo/x HTTP/1.1\r\nHost: r\r\nContent-Length: 5000000\r\n"
-                     + AUTH + b"\r\n")  # the body never comes: no need to wait for it
+        writer.write(
+            b"POST /demo/x HTTP/1.1\r\nHost: r\r\nContent-Length: 5000000\r\n" + AUTH + b"\r\n"
+        )  # the body never comes: no need to wait for it
         status, headers, body = await read_answer(reader)
         await shut(writer)
         assert status == 413 and orjson.loads(body)["error"]["code"] == "body_too_large"
@@ -306,9 +347,16 @@ async def test_a_slow_reader_holds_the_worker_back_not_the_routers_memory() -> N
     await server.start_server()
     try:
         s = proxy_settings([])
-        s = replace(s, endpoints=(replace(s.endpoints[0], workers=(
-            StaticWorker(str(server.make_url("")).rstrip("/"), perf=100.0),)),
-            *s.endpoints[1:]))
+        s = replace(
+            s,
+            endpoints=(
+                replace(
+                    s.endpoints[0],
+                    workers=(StaticWorker(str(server.make_url("")).rstrip("/"), perf=100.0),),
+                ),
+                *s.endpoints[1:],
+            ),
+        )
         async with router_client(fast(s)) as (client, ctx):
             await until(lambda: ready_count(ctx) == 1)
             assert client.port is not None
@@ -369,12 +417,21 @@ async def test_a_client_still_sending_a_refused_body_gets_the_413(up: Upstream) 
 def test_worker_addresses_keep_prefixes_ports_and_ipv6_brackets() -> None:
     from router.front import _worker_address
 
-    assert _worker_address("http://127.0.0.1:3001") == (("127.0.0.1", 3001, False), b"",
-                                                        b"127.0.0.1:3001")
-    assert _worker_address("http://10.0.0.5:8000/w/7/") == (("10.0.0.5", 8000, False),
-                                                            b"/w/7", b"10.0.0.5:8000")
-    assert _worker_address("https://gpu.example") == (("gpu.example", 443, True), b"",
-                                                      b"gpu.example:443")
+    assert _worker_address("http://127.0.0.1:3001") == (
+        ("127.0.0.1", 3001, False),
+        b"",
+        b"127.0.0.1:3001",
+    )
+    assert _worker_address("http://10.0.0.5:8000/w/7/") == (
+        ("10.0.0.5", 8000, False),
+        b"/w/7",
+        b"10.0.0.5:8000",
+    )
+    assert _worker_address("https://gpu.example") == (
+        ("gpu.example", 443, True),
+        b"",
+        b"gpu.example:443",
+    )
     assert _worker_address("http://[::1]:3000") == (("::1", 3000, False), b"", b"[::1]:3000")
 
 
@@ -392,7 +449,8 @@ async def test_no_content_answers_carry_no_length(up: Upstream) -> None:
 
 
 async def test_random_pipelines_in_random_pieces_answer_every_request_in_order(
-        up: Upstream) -> None:
+    up: Upstream,
+) -> None:
     """The hand-off's byte accounting, shaken: proxied, /route and aiohttp-only requests
     in random order, written in random pieces; every answer comes back, in order."""
     import random
@@ -404,11 +462,18 @@ async def test_random_pipelines_in_random_pieces_answer_every_request_in_order(
         "proxy": lambda i: (post(f"/demo/n{i}", b'{"i": %d}' % i), b'"/n%d"' % i),
         "route": lambda i: (route, b'"signature"'),
         "livez": lambda i: (b"GET /livez HTTP/1.1\r\nHost: r\r\n\r\n", b'"ok"'),
-        "models": lambda i: (b"GET /v1/models HTTP/1.1\r\nHost: r\r\n" + AUTH + b"\r\n",
-                             b'"demo-model"'),
-        "chunked": lambda i: (b"POST /demo/c%d HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: "
-                              b"chunked\r\nContent-Type: application/json\r\n" % i + AUTH
-                              + b"\r\n2\r\n{}\r\n0\r\n\r\n", b'"/c%d"' % i),
+        "models": lambda i: (
+            b"GET /v1/models HTTP/1.1\r\nHost: r\r\n" + AUTH + b"\r\n",
+            b'"demo-model"',
+        ),
+        "chunked": lambda i: (
+            b"POST /demo/c%d HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: "
+            b"chunked\r\nContent-Type: application/json\r\n"
+            % i
+            + AUTH
+            + b"\r\n2\r\n{}\r\n0\r\n\r\n",
+            b'"/c%d"' % i,
+        ),
     }
     async with router_client(fast(proxy_settings([up]))) as (client, ctx):
         await until(lambda: ready_count(ctx) == 1)
@@ -416,8 +481,7 @@ async def test_random_pipelines_in_random_pieces_answer_every_request_in_order(
         for _ in range(60):
             plan = [kinds[rng.choice(list(kinds))](i) for i in range(rng.randint(1, 8))]
             data = b"".join(request for request, _ in plan)
-            cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1,
-                                                              rng.randint(0, 6))))
+            cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 6))))
             reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
             for a, b in itertools.pairwise([0, *cuts, len(data)]):
                 writer.write(data[a:b])
@@ -431,8 +495,10 @@ async def test_random_pipelines_in_random_pieces_answer_every_request_in_order(
 
 
 def json_post(path: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 async def test_idle_worker_connections_are_closed_after_the_keepalive(up: Upstream) -> None:
@@ -534,7 +600,8 @@ async def test_the_idle_watch_moves_with_each_read() -> None:
 
 
 async def test_a_busy_kept_alive_client_outlives_the_read_timeout_and_an_idle_one_not(
-        up: Upstream) -> None:
+    up: Upstream,
+) -> None:
     """The client connection's timer is moved on per request, not made anew: requests
     0.15 s apart keep it open past the 0.4 s timeout; then, idle, it closes."""
     s = fast(proxy_settings([up]), request_read_timeout_s=0.4)
@@ -545,8 +612,9 @@ async def test_a_busy_kept_alive_client_outlives_the_read_timeout_and_an_idle_on
         loop = asyncio.get_running_loop()
         started = loop.time()
         for _ in range(8):  # 1.2 s in all
-            writer.write(b"POST /demo/echo HTTP/1.1\r\nHost: r\r\nContent-Length: 2\r\n" + AUTH
-                         + b"\r\n{}")
+            writer.write(
+                b"POST /demo/echo HTTP/1.1\r\nHost: r\r\nContent-Length: 2\r\n" + AUTH + b"\r\n{}"
+            )
             status, _, _ = await read_answer(reader)
             assert status == 200
             await asyncio.sleep(0.15)

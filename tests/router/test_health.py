@@ -15,8 +15,12 @@ def run(w: WorkerRecord, results: list[PollResult]) -> list[str]:
     out = []
     for i, r in enumerate(results):
         u = transition(w, r, CFG, now=100.0 + i)
-        w.status, w.ok_streak, w.fail_streak, w.last_ok = u.status, u.ok_streak, \
-            u.fail_streak, u.last_ok
+        w.status, w.ok_streak, w.fail_streak, w.last_ok = (
+            u.status,
+            u.ok_streak,
+            u.fail_streak,
+            u.last_ok,
+        )
         out.append(w.status)
     return out
 
@@ -31,8 +35,16 @@ def test_loading_becomes_ready_on_first_success() -> None:
 
 def test_ready_goes_unhealthy_after_threshold_and_back_with_hysteresis() -> None:
     assert run(worker("ready"), [FAIL, OK, FAIL, FAIL, OK, FAIL, OK, OK, OK]) == [
-        "ready", "ready", "ready", "unhealthy", "unhealthy", "unhealthy", "unhealthy",
-        "ready", "ready"]
+        "ready",
+        "ready",
+        "ready",
+        "unhealthy",
+        "unhealthy",
+        "unhealthy",
+        "unhealthy",
+        "ready",
+        "ready",
+    ]
 
 
 def test_refused_connection_is_unhealthy_at_once() -> None:
@@ -56,10 +68,13 @@ def test_last_ok_only_moves_on_success() -> None:
 
 
 def test_parse_report() -> None:
-    body = (b'{"ready": true, "inflight_cost": 12.5, "inflight_requests": 2, '
-            b'"max_reqnum_seen": 1763800000000123, "perf": 250}')
+    body = (
+        b'{"ready": true, "inflight_cost": 12.5, "inflight_requests": 2, '
+        b'"max_reqnum_seen": 1763800000000123, "perf": 250}'
+    )
     assert parse_report(body) == ((12.5, 2, 1763800000000123), 250.0, False)
     assert parse_report(b'{"ready": false, "draining": true}') == (None, None, True)
     assert parse_report(b"OK") == (None, None, False)  # a bare /health answer
-    assert parse_report(b'{"inflight_cost": -1, "inflight_requests": 1, '
-                        b'"max_reqnum_seen": 1, "perf": "fast"}') == (None, None, False)
+    assert parse_report(
+        b'{"inflight_cost": -1, "inflight_requests": 1, "max_reqnum_seen": 1, "perf": "fast"}'
+    ) == (None, None, False)

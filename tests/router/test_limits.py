@@ -20,8 +20,9 @@ LIMITED = "limited-key"
 
 
 def with_limited_key(s: Settings, **limits: Any) -> Settings:
-    key = ApiKeySettings(hashlib.sha256(LIMITED.encode()).hexdigest(), "limited",
-                         endpoints=("demo",), **limits)
+    key = ApiKeySettings(
+        hashlib.sha256(LIMITED.encode()).hexdigest(), "limited", endpoints=("demo",), **limits
+    )
     return replace(s, api_keys=(*s.api_keys, key))
 
 
@@ -68,8 +69,10 @@ async def test_proxy_slots_bound_streams_and_free_on_hang_up(ups: list[Upstream]
         assert (await second.json())["error"]["code"] == "too_many_in_flight"
         held.close()  # the client hangs up mid-stream: the slot comes back
         await asyncio.wait_for(ups[0].cancelled.wait(), 5)
+
         async def echo_ok() -> bool:
             return (await client.post("/demo/echo", headers=auth)).status == 200
+
         for _ in range(100):
             if await echo_ok():
                 break
@@ -81,18 +84,21 @@ async def test_proxy_slots_bound_streams_and_free_on_hang_up(ups: list[Upstream]
         # the OpenAI path counts against the same slots
         held = await client.post("/demo/hold", headers=auth)
         await held.content.readuntil(b"\n\n")
-        resp = await client.post("/v1/completions", headers=auth,
-                                 data=orjson.dumps({"model": "demo-model", "prompt": "x"}))
+        resp = await client.post(
+            "/v1/completions",
+            headers=auth,
+            data=orjson.dumps({"model": "demo-model", "prompt": "x"}),
+        )
         assert resp.status == 429
         held.close()
 
 
 @pytest.mark.redis
-async def test_limits_hold_across_replicas_sharing_redis(redis_url: str,
-                                                         workers: list[FakeWorker]) -> None:
+async def test_limits_hold_across_replicas_sharing_redis(
+    redis_url: str, workers: list[FakeWorker]
+) -> None:
     store = StoreSettings(backend="redis", redis_url=redis_url, snapshot_interval_s=0.05)
-    s = with_limited_key(settings([w.url for w in workers], store=store), rate_per_s=0.2,
-                         burst=1)
+    s = with_limited_key(settings([w.url for w in workers], store=store), rate_per_s=0.2, burst=1)
     ring = KeyRing.ephemeral("ed25519")
     async with router_client(s, ring) as (a, ctx_a), router_client(s, ring) as (b, ctx_b):
         await until(lambda: ready_count(ctx_a) == 2 and ready_count(ctx_b) == 2)

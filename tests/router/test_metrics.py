@@ -12,21 +12,27 @@ from router.metrics import _LATENCY_BUCKETS, Metrics
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text.decode()) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text.decode())
+        for s in fam.samples
+    }
 
 
 def test_same_exposition_as_prometheus_client() -> None:
     rng = random.Random(7)
     ours = Metrics()
     ref = CollectorRegistry()
-    requests = Counter("router_requests_total", "x", ["endpoint", "mode", "code"],
-                       registry=ref)
-    duration = Histogram("router_request_duration_seconds", "x", ["endpoint", "mode"],
-                         buckets=_LATENCY_BUCKETS, registry=ref)
+    requests = Counter("router_requests_total", "x", ["endpoint", "mode", "code"], registry=ref)
+    duration = Histogram(
+        "router_request_duration_seconds",
+        "x",
+        ["endpoint", "mode"],
+        buckets=_LATENCY_BUCKETS,
+        registry=ref,
+    )
     # values on bucket bounds (le: "less or equal"), between them, past the last one
-    values = [*_LATENCY_BUCKETS, 0.0, 1e-9, 500.0,
-              *(rng.lognormvariate(-5, 2) for _ in range(500))]
+    values = [*_LATENCY_BUCKETS, 0.0, 1e-9, 500.0, *(rng.lognormvariate(-5, 2) for _ in range(500))]
     for i, v in enumerate(values):
         ep, code = ("a", "b")[i % 2], ("200", "503", "499")[i % 3]
         ours.child(ours.requests, ep, "proxy", code).inc()
@@ -34,8 +40,11 @@ def test_same_exposition_as_prometheus_client() -> None:
         ours.child(ours.duration, ep, "proxy").observe(v)
         duration.labels(ep, "proxy").observe(v)
     mine, theirs = samples(ours.render()), samples(generate_latest(ref))
-    mine = {k: v for k, v in mine.items()
-            if k[0].startswith(("router_requests", "router_request_duration"))}
+    mine = {
+        k: v
+        for k, v in mine.items()
+        if k[0].startswith(("router_requests", "router_request_duration"))
+    }
     assert mine.keys() == theirs.keys()
     for k, v in theirs.items():
         assert mine[k] == pytest.approx(v), k
@@ -48,5 +57,7 @@ def test_counters_only_go_up_and_labels_must_match() -> None:
     with pytest.raises(ValueError):
         m.requests.labels("only-one")
     m.child(m.retries, "a", "connect").inc(2)
-    assert samples(m.render())[("router_retries_total",
-                                (("endpoint", "a"), ("reason", "connect")))] == 2
+    assert (
+        samples(m.render())[("router_retries_total", (("endpoint", "a"), ("reason", "connect")))]
+        == 2
+    )

@@ -21,13 +21,23 @@ async def test_every_documented_operation_is_routed(workers: list[FakeWorker]) -
             for k, v in SAMPLE.items():
                 url = url.replace(k, v)
             for method, op in ops.items():
-                resp = await client.request(method.upper(), url,
-                                            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                                            json={} if method in ("post", "put") else None)
+                resp = await client.request(
+                    method.upper(),
+                    url,
+                    headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                    json={} if method in ("post", "put") else None,
+                )
                 body: Any = await resp.read()
                 assert resp.status != 405, (method, path)
                 if resp.status == 404:  # an answer from the handler, not "no such route"
-                    assert b'"not_found"' not in body or path.startswith("/{endpoint}"), \
-                        (method, path, body)
-                assert str(resp.status) in op["responses"] or resp.status in (400, 502), \
-                    (method, path, resp.status, body)
+                    assert b'"not_found"' not in body or path.startswith("/{endpoint}"), (
+                        method,
+                        path,
+                        body,
+                    )
+                assert str(resp.status) in op["responses"] or resp.status in (400, 502), (
+                    method,
+                    path,
+                    resp.status,
+                    body,
+                )

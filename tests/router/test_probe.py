@@ -20,8 +20,7 @@ async def server() -> AsyncIterator[tuple[TestServer, list[Any]]]:
     peers: list[Any] = []
 
     async def readyz(request: web.Request) -> web.Response:
-        peers.append(request.transport.get_extra_info("peername") if request.transport
-                     else None)
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         return web.json_response({"ready": True, "n": len(peers)})
 
     async def close(request: web.Request) -> web.Response:
@@ -42,8 +41,13 @@ async def server() -> AsyncIterator[tuple[TestServer, list[Any]]]:
         return resp
 
     app = web.Application()
-    for path, h in {"/readyz": readyz, "/close": close, "/hang": hang, "/big": big,
-                    "/chunked": chunked}.items():
+    for path, h in {
+        "/readyz": readyz,
+        "/close": close,
+        "/hang": hang,
+        "/big": big,
+        "/chunked": chunked,
+    }.items():
         app.router.add_get(path, h)
     s = TestServer(app, host="127.0.0.1")
     await s.start_server()
@@ -76,13 +80,16 @@ async def test_a_closed_connection_is_replaced(server: tuple[TestServer, list[An
         assert (await p.get("w", url(s, "/readyz"), 2))[0] == 200
         # the chunked answer is read whole, status and all
         assert await p.get("w", url(s, "/chunked"), 2) == (
-            503, b'{"ready": false, "draining": true}')
+            503,
+            b'{"ready": false, "draining": true}',
+        )
     finally:
         p.close()
 
 
 async def test_timeouts_never_leak_a_late_answer_into_the_next_poll(
-        server: tuple[TestServer, list[Any]]) -> None:
+    server: tuple[TestServer, list[Any]],
+) -> None:
     s, _ = server
     p = Prober()
     try:

@@ -64,12 +64,21 @@ class Upstream:
         if self.fail_status:
             return web.json_response({"error": "busy"}, status=self.fail_status)
         body = await request.read()
-        self.seen.append({"method": request.method, "path": request.path,
-                          "query": request.query_string, "headers": dict(request.headers),
-                          "body": body})
+        self.seen.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "headers": dict(request.headers),
+                "body": body,
+            }
+        )
         status = int(request.query.get("status", "200"))
-        return web.json_response({"who": self.name, "path": request.path}, status=status,
-                                 headers={"X-Upstream": self.name})
+        return web.json_response(
+            {"who": self.name, "path": request.path},
+            status=status,
+            headers={"X-Upstream": self.name},
+        )
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -149,8 +158,9 @@ def fast_path(request: pytest.FixtureRequest) -> bool:
 def proxy_settings(ups: list[Upstream], perfs: tuple[float, ...] = (), **ep: Any) -> Settings:
     s = settings([u.url for u in ups])
     s = replace(s, server=replace(s.server, fast_proxy=_FAST[0]))
-    workers = tuple(StaticWorker(u.url, perf=(perfs[i] if perfs else 100.0))
-                    for i, u in enumerate(ups))
+    workers = tuple(
+        StaticWorker(u.url, perf=(perfs[i] if perfs else 100.0)) for i, u in enumerate(ups)
+    )
     demo = replace(s.endpoints[0], workers=workers, models=("demo-model",), **ep)
     return replace(s, endpoints=(demo, *s.endpoints[1:]))
 
@@ -159,12 +169,21 @@ async def test_forwards_method_path_query_body_and_headers(ups: list[Upstream]) 
     async with router_client(proxy_settings(ups[:1])) as (client, ctx):
         await until(lambda: ready_count(ctx) == 1)
         resp = await client.post(
-            "/demo/some/path?x=1&y=2", data=b'{"inputs": "hi", "max_new_tokens": 7}',
-            headers={**AUTH, "Content-Type": "application/json", "X-Custom": "kept",
-                     "Connection": "keep-alive, X-Hop", "X-Hop": "dropped",
-                     "Keep-Alive": "timeout=5", "TE": "trailers",
-                     "X-Forwarded-For": "10.1.1.1", "X-Request-Id": "req-42",
-                     "X-Route-Ticket": "forged"})
+            "/demo/some/path?x=1&y=2",
+            data=b'{"inputs": "hi", "max_new_tokens": 7}',
+            headers={
+                **AUTH,
+                "Content-Type": "application/json",
+                "X-Custom": "kept",
+                "Connection": "keep-alive, X-Hop",
+                "X-Hop": "dropped",
+                "Keep-Alive": "timeout=5",
+                "TE": "trailers",
+                "X-Forwarded-For": "10.1.1.1",
+                "X-Request-Id": "req-42",
+                "X-Route-Ticket": "forged",
+            },
+        )
         assert resp.status == 200
         assert await resp.json() == {"who": "a", "path": "/some/path"}
         assert resp.headers["X-Upstream"] == "a" and resp.headers["X-Request-Id"] == "req-42"
@@ -180,8 +199,9 @@ async def test_forwards_method_path_query_body_and_headers(ups: list[Upstream]) 
         assert h["x-forwarded-proto"] == "http" and h["x-forwarded-host"]
         ticket = orjson.loads(base64.urlsafe_b64decode(h["x-route-ticket"] + "=="))
         jwks = verify_keys_from_jwks(await (await client.get("/.well-known/jwks.json")).json())
-        assert jwks[ticket["key_id"]].verify(canonical(ticket),
-                                             base64.b64decode(ticket["signature"]))
+        assert jwks[ticket["key_id"]].verify(
+            canonical(ticket), base64.b64decode(ticket["signature"])
+        )
         assert ticket["url"] == ups[0].url and ticket["cost"] == 7 + 2 / 4
         # status codes pass through, and a GET works too
         resp = await client.get("/demo/x?status=404", headers=AUTH)
@@ -252,8 +272,7 @@ async def test_binary_body_passes_through(ups: list[Upstream]) -> None:
         assert await resp.read() == PNG
 
 
-async def test_client_disconnect_cancels_upstream_and_releases_load(
-        ups: list[Upstream]) -> None:
+async def test_client_disconnect_cancels_upstream_and_releases_load(ups: list[Upstream]) -> None:
     async with router_client(proxy_settings(ups[:1])) as (client, ctx):
         await until(lambda: ready_count(ctx) == 1)
         resp = await client.post("/demo/hold", headers={**AUTH, "X-Cost": "500"})
@@ -279,7 +298,9 @@ async def test_retry_on_503_goes_to_another_worker(ups: list[Upstream]) -> None:
         assert 'router_retries_total{endpoint="demo",reason="status_503"} 1.0' in metrics
         assert all(w.pending_cost == 0 for w in ctx.snapshot.endpoint("demo"))
     async with router_client(proxy_settings(ups, perfs=(1000.0, 100.0), retries=0)) as (
-            client, ctx):
+        client,
+        ctx,
+    ):
         await until(lambda: ready_count(ctx) == 2)
         resp = await client.post("/demo/echo", headers=AUTH)
         assert resp.status == 503 and await resp.json() == {"error": "busy"}
@@ -331,9 +352,15 @@ async def test_openai_paths_pick_the_endpoint_by_model(ups: list[Upstream]) -> N
     async with router_client(proxy_settings(ups[:1])) as (client, ctx):
         await until(lambda: ready_count(ctx) == 1)
         for model in ("demo", "demo-model"):
-            resp = await client.post("/v1/chat/completions", headers=AUTH, json={
-                "model": model, "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 5})
+            resp = await client.post(
+                "/v1/chat/completions",
+                headers=AUTH,
+                json={
+                    "model": model,
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 5,
+                },
+            )
             assert resp.status == 200 and (await resp.json())["path"] == "/v1/chat/completions"
         resp = await client.post("/v1/completions", headers=AUTH, json={"model": "llama"})
         assert resp.status == 404 and (await resp.json())["error"]["code"] == "model_not_found"
@@ -354,17 +381,29 @@ async def test_real_worker_behind_the_proxy_accepts_the_ticket(tmp_path: Any) ->
         pem.write_text(ctx.keyring.public_pem())
         port = aiohttp.test_utils.unused_port()
         url = f"http://127.0.0.1:{port}"
-        worker = TestServer(build_worker(WorkerSettings(
-            backend="synthetic", public_url=url, endpoint="demo", pubkey_file=pem)),
-            host="127.0.0.1", port=port)
+        worker = TestServer(
+            build_worker(
+                WorkerSettings(
+                    backend="synthetic", public_url=url, endpoint="demo", pubkey_file=pem
+                )
+            ),
+            host="127.0.0.1",
+            port=port,
+        )
         await worker.start_server()
         try:
             admin = {"Authorization": "Bearer admin-key"}
-            assert (await client.post("/api/v1/workers", headers=admin,
-                                      json={"endpoint": "demo", "url": url})).status == 201
+            assert (
+                await client.post(
+                    "/api/v1/workers", headers=admin, json={"endpoint": "demo", "url": url}
+                )
+            ).status == 201
             await until(lambda: ready_count(ctx) == 1)
-            resp = await client.post("/demo/generate", headers=AUTH, json={
-                "inputs": "hello", "parameters": {"max_new_tokens": 4}})
+            resp = await client.post(
+                "/demo/generate",
+                headers=AUTH,
+                json={"inputs": "hello", "parameters": {"max_new_tokens": 4}},
+            )
             assert resp.status == 200, await resp.text()
             assert len((await resp.json())["generated_text"].split()) == 4
         finally:

@@ -37,7 +37,8 @@ async def scripts(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, AsyncSc
 def test_pack_encodes_like_redis_py() -> None:
     assert pack(("EVALSHA", "ab", 1, "k", 1.5, 2, b"\x00")) == (
         b"*7\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n1\r\n$1\r\nk\r\n$3\r\n1.5\r\n"
-        b"$1\r\n2\r\n$1\r\n\x00\r\n")
+        b"$1\r\n2\r\n$1\r\n\x00\r\n"
+    )
     with pytest.raises(TypeError):
         pack((True,))
 
@@ -51,7 +52,8 @@ def test_only_plain_redis_urls_take_this_path() -> None:
 
 
 async def test_scripts_run_load_after_a_flush_and_match_redis_py(
-        scripts: tuple[aioredis.Redis, AsyncScript, Scripts]) -> None:
+    scripts: tuple[aioredis.Redis, AsyncScript, Scripts],
+) -> None:
     client, script, fast = scripts
     # not loaded yet: NOSCRIPT, then SCRIPT LOAD and run
     assert await fast.run(script, ["n"], ["hi", 41]) == ["n", "hi", 42, 1]
@@ -68,7 +70,8 @@ async def test_scripts_run_load_after_a_flush_and_match_redis_py(
 
 
 async def test_a_dropped_connection_is_replaced(
-        scripts: tuple[aioredis.Redis, AsyncScript, Scripts]) -> None:
+    scripts: tuple[aioredis.Redis, AsyncScript, Scripts],
+) -> None:
     client, script, fast = scripts
     await fast.run(script, ["n"], ["a", 0])
     await client.client_kill_filter(_type="normal", skipme=True)  # drops fast's link
@@ -76,8 +79,9 @@ async def test_a_dropped_connection_is_replaced(
     assert (await fast.run(script, ["n"], ["b", 0]))[3] == 2
 
 
-async def test_a_stalled_redis_times_out_then_recovers(redis_server: RedisServer,
-                                                       redis_url: str) -> None:
+async def test_a_stalled_redis_times_out_then_recovers(
+    redis_server: RedisServer, redis_url: str
+) -> None:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     script = client.register_script(ECHO)
     fast = Scripts(redis_url, 0.3)
@@ -104,8 +108,9 @@ async def test_a_stalled_redis_times_out_then_recovers(redis_server: RedisServer
         await client.aclose()
 
 
-async def test_password_and_database_from_the_url(redis_server: RedisServer,
-                                                  redis_url: str) -> None:
+async def test_password_and_database_from_the_url(
+    redis_server: RedisServer, redis_url: str
+) -> None:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     await client.config_set("requirepass", "s3cret")
     try:
@@ -118,7 +123,8 @@ async def test_password_and_database_from_the_url(redis_server: RedisServer,
             assert await authed.get("k") == "1"  # database 2, where redis-py looks too
             with pytest.raises(RedisConnectionError):
                 await Scripts(f"redis://:wrong@127.0.0.1:{redis_server.port}/2", 0.5).run(
-                    script, ["k"], ["x", 0])
+                    script, ["k"], ["x", 0]
+                )
         finally:
             fast.close()
             await authed.config_set("requirepass", "")
@@ -128,16 +134,17 @@ async def test_password_and_database_from_the_url(redis_server: RedisServer,
 
 
 async def test_many_commands_in_one_round_trip_keep_their_order(
-        scripts: tuple[aioredis.Redis, AsyncScript, Scripts]) -> None:
+    scripts: tuple[aioredis.Redis, AsyncScript, Scripts],
+) -> None:
     client, script, fast = scripts
     await client.hset("h", mapping={"a": "1", "b": "2"})
-    got = await fast.many([("SET", "s", "v"), ("GET", "s"), ("HGETALL", "h"),
-                           ("HGETALL", "missing"), ("INCR", "s2")])
+    got = await fast.many(
+        [("SET", "s", "v"), ("GET", "s"), ("HGETALL", "h"), ("HGETALL", "missing"), ("INCR", "s2")]
+    )
     assert got[0] == "OK" and got[1] == "v" and got[3] == [] and got[4] == 1
     assert dict(zip(got[2][::2], got[2][1::2], strict=True)) == {"a": "1", "b": "2"}
     with pytest.raises(ResponseError):  # an error among them: raised, once all are read
         await fast.many([("GET", "s"), ("INCR", "s"), ("GET", "s")])
-    both = await asyncio.gather(fast.many([("GET", "s")] * 3),
-                                fast.run(script, ["n"], ["x", 0]))
+    both = await asyncio.gather(fast.many([("GET", "s")] * 3), fast.run(script, ["n"], ["x", 0]))
     assert both == [["v", "v", "v"], ["n", "x", 1, 1]]
     assert await fast.many([]) == []

@@ -19,15 +19,24 @@ from router.signing import (
     write_private_key,
 )
 
-TICKET = {"url": "http://127.0.0.1:3001", "reqnum": 1763800000000123, "cost": 256.0,
-          "endpoint": "llama", "expires_at": 1763800030.5, "key_id": "k", "request_idx": 7}
+TICKET = {
+    "url": "http://127.0.0.1:3001",
+    "reqnum": 1763800000000123,
+    "cost": 256.0,
+    "endpoint": "llama",
+    "expires_at": 1763800030.5,
+    "key_id": "k",
+    "request_idx": 7,
+}
 
 
 def test_canonical_is_sorted_compact_and_excludes_unsigned_fields() -> None:
     t = dict(TICKET, signature="x", __request_id="y")
     raw = canonical(t)
-    assert raw == (b'{"cost":256,"endpoint":"llama","expires_at":1763800030.5,"key_id":"k",'
-                   b'"reqnum":1763800000000123,"request_idx":7,"url":"http://127.0.0.1:3001"}')
+    assert raw == (
+        b'{"cost":256,"endpoint":"llama","expires_at":1763800030.5,"key_id":"k",'
+        b'"reqnum":1763800000000123,"request_idx":7,"url":"http://127.0.0.1:3001"}'
+    )
     assert canonical(dict(TICKET, cost=256)) == raw  # a client that drops ".0" still matches
 
 

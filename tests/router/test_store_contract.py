@@ -34,8 +34,9 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     await s.close()
 
 
-async def ready(store: Store, endpoint: str, url: str, perf: float = 100.0,
-                max_load: float | None = None) -> str:
+async def ready(
+    store: Store, endpoint: str, url: str, perf: float = 100.0, max_load: float | None = None
+) -> str:
     now = time.time()
     w = await store.upsert_worker(endpoint, url, perf, max_load, "static", now)
     assert w.status == "loading"
@@ -45,8 +46,9 @@ async def ready(store: Store, endpoint: str, url: str, perf: float = 100.0,
 
 async def test_upsert_is_idempotent_and_keeps_health(store: Store) -> None:
     wid = await ready(store, "demo", "http://127.0.0.1:1")
-    again = await store.upsert_worker("demo", "http://127.0.0.1:1", 250.0, 500.0, "static",
-                                      time.time())
+    again = await store.upsert_worker(
+        "demo", "http://127.0.0.1:1", 250.0, 500.0, "static", time.time()
+    )
     assert again.id == wid == worker_id("demo", "http://127.0.0.1:1")
     assert again.status == "ready"
     assert (again.perf, again.max_load) == (250.0, 500.0)
@@ -92,8 +94,9 @@ async def test_reqnums_are_per_worker(store: Store) -> None:
 
 async def test_issue_skips_not_ready_and_full_workers(store: Store) -> None:
     busy = await ready(store, "demo", "http://127.0.0.1:1", max_load=100)
-    loading = (await store.upsert_worker("demo", "http://127.0.0.1:2", 100, None, "static",
-                                         time.time())).id
+    loading = (
+        await store.upsert_worker("demo", "http://127.0.0.1:2", 100, None, "static", time.time())
+    ).id
     free = await ready(store, "demo", "http://127.0.0.1:3")
     now = time.time()
     assert (await store.issue([busy], "ordered", 80, now, 60, 0))[0]  # idle: fits
@@ -124,8 +127,7 @@ async def test_report_drops_seen_tickets_and_expiry_drops_unused(store: Store) -
     t = [(await store.issue([wid], "ordered", 10, now, 5, 0))[0] for _ in range(3)]
     assert all(t)
     seen = t[1].reqnum  # type: ignore[union-attr]
-    ok = await store.record_health(
-        wid, HealthUpdate("ready", "ready", 2, 0, now, (7.0, 1, seen)))
+    ok = await store.record_health(wid, HealthUpdate("ready", "ready", 2, 0, now, (7.0, 1, seen)))
     assert ok
     w = await store.get_worker(wid)
     assert w is not None
@@ -164,13 +166,15 @@ async def test_leases_one_holder_at_a_time(store: Store) -> None:
 
 
 @pytest.mark.redis
-async def test_redis_restart_empty_reqnums_keep_increasing(redis_server: RedisServer,
-                                                          redis_url: str) -> None:
+async def test_redis_restart_empty_reqnums_keep_increasing(
+    redis_server: RedisServer, redis_url: str
+) -> None:
     store = RedisStore(redis_url)
     try:
         wid = await ready(store, "demo", "http://127.0.0.1:1")
-        before = [(await store.issue([wid], "ordered", 1, time.time(), 60, 0))[0]
-                  for _ in range(50)]
+        before = [
+            (await store.issue([wid], "ordered", 1, time.time(), 60, 0))[0] for _ in range(50)
+        ]
         last = before[-1]
         assert last is not None
         redis_server.kill()
@@ -179,9 +183,14 @@ async def test_redis_restart_empty_reqnums_keep_increasing(redis_server: RedisSe
         with pytest.raises(StoreUnavailable):
             await store.ping()
         # a batch that fails fails each of its callers, none left waiting
-        burst = await asyncio.wait_for(asyncio.gather(
-            *(store.issue([wid], "ordered", 1, time.time(), 60, 0) for _ in range(5)),
-            store.release(wid, last.reqnum, 1), return_exceptions=True), 5)
+        burst = await asyncio.wait_for(
+            asyncio.gather(
+                *(store.issue([wid], "ordered", 1, time.time(), 60, 0) for _ in range(5)),
+                store.release(wid, last.reqnum, 1),
+                return_exceptions=True,
+            ),
+            5,
+        )
         assert all(isinstance(r, StoreUnavailable) for r in burst)
         redis_server.start()  # empty: every counter and worker is gone
         await store.ping()  # the same client reconnects by itself
@@ -226,7 +235,8 @@ async def test_release_of_a_reported_ticket_lowers_the_reported_load(store: Stor
     assert a and b
     # the worker reports both in flight: their tickets leave the pending list
     assert await store.record_health(
-        wid, HealthUpdate("ready", "ready", 2, 0, now, (50.0, 2, b.reqnum)))
+        wid, HealthUpdate("ready", "ready", 2, 0, now, (50.0, 2, b.reqnum))
+    )
     w = await store.get_worker(wid)
     assert w and (w.pending_cost, w.reported_cost, w.reported_requests) == (0.0, 50.0, 2)
     assert await store.release(wid, a.reqnum, 30) == "reported"
@@ -246,14 +256,18 @@ async def test_concurrent_issues_match_one_at_a_time(store: Store) -> None:
     """A burst (batched into shared EVALSHAs on Redis) picks exactly as serial calls do."""
     fleets = []
     for ep in ("serial", "burst"):
-        fleets.append([await ready(store, ep, f"http://127.0.0.1:{i}", perf=perf, max_load=ml)
-                       for i, (perf, ml) in enumerate([(100.0, None), (300.0, None),
-                                                       (100.0, 250.0)], start=1)])
+        fleets.append(
+            [
+                await ready(store, ep, f"http://127.0.0.1:{i}", perf=perf, max_load=ml)
+                for i, (perf, ml) in enumerate(
+                    [(100.0, None), (300.0, None), (100.0, 250.0)], start=1
+                )
+            ]
+        )
     now = time.time()
     costs = [100.0, 30.0, 250.0, 5.0] * 10
     serial = [await store.issue(fleets[0], "rescore", c, now, 60, 0) for c in costs]
-    burst = await asyncio.gather(*(store.issue(fleets[1], "rescore", c, now, 60, 0)
-                                   for c in costs))
+    burst = await asyncio.gather(*(store.issue(fleets[1], "rescore", c, now, 60, 0) for c in costs))
 
     def picks(got: list[tuple[Issued | None, int]], fleet: list[str]) -> list[int]:
         return [fleet.index(t.worker_id) if t else -1 for t, _ in got]
@@ -267,8 +281,11 @@ async def test_concurrent_issues_match_one_at_a_time(store: Store) -> None:
         assert nums == sorted(nums) and len(set(nums)) == len(nums)
     for a, b in zip(fleets[0], fleets[1], strict=True):
         wa, wb = await store.get_worker(a), await store.get_worker(b)
-        assert wa and wb and (wa.pending_cost, wa.pending_requests) == (
-            wb.pending_cost, wb.pending_requests)
+        assert (
+            wa
+            and wb
+            and (wa.pending_cost, wa.pending_requests) == (wb.pending_cost, wb.pending_requests)
+        )
 
 
 @pytest.mark.redis
@@ -280,13 +297,15 @@ async def test_redis_batches_bursts_of_issues_and_releases(redis_url: str) -> No
     try:
         wid = await ready(store, "demo", "http://127.0.0.1:1")
         await admin.config_resetstat()
-        got = await asyncio.gather(*(store.issue([wid], "ordered", 1, time.time(), 60, 0)
-                                     for _ in range(100)))
+        got = await asyncio.gather(
+            *(store.issue([wid], "ordered", 1, time.time(), 60, 0) for _ in range(100))
+        )
         assert len({t.reqnum for t, _ in got if t is not None}) == 100
         calls = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"]
         assert calls <= 4  # 100 calls in one loop pass: ceil(100 / 64) batches
-        released = await asyncio.gather(*(store.release(wid, t.reqnum, 1)
-                                          for t, _ in got if t is not None))
+        released = await asyncio.gather(
+            *(store.release(wid, t.reqnum, 1) for t, _ in got if t is not None)
+        )
         assert all(released)
         calls = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"] - calls
         assert calls <= 4
@@ -325,8 +344,9 @@ async def test_in_flight_slots_are_bounded_released_and_leased(store: Store) -> 
 
 
 @pytest.mark.redis
-async def test_redis_restart_leaves_no_stale_connection_behind(redis_server: RedisServer,
-                                                              redis_url: str) -> None:
+async def test_redis_restart_leaves_no_stale_connection_behind(
+    redis_server: RedisServer, redis_url: str
+) -> None:
     """Pooled connections from before a restart are dead; none may fail a request after."""
     store = RedisStore(redis_url)
     try:
@@ -346,8 +366,9 @@ async def test_list_workers_returns_a_large_fleet_whole(store: Store) -> None:
     # many Redis read chunks (50 each), across two endpoints
     now = time.time()
     for i in range(600):
-        await store.upsert_worker("a" if i % 2 else "b", f"http://127.0.0.1:1/w/{i}", 100.0,
-                                  None, "static", now)
+        await store.upsert_worker(
+            "a" if i % 2 else "b", f"http://127.0.0.1:1/w/{i}", 100.0, None, "static", now
+        )
     workers = await store.list_workers()
     assert len(workers) == 600 and len({w.id for w in workers}) == 600
     assert {w.url for w in workers} == {f"http://127.0.0.1:1/w/{i}" for i in range(600)}
@@ -356,8 +377,9 @@ async def test_list_workers_returns_a_large_fleet_whole(store: Store) -> None:
 def test_a_record_copy_has_every_field_and_is_its_own() -> None:
     values: dict[str, object] = {}
     for i, f in enumerate(dataclasses.fields(WorkerRecord)):
-        values[f.name] = {"source": "registered", "status": "ready",
-                          "admin_drain": True}.get(f.name, f"v{i}" if f.type == "str" else i + 1)
+        values[f.name] = {"source": "registered", "status": "ready", "admin_drain": True}.get(
+            f.name, f"v{i}" if f.type == "str" else i + 1
+        )
     w = WorkerRecord(**values)  # type: ignore[arg-type]
     c = w.copy()
     assert c == w and c is not w

@@ -21,19 +21,32 @@ from tests.e2e.procs import request, route
 from tests.security.test_hostile_clients import SECRET, Router, router  # noqa: F401
 
 EXAMPLES = 100
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                max_size=4),
-    max_leaves=12)
-route_fields = {"endpoint": st.sampled_from(["demo", "nope", ""]) | json_values,
-                "api_key": st.sampled_from(["dev-key", "wrong"]) | json_values,
-                "cost": st.floats() | json_values, "request_idx": json_values,
-                "session_id": json_values, "replay_timeout": json_values}
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+route_fields = {
+    "endpoint": st.sampled_from(["demo", "nope", ""]) | json_values,
+    "api_key": st.sampled_from(["dev-key", "wrong"]) | json_values,
+    "cost": st.floats() | json_values,
+    "request_idx": json_values,
+    "session_id": json_values,
+    "replay_timeout": json_values,
+}
 
 
 def dumps(value: Any) -> bytes:
@@ -42,8 +55,11 @@ def dumps(value: Any) -> bytes:
 
 
 def no_server_error(status: int, doc: Any) -> None:
-    assert status < 500 or (isinstance(doc, dict) and doc.get("error", {}).get("code") in {
-        "no_worker", "store_unavailable", "upstream_timeout", "worker_unreachable"}), doc
+    assert status < 500 or (
+        isinstance(doc, dict)
+        and doc.get("error", {}).get("code")
+        in {"no_worker", "store_unavailable", "upstream_timeout", "worker_unreachable"}
+    ), doc
     text = doc if isinstance(doc, str) else orjson.dumps(doc).decode()
     assert "Traceback" not in text and 'File "' not in text
     if status >= 400:
@@ -71,34 +87,67 @@ header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_
 
 
 @FUZZ
-@given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
-       endpoint=st.sampled_from(["demo", "nope", "v1", "api"]),
-       path=st.text(max_size=40), query=st.text(max_size=20),
-       headers=st.dictionaries(header_names, header_values, max_size=5),
-       body=st.binary(max_size=200))
-def test_proxy_paths_and_headers(router: Router, method: str, endpoint: str,  # noqa: F811
-                                 path: str, query: str, headers: dict[str, str],
-                                 body: bytes) -> None:
-    url = (f"{router.url}/{endpoint}/{urllib.parse.quote(path, safe='/')}"
-           f"?{urllib.parse.quote(query, safe='=&')}")
-    headers = {k: v for k, v in headers.items()
-               if k.lower() not in {"content-length", "transfer-encoding", "host",
-                                    "connection", "expect"}}
-    status, doc = request(method, url, headers={**headers, "Authorization": f"Bearer {SECRET}"},
-                          raw=body)
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    endpoint=st.sampled_from(["demo", "nope", "v1", "api"]),
+    path=st.text(max_size=40),
+    query=st.text(max_size=20),
+    headers=st.dictionaries(header_names, header_values, max_size=5),
+    body=st.binary(max_size=200),
+)
+def test_proxy_paths_and_headers(
+    router: Router,  # noqa: F811
+    method: str,
+    endpoint: str,
+    path: str,
+    query: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> None:
+    url = (
+        f"{router.url}/{endpoint}/{urllib.parse.quote(path, safe='/')}"
+        f"?{urllib.parse.quote(query, safe='=&')}"
+    )
+    headers = {
+        k: v
+        for k, v in headers.items()
+        if k.lower() not in {"content-length", "transfer-encoding", "host", "connection", "expect"}
+    }
+    status, doc = request(
+        method, url, headers={**headers, "Authorization": f"Bearer {SECRET}"}, raw=body
+    )
     no_server_error(status, doc)
 
 
-ticket_fields = st.sampled_from(["cost", "endpoint", "expires_at", "key_id", "reqnum",
-                                 "request_idx", "url", "signature", "__request_id"])
+ticket_fields = st.sampled_from(
+    [
+        "cost",
+        "endpoint",
+        "expires_at",
+        "key_id",
+        "reqnum",
+        "request_idx",
+        "url",
+        "signature",
+        "__request_id",
+    ]
+)
 
 
 @FUZZ
-@given(shape=st.sampled_from(["auth_data", "merged", "header"]),
-       changes=st.dictionaries(ticket_fields, json_values, max_size=3),
-       dropped=st.sets(ticket_fields, max_size=2), payload=json_values)
-def test_worker_ticket_shapes(router: Router, shape: str, changes: dict[str, Any],  # noqa: F811
-                              dropped: set[str], payload: Any) -> None:
+@given(
+    shape=st.sampled_from(["auth_data", "merged", "header"]),
+    changes=st.dictionaries(ticket_fields, json_values, max_size=3),
+    dropped=st.sets(ticket_fields, max_size=2),
+    payload=json_values,
+)
+def test_worker_ticket_shapes(
+    router: Router,  # noqa: F811
+    shape: str,
+    changes: dict[str, Any],
+    dropped: set[str],
+    payload: Any,
+) -> None:
     ticket = route(router.url)
     ticket.update(changes)
     for f in dropped:
@@ -127,17 +176,31 @@ def test_still_serving_after_the_fuzz(router: Router) -> None:  # noqa: F811
     assert "Traceback" not in router.proc.log()
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("url", "http://127.0.0.1/" + "x" * 200_000), ("endpoint", "e" * 200_000),
-    ("key_id", "k" * 200_000), ("signature", "A" * 200_000), ("reqnum", 10**40),
-    ("cost", 1e308), ("expires_at", 10**40), ("request_idx", -(10**40)),
-])
-def test_huge_ticket_fields_are_refused_quickly(router: Router, field: str,  # noqa: F811
-                                                value: Any) -> None:
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("url", "http://127.0.0.1/" + "x" * 200_000),
+        ("endpoint", "e" * 200_000),
+        ("key_id", "k" * 200_000),
+        ("signature", "A" * 200_000),
+        ("reqnum", 10**40),
+        ("cost", 1e308),
+        ("expires_at", 10**40),
+        ("request_idx", -(10**40)),
+    ],
+)
+def test_huge_ticket_fields_are_refused_quickly(
+    router: Router,  # noqa: F811
+    field: str,
+    value: Any,
+) -> None:
     ticket = {**route(router.url), field: value}
     started = time.monotonic()
-    status, doc = request("POST", f"{router.worker_url}/generate",
-                          raw=dumps({"auth_data": ticket, "payload": {"inputs": "x"}}))
+    status, doc = request(
+        "POST",
+        f"{router.worker_url}/generate",
+        raw=dumps({"auth_data": ticket, "payload": {"inputs": "x"}}),
+    )
     assert status in {400, 401, 413}, (status, doc)
     assert isinstance(doc, dict) and doc["error"]["code"]
     assert time.monotonic() - started < 2.0

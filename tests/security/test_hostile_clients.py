@@ -70,8 +70,14 @@ class Router:
     evil: Evil
     bodies: list[bytes] = field(default_factory=list)
 
-    def call(self, method: str, path: str, body: Any = None,
-             headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any]:
         status, doc = request(method, f"{self.url}{path}", body, headers, raw)
         self.bodies.append(orjson.dumps(doc) if not isinstance(doc, str) else doc.encode())
         return status, doc
@@ -82,11 +88,13 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
     tmp = tmp_path_factory.mktemp("hostile")
     port, wport = free_port(), free_port()
     url, wurl = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{wport}"
-    cfg = router_config(tmp / "router.toml", port=port, store="memory", redis_url="",
-                        worker_urls=[wurl])
+    cfg = router_config(
+        tmp / "router.toml", port=port, store="memory", redis_url="", worker_urls=[wurl]
+    )
     text = cfg.read_text().replace('log_level = "info"', 'log_level = "debug"')
-    text = text.replace("shutdown_grace_s = 2\n",
-                        "shutdown_grace_s = 2\nrequest_read_timeout_s = 1\n")
+    text = text.replace(
+        "shutdown_grace_s = 2\n", "shutdown_grace_s = 2\nrequest_read_timeout_s = 1\n"
+    )
     text = text.replace("default_cost = 16\n", "default_cost = 16\nmax_body_bytes = 4096\n")
     text += f'\n[[api_keys]]\nkey = "{SECRET}"\nendpoints = ["demo"]\n'
     cfg.write_text(text)
@@ -146,8 +154,10 @@ def test_slow_headers_are_cut_off(router: Router) -> None:
 def test_slow_body_gets_408(router: Router) -> None:
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", router.port), timeout=5) as s:
-        s.sendall(b"POST /route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 100\r\n\r\n{\"endpoint\": ")
+        s.sendall(
+            b"POST /route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"endpoint": '
+        )
         answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
     assert b'"request_timeout"' in answer
@@ -158,16 +168,20 @@ def test_oversized_bodies_are_413_json(router: Router) -> None:
     big = b'{"endpoint": "demo", "pad": "' + b"x" * (2 << 20) + b'"}'
     status, doc = router.call("POST", "/route", raw=big)
     assert status == 413 and doc["error"]["code"] == "body_too_large"
-    status, doc = router.call("POST", "/demo/generate", raw=b"x" * 5000,
-                              headers={"Authorization": f"Bearer {SECRET}"})
+    status, doc = router.call(
+        "POST", "/demo/generate", raw=b"x" * 5000, headers={"Authorization": f"Bearer {SECRET}"}
+    )
     assert status == 413 and doc["error"]["code"] == "body_too_large"
 
 
-@pytest.mark.parametrize("headers", [
-    b"".join(b"X-H%d: v\r\n" % i for i in range(300)),  # too many
-    b"X-Big: " + b"v" * 100_000 + b"\r\n",  # one too large
-    b"X-Bad\x00Name: v\r\n",  # not a header at all
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"".join(b"X-H%d: v\r\n" % i for i in range(300)),  # too many
+        b"X-Big: " + b"v" * 100_000 + b"\r\n",  # one too large
+        b"X-Bad\x00Name: v\r\n",  # not a header at all
+    ],
+)
 def test_bad_headers_are_4xx_not_500(router: Router, headers: bytes) -> None:
     answer = raw_exchange(router.port, b"GET /livez HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
     status = int(answer.split(b" ", 2)[1]) if answer else 0
@@ -207,15 +221,21 @@ def test_no_open_proxy(router: Router) -> None:
 
 def test_admin_routes_need_an_admin_key(router: Router) -> None:
     wid = "0" * 16
-    cases = [("GET", "/api/v1/workers"), ("POST", f"/api/v1/workers/{wid}/drain"),
-             ("DELETE", f"/api/v1/workers/{wid}")]
+    cases = [
+        ("GET", "/api/v1/workers"),
+        ("POST", f"/api/v1/workers/{wid}/drain"),
+        ("DELETE", f"/api/v1/workers/{wid}"),
+    ]
     for method, path in cases:
         assert router.call(method, path)[0] == 401
         assert router.call(method, path, headers={"Authorization": f"Bearer {SECRET}"})[0] == 403
         assert router.call(method, path, headers={"Authorization": f"Bearer {WRONG}"})[0] == 401
-    status, _ = router.call("POST", "/api/v1/workers",
-                            {"endpoint": "demo", "url": f"http://127.0.0.1:{router.evil.port}"},
-                            headers={"Authorization": f"Bearer {SECRET}"})
+    status, _ = router.call(
+        "POST",
+        "/api/v1/workers",
+        {"endpoint": "demo", "url": f"http://127.0.0.1:{router.evil.port}"},
+        headers={"Authorization": f"Bearer {SECRET}"},
+    )
     assert status == 403  # an ordinary key cannot add a worker, evil or not
 
 
@@ -224,14 +244,20 @@ def test_api_keys_never_appear_in_logs_metrics_or_errors(router: Router) -> None
         router.call("POST", "/route", {"endpoint": "demo", "api_key": key})
         router.call("POST", "/route", {"endpoint": "nope", "api_key": key})
         router.call("POST", "/route", {"endpoint": "demo", "api_key": key, "cost": -1})
-        router.call("POST", "/demo/generate", {"inputs": "x"},
-                    headers={"Authorization": f"Bearer {key}"})
-        router.call("POST", "/v1/chat/completions", {"model": "nope"},
-                    headers={"Authorization": f"Key {key}"})
+        router.call(
+            "POST", "/demo/generate", {"inputs": "x"}, headers={"Authorization": f"Bearer {key}"}
+        )
+        router.call(
+            "POST",
+            "/v1/chat/completions",
+            {"model": "nope"},
+            headers={"Authorization": f"Key {key}"},
+        )
     router.call("GET", "/metrics")
     time.sleep(0.2)  # let the log flush
     seen = b"\n".join(router.bodies).decode(errors="replace") + router.proc.log_path.read_text(
-        errors="replace")
+        errors="replace"
+    )
     assert "starting router" in seen  # the log was captured
     for key in (SECRET, WRONG):
         leaks = [line for line in seen.splitlines() if key in line]

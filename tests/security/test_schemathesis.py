@@ -22,10 +22,11 @@ schema = schemathesis.openapi.from_dict(openapi.document())
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_no_server_error(case: schemathesis.Case, router: Router) -> None:  # noqa: F811
-    response = case.call(base_url=router.url, headers={"Authorization": f"Bearer {SECRET}"},
-                         timeout=10)
-    case.validate_response(response, checks=[not_a_server_error, status_code_conformance,
-                                             content_type_conformance])
+    response = case.call(
+        base_url=router.url, headers={"Authorization": f"Bearer {SECRET}"}, timeout=10
+    )
+    case.validate_response(
+        response, checks=[not_a_server_error, status_code_conformance, content_type_conformance]
+    )

@@ -36,14 +36,21 @@ class Tickets:
         self.endpoint = endpoint
         self.reqnum = int(time.time() * 1000) * 1000
 
-    def issue(self, cost: float = 8.0, *, ring: KeyRing | None = None,
-              **overrides: Any) -> dict[str, Any]:
+    def issue(
+        self, cost: float = 8.0, *, ring: KeyRing | None = None, **overrides: Any
+    ) -> dict[str, Any]:
         ring = ring or self.ring
         self.reqnum += 1
         ticket: dict[str, Any] = {
-            "cost": cost, "endpoint": self.endpoint, "expires_at": round(time.time() + 30, 3),
-            "key_id": ring.kid, "reqnum": self.reqnum, "request_idx": self.reqnum % 1000 + 1,
-            "url": self.url, **overrides}
+            "cost": cost,
+            "endpoint": self.endpoint,
+            "expires_at": round(time.time() + 30, 3),
+            "key_id": ring.kid,
+            "reqnum": self.reqnum,
+            "request_idx": self.reqnum % 1000 + 1,
+            "url": self.url,
+            **overrides,
+        }
         ring.sign_ticket(ticket)
         ticket["__request_id"] = "0" * 32
         return ticket
@@ -99,14 +106,19 @@ class RecordingBackend(SyntheticBackend):
 
 
 def settings(pubkey_file: Path | None = None, **overrides: Any) -> WorkerSettings:
-    base: dict[str, Any] = {"public_url": PUBLIC_URL, "endpoint": ENDPOINT,
-                            "pubkey_file": pubkey_file}
+    base: dict[str, Any] = {
+        "public_url": PUBLIC_URL,
+        "endpoint": ENDPOINT,
+        "pubkey_file": pubkey_file,
+    }
     return WorkerSettings(**{**base, **overrides})
 
 
 @asynccontextmanager
-async def worker(s: WorkerSettings, backend: Backend | None = None,
-                 ) -> AsyncIterator[Client]:
+async def worker(
+    s: WorkerSettings,
+    backend: Backend | None = None,
+) -> AsyncIterator[Client]:
     """Run the real worker app on 127.0.0.1:0 and give a client for it."""
     async with TestClient(TestServer(build_app(s, backend), host="127.0.0.1")) as client:
         yield client
@@ -123,8 +135,9 @@ async def serve_app(app: web.Application, port: int = 0) -> AsyncIterator[TestSe
         await server.close()
 
 
-async def until(cond: Callable[[], Awaitable[bool]], timeout_s: float = 5.0,
-                what: str = "condition") -> None:
+async def until(
+    cond: Callable[[], Awaitable[bool]], timeout_s: float = 5.0, what: str = "condition"
+) -> None:
     """Poll `cond` briefly until true (for state another task changes)."""
     deadline = time.monotonic() + timeout_s
     while not await cond():

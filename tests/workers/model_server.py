@@ -62,8 +62,9 @@ class FakeModelServer:
         return web.json_response({"generated_text": f"echo {payload['inputs']}"})
 
     async def _stream(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
         try:
             await resp.write(events[0])
@@ -84,17 +85,21 @@ class FakeModelServer:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         payload = await self._record(request)
         if payload.get("stream"):
-            events = [b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\n' % w
-                      for w in (b"a", b"b")]
+            events = [
+                b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\n' % w for w in (b"a", b"b")
+            ]
             return await self._stream(request, [*events, b"data: [DONE]\n\n"])
-        return web.json_response({"object": "chat.completion", "choices": [
-            {"message": {"role": "assistant", "content": "hi"}}]})
+        return web.json_response(
+            {
+                "object": "chat.completion",
+                "choices": [{"message": {"role": "assistant", "content": "hi"}}],
+            }
+        )
 
     async def completions(self, request: web.Request) -> web.Response:
         payload = await self._record(request)
         if payload.get("prompt") == "bad":
-            return web.json_response({"object": "error", "message": "prompt is bad"},
-                                     status=422)
+            return web.json_response({"object": "error", "message": "prompt is bad"}, status=422)
         return web.json_response({"object": "text_completion", "choices": [{"text": "ok"}]})
 
     async def embeddings(self, request: web.Request) -> web.Response:

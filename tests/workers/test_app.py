@@ -48,11 +48,13 @@ def expected_text(prompt: str, n: int) -> str:
     return "".join(text for _, text in tokens_for(prompt, n))
 
 
-async def post(client: Client, path: str, ticket: dict[str, Any], payload: Any,
-               shape: Any = vast_shape) -> Any:
+async def post(
+    client: Client, path: str, ticket: dict[str, Any], payload: Any, shape: Any = vast_shape
+) -> Any:
     body, headers = shape(ticket, payload)
-    return await client.post(path, data=orjson.dumps(body),
-                             headers={"Content-Type": "application/json", **headers})
+    return await client.post(
+        path, data=orjson.dumps(body), headers={"Content-Type": "application/json", **headers}
+    )
 
 
 async def error_code(resp: Any) -> str:
@@ -69,8 +71,9 @@ async def metric_lines(client: Client) -> list[str]:
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-async def test_each_ticket_shape_is_served(client: Client, backend: RecordingBackend,
-                                           tickets: Tickets, shape: Any) -> None:
+async def test_each_ticket_shape_is_served(
+    client: Client, backend: RecordingBackend, tickets: Tickets, shape: Any
+) -> None:
     resp = await post(client, "/generate", tickets.issue(), PAYLOAD, shape)
     assert resp.status == 200, await resp.text()
     doc = orjson.loads(await resp.read())
@@ -92,21 +95,24 @@ async def test_tgi_stream(client: Client, tickets: Tickets) -> None:
     assert set(events[0]["token"]) == {"id", "text", "logprob", "special"}
 
 
-async def test_generate_with_stream_true_streams_with_details(client: Client,
-                                                               tickets: Tickets) -> None:
-    payload = {"inputs": "hi", "parameters": {"max_new_tokens": 3, "details": True},
-               "stream": True}
+async def test_generate_with_stream_true_streams_with_details(
+    client: Client, tickets: Tickets
+) -> None:
+    payload = {"inputs": "hi", "parameters": {"max_new_tokens": 3, "details": True}, "stream": True}
     resp = await post(client, "/generate", tickets.issue(), payload)
     assert resp.content_type == "text/event-stream"
     events = [orjson.loads(e) for e in await sse_events(resp)]
     assert len(events) == 3
-    assert events[-1]["details"] == {"finish_reason": "length", "generated_tokens": 3,
-                                     "seed": None}
+    assert events[-1]["details"] == {"finish_reason": "length", "generated_tokens": 3, "seed": None}
 
 
 async def test_chat_stream_ends_with_done(client: Client, tickets: Tickets) -> None:
-    payload = {"model": "m1", "messages": [{"role": "user", "content": "hello"}],
-               "max_tokens": 5, "stream": True}
+    payload = {
+        "model": "m1",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 5,
+        "stream": True,
+    }
     resp = await post(client, "/v1/chat/completions", tickets.issue(), payload, header_shape)
     assert resp.status == 200 and resp.content_type == "text/event-stream"
     data = await sse_events(resp)
@@ -122,25 +128,37 @@ async def test_chat_stream_ends_with_done(client: Client, tickets: Tickets) -> N
 
 
 async def test_completions_stream_and_usage(client: Client, tickets: Tickets) -> None:
-    payload = {"prompt": "once upon", "max_tokens": 4, "stream": True,
-               "stream_options": {"include_usage": True}}
+    payload = {
+        "prompt": "once upon",
+        "max_tokens": 4,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     resp = await post(client, "/v1/completions", tickets.issue(), payload)
     data = await sse_events(resp)
     assert data[-1] == b"[DONE]"
     chunks = [orjson.loads(d) for d in data[:-1]]
     assert {c["object"] for c in chunks} == {"text_completion"}
-    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == \
-        expected_text("once upon", 4)
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == expected_text(
+        "once upon", 4
+    )
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
 
 
-@pytest.mark.parametrize(("path", "payload", "kind"), [
-    ("/v1/completions", {"prompt": "abc", "max_tokens": 3}, "text_completion"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "abc"}],
-                              "max_tokens": 3}, "chat.completion"),
-])
-async def test_openai_plain_responses(client: Client, tickets: Tickets, path: str,
-                                      payload: dict[str, Any], kind: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "payload", "kind"),
+    [
+        ("/v1/completions", {"prompt": "abc", "max_tokens": 3}, "text_completion"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "abc"}], "max_tokens": 3},
+            "chat.completion",
+        ),
+    ],
+)
+async def test_openai_plain_responses(
+    client: Client, tickets: Tickets, path: str, payload: dict[str, Any], kind: str
+) -> None:
     resp = await post(client, path, tickets.issue(), payload)
     assert resp.status == 200
     doc = orjson.loads(await resp.read())
@@ -157,8 +175,9 @@ async def test_bad_model_payload_is_a_json_400(client: Client, tickets: Tickets)
     assert resp.status == 400 and await error_code(resp) == "bad_request"
 
 
-async def test_rejections_are_401_and_counted(client: Client, ring: KeyRing,
-                                              tickets: Tickets) -> None:
+async def test_rejections_are_401_and_counted(
+    client: Client, ring: KeyRing, tickets: Tickets
+) -> None:
     async def code_of(body: Any, headers: dict[str, str] | None = None) -> str:
         resp = await client.post("/generate", data=orjson.dumps(body), headers=headers or {})
         assert resp.status == 401
@@ -166,10 +185,14 @@ async def test_rejections_are_401_and_counted(client: Client, ring: KeyRing,
 
     assert await code_of(PAYLOAD) == "ticket_missing"
     assert await code_of(PAYLOAD, {"X-Route-Ticket": "%%%"}) == "ticket_malformed"
-    assert await code_of(vast_shape({**tickets.issue(), "key_id": "k0"}, PAYLOAD)[0]) == \
-        "ticket_unknown_key"
-    assert await code_of(vast_shape({**tickets.issue(), "cost": 1.0}, PAYLOAD)[0]) == \
-        "ticket_bad_signature"
+    assert (
+        await code_of(vast_shape({**tickets.issue(), "key_id": "k0"}, PAYLOAD)[0])
+        == "ticket_unknown_key"
+    )
+    assert (
+        await code_of(vast_shape({**tickets.issue(), "cost": 1.0}, PAYLOAD)[0])
+        == "ticket_bad_signature"
+    )
     other_url = Tickets(ring, url="http://elsewhere:1").issue()
     assert await code_of(vast_shape(other_url, PAYLOAD)[0]) == "ticket_wrong_url"
     other_ep = Tickets(ring, endpoint="other").issue()
@@ -180,14 +203,23 @@ async def test_rejections_are_401_and_counted(client: Client, ring: KeyRing,
     assert (await post(client, "/generate", used, PAYLOAD)).status == 200
     assert await code_of(vast_shape(used, PAYLOAD)[0]) == "ticket_replayed"
     lines = await metric_lines(client)
-    for reason in ("missing", "malformed", "unknown_key", "bad_signature", "wrong_url",
-                   "wrong_endpoint", "expired", "replayed"):
+    for reason in (
+        "missing",
+        "malformed",
+        "unknown_key",
+        "bad_signature",
+        "wrong_url",
+        "wrong_endpoint",
+        "expired",
+        "replayed",
+    ):
         assert f'worker_ticket_rejections_total{{reason="{reason}"}} 1.0' in lines
     assert 'worker_requests_total{code="401",route="/generate"} 8.0' in lines
 
 
 async def test_queue_limit_answers_429_without_burning_the_ticket(
-        pubkey_file: Path, backend: RecordingBackend, tickets: Tickets) -> None:
+    pubkey_file: Path, backend: RecordingBackend, tickets: Tickets
+) -> None:
     s = settings(pubkey_file, perf=10.0, max_queue_time_s=1.0)
     async with worker(s, backend) as client:
         backend.gate.clear()
@@ -211,8 +243,9 @@ async def test_queue_limit_answers_429_without_burning_the_ticket(
         assert huge.status == 200
 
 
-async def test_max_load_answers_429(pubkey_file: Path, backend: RecordingBackend,
-                                    tickets: Tickets) -> None:
+async def test_max_load_answers_429(
+    pubkey_file: Path, backend: RecordingBackend, tickets: Tickets
+) -> None:
     s = settings(pubkey_file, perf=1000.0, max_load=10.0)
     async with worker(s, backend) as client:
         backend.gate.clear()
@@ -229,19 +262,28 @@ async def _idle(client: Client) -> bool:
     return bool(doc["inflight_requests"] == 0)
 
 
-async def test_readyz_reports_inflight_load(client: Client, backend: RecordingBackend,
-                                            tickets: Tickets) -> None:
+async def test_readyz_reports_inflight_load(
+    client: Client, backend: RecordingBackend, tickets: Tickets
+) -> None:
     status, doc = await readyz(client)
     assert status == 200
-    assert doc == {"ready": True, "inflight_cost": 0.0, "inflight_requests": 0,
-                   "max_reqnum_seen": 0, "perf": backend.perf()}
+    assert doc == {
+        "ready": True,
+        "inflight_cost": 0.0,
+        "inflight_requests": 0,
+        "max_reqnum_seen": 0,
+        "perf": backend.perf(),
+    }
     backend.gate.clear()
     t = tickets.issue(cost=12.5)
     slow = await post(client, "/generate_stream", t, PAYLOAD)
     await next_event(slow)  # the first event arrives while the stream is still going
     status, doc = await readyz(client)
-    assert (doc["inflight_requests"], doc["inflight_cost"], doc["max_reqnum_seen"]) == \
-        (1, 12.5, t["reqnum"])
+    assert (doc["inflight_requests"], doc["inflight_cost"], doc["max_reqnum_seen"]) == (
+        1,
+        12.5,
+        t["reqnum"],
+    )
     lines = await metric_lines(client)
     assert "worker_inflight_requests 1.0" in lines and "worker_inflight_cost 12.5" in lines
     backend.gate.set()
@@ -252,11 +294,15 @@ async def test_readyz_reports_inflight_load(client: Client, backend: RecordingBa
 
 
 async def test_client_disconnect_mid_stream_releases_load(
-        client: Client, backend: RecordingBackend, tickets: Tickets) -> None:
+    client: Client, backend: RecordingBackend, tickets: Tickets
+) -> None:
     backend.gate.clear()
-    slow = await post(client, "/v1/chat/completions", tickets.issue(cost=5.0),
-                      {"messages": [{"role": "user", "content": "x"}], "max_tokens": 50,
-                       "stream": True})
+    slow = await post(
+        client,
+        "/v1/chat/completions",
+        tickets.issue(cost=5.0),
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 50, "stream": True},
+    )
     await next_event(slow)
     _, doc = await readyz(client)
     assert doc["inflight_requests"] == 1 and backend.active == 1
@@ -273,9 +319,13 @@ async def test_metrics_names(client: Client, tickets: Tickets) -> None:
     await post(client, "/generate", tickets.issue(), PAYLOAD)
     await client.post("/no/such/path/12345", data=b"{}")
     text = "\n".join(await metric_lines(client))
-    for name in ("worker_requests_total", "worker_ticket_rejections_total",
-                 "worker_inflight_cost", "worker_inflight_requests",
-                 "worker_backend_ttfb_seconds_bucket"):
+    for name in (
+        "worker_requests_total",
+        "worker_ticket_rejections_total",
+        "worker_inflight_cost",
+        "worker_inflight_requests",
+        "worker_backend_ttfb_seconds_bucket",
+    ):
         assert name in text
     assert 'worker_requests_total{code="200",route="/generate"} 1.0' in text
     assert 'worker_requests_total{code="404",route="other"} 1.0' in text
@@ -283,8 +333,7 @@ async def test_metrics_names(client: Client, tickets: Tickets) -> None:
     assert "worker_backend_ttfb_seconds_count 1.0" in text
 
 
-async def test_errors_are_json(client: Client, backend: RecordingBackend,
-                               tickets: Tickets) -> None:
+async def test_errors_are_json(client: Client, backend: RecordingBackend, tickets: Tickets) -> None:
     resp = await client.post("/generate", data=b"{not json")
     assert resp.status == 400 and await error_code(resp) == "bad_json"
     resp = await client.post("/nope", data=b"{}")
@@ -302,7 +351,8 @@ async def test_errors_are_json(client: Client, backend: RecordingBackend,
 
 
 async def test_backend_failure_mid_stream_cuts_the_connection(
-        client: Client, backend: RecordingBackend, tickets: Tickets) -> None:
+    client: Client, backend: RecordingBackend, tickets: Tickets
+) -> None:
     backend.fail_mid_stream = True
     resp = await post(client, "/generate_stream", tickets.issue(), PAYLOAD)
     assert resp.status == 200
@@ -322,12 +372,13 @@ async def test_draining(client: Client, tickets: Tickets) -> None:
     assert resp.status == 503 and await error_code(resp) == "draining"
 
 
-async def test_no_verify_serves_without_ticket_at_estimated_cost(
-        backend: RecordingBackend) -> None:
+async def test_no_verify_serves_without_ticket_at_estimated_cost(backend: RecordingBackend) -> None:
     async with worker(settings(verify=False), backend) as client:
         backend.gate.clear()
-        slow = await client.post("/generate_stream", data=orjson.dumps(
-            {"inputs": "hi", "parameters": {"max_new_tokens": 40}}))
+        slow = await client.post(
+            "/generate_stream",
+            data=orjson.dumps({"inputs": "hi", "parameters": {"max_new_tokens": 40}}),
+        )
         assert slow.status == 200
         await next_event(slow)
         _, doc = await readyz(client)
@@ -342,14 +393,17 @@ async def test_no_verify_serves_without_ticket_at_estimated_cost(
 
 async def test_not_ready_until_keys_are_loaded(tmp_path: Path) -> None:
     # The router is not up: no keys, so not ready (and every ticket is refused).
-    s = WorkerSettings(public_url="http://w:1", router_url="http://127.0.0.1:9",
-                       jwks_refetch_interval_s=3600)
+    s = WorkerSettings(
+        public_url="http://w:1", router_url="http://127.0.0.1:9", jwks_refetch_interval_s=3600
+    )
     async with worker(s) as client:
         status, doc = await readyz(client)
         assert status == 503 and doc["ready"] is False
         assert "keys" in doc["reason"]
-        token = base64.urlsafe_b64encode(orjson.dumps(Tickets(
-            KeyRing.ephemeral("ed25519"), url="http://w:1").issue())).decode()
-        resp = await client.post("/generate", data=orjson.dumps(PAYLOAD),
-                                 headers={"X-Route-Ticket": token})
+        token = base64.urlsafe_b64encode(
+            orjson.dumps(Tickets(KeyRing.ephemeral("ed25519"), url="http://w:1").issue())
+        ).decode()
+        resp = await client.post(
+            "/generate", data=orjson.dumps(PAYLOAD), headers={"X-Route-Ticket": token}
+        )
         assert resp.status == 401 and await error_code(resp) == "ticket_unknown_key"

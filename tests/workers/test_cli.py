@@ -20,34 +20,43 @@ from workers.settings import SettingsError, WorkerSettings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--port", "70000", "--no-verify"], "--port"),
-    (["--perf", "-1", "--no-verify"], "--perf"),
-    (["--perf", "nan", "--no-verify"], "--perf"),
-    (["--max-queue-time-s", "0", "--no-verify"], "--max-queue-time-s"),
-    (["--replay-window", "0", "--no-verify"], "--replay-window"),
-    (["--backend", "nope", "--no-verify"], "--backend"),
-    (["--public-url", "ftp://x", "--no-verify"], "--public-url"),
-    ([], "give --router-url or --pubkey-file"),
-    (["--pubkey-file", "/nonexistent/key.pem"], "--pubkey-file"),
-    (["--register-token", "t", "--no-verify"], "--register-token"),
-    (["--backend", "tgi", "--no-verify"], "--backend-url: required with backend tgi"),
-    (["--backend", "openai", "--backend-url", "localhost:8000", "--no-verify"],
-     "--backend-url: must be an http(s) URL"),
-    (["--backend", "bentoml", "--backend-url", "http://127.0.0.1:3000", "--no-verify"],
-     "--perf: required with backend bentoml"),
-    (["--backend-url", "http://127.0.0.1:8000", "--no-verify"], "--backend-url: only for"),
-])
-def test_bad_flags_exit_2_with_a_clear_message(argv: list[str], message: str,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "70000", "--no-verify"], "--port"),
+        (["--perf", "-1", "--no-verify"], "--perf"),
+        (["--perf", "nan", "--no-verify"], "--perf"),
+        (["--max-queue-time-s", "0", "--no-verify"], "--max-queue-time-s"),
+        (["--replay-window", "0", "--no-verify"], "--replay-window"),
+        (["--backend", "nope", "--no-verify"], "--backend"),
+        (["--public-url", "ftp://x", "--no-verify"], "--public-url"),
+        ([], "give --router-url or --pubkey-file"),
+        (["--pubkey-file", "/nonexistent/key.pem"], "--pubkey-file"),
+        (["--register-token", "t", "--no-verify"], "--register-token"),
+        (["--backend", "tgi", "--no-verify"], "--backend-url: required with backend tgi"),
+        (
+            ["--backend", "openai", "--backend-url", "localhost:8000", "--no-verify"],
+            "--backend-url: must be an http(s) URL",
+        ),
+        (
+            ["--backend", "bentoml", "--backend-url", "http://127.0.0.1:3000", "--no-verify"],
+            "--perf: required with backend bentoml",
+        ),
+        (["--backend-url", "http://127.0.0.1:8000", "--no-verify"], "--backend-url: only for"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_clear_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
 
 
-def test_pubkey_file_must_be_a_public_key(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_pubkey_file_must_be_a_public_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.pem"
     bad.write_text("not a key")
     with pytest.raises(SystemExit) as info:
@@ -57,19 +66,26 @@ def test_pubkey_file_must_be_a_public_key(tmp_path: Path,
 
 def test_defaults_and_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
     s = settings_from_args(parser().parse_args(["--no-verify"]))
-    assert (s.port, s.public_url, s.endpoint, s.tokens_per_s, s.verify) == \
-        (3000, "http://127.0.0.1:3000", "default", 200.0, False)
+    assert (s.port, s.public_url, s.endpoint, s.tokens_per_s, s.verify) == (
+        3000,
+        "http://127.0.0.1:3000",
+        "default",
+        200.0,
+        False,
+    )
     monkeypatch.setenv("WORKER_REGISTER_TOKEN", "from-env")
-    args = parser().parse_args(["--router-url", "http://r:8080/", "--host", "0.0.0.0",
-                                "--port", "3001"])
+    args = parser().parse_args(
+        ["--router-url", "http://r:8080/", "--host", "0.0.0.0", "--port", "3001"]
+    )
     s = settings_from_args(args)
     assert s.register_token == "from-env" and "from-env" not in repr(s)
     assert s.router_url == "http://r:8080" and s.public_url == "http://0.0.0.0:3001"
 
 
 def test_backend_url_flag() -> None:
-    args = parser().parse_args(["--backend", "openai", "--backend-url",
-                                "http://127.0.0.1:8000/", "--no-verify"])
+    args = parser().parse_args(
+        ["--backend", "openai", "--backend-url", "http://127.0.0.1:8000/", "--no-verify"]
+    )
     s = settings_from_args(args)
     assert (s.backend, s.backend_url, s.perf) == ("openai", "http://127.0.0.1:8000", None)
 
@@ -85,21 +101,39 @@ def test_settings_validate_once() -> None:
 async def test_process_serves_then_drains_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workers", "--backend", "synthetic", "--port", str(port),
-        "--no-verify", "--tokens-per-s", "20", "--ttft-ms", "0", "--grace-s", "20",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "workers",
+        "--backend",
+        "synthetic",
+        "--port",
+        str(port),
+        "--no-verify",
+        "--tokens-per-s",
+        "20",
+        "--ttft-ms",
+        "0",
+        "--grace-s",
+        "20",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         await asyncio.to_thread(wait_port, port)
         async with aiohttp.ClientSession() as http:
             # the README's demo request
-            async with http.post(f"{base}/generate", data=b'{"inputs":"hi","parameters":'
-                                 b'{"max_new_tokens":5}}') as resp:
+            async with http.post(
+                f"{base}/generate", data=b'{"inputs":"hi","parameters":{"max_new_tokens":5}}'
+            ) as resp:
                 assert resp.status == 200
                 assert len((await resp.json())["generated_text"].split()) == 5
             # a 40-token stream at 20 tokens/s: in flight for ~2 s
-            async with http.post(f"{base}/generate_stream", data=orjson.dumps(
-                    {"inputs": "x", "parameters": {"max_new_tokens": 40}})) as stream:
+            async with http.post(
+                f"{base}/generate_stream",
+                data=orjson.dumps({"inputs": "x", "parameters": {"max_new_tokens": 40}}),
+            ) as stream:
                 assert (await stream.content.readline()).startswith(b"data:")
                 proc.send_signal(signal.SIGTERM)
                 deadline = time.monotonic() + 5
@@ -132,15 +166,35 @@ async def test_process_verifies_with_pubkey_file(tmp_path: Path) -> None:
     pem.write_text(ring.public_pem())
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workers", "--port", str(port), "--endpoint", "demo",
-        "--pubkey-file", str(pem), "--log-level", "warning",
-        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "workers",
+        "--port",
+        str(port),
+        "--endpoint",
+        "demo",
+        "--pubkey-file",
+        str(pem),
+        "--log-level",
+        "warning",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         await asyncio.to_thread(wait_port, port)
         base = f"http://127.0.0.1:{port}"
-        ticket = ring.sign_ticket({
-            "cost": 4.0, "endpoint": "demo", "expires_at": time.time() + 30,
-            "key_id": ring.kid, "reqnum": 10**15, "request_idx": 1, "url": base})
+        ticket = ring.sign_ticket(
+            {
+                "cost": 4.0,
+                "endpoint": "demo",
+                "expires_at": time.time() + 30,
+                "key_id": ring.kid,
+                "reqnum": 10**15,
+                "request_idx": 1,
+                "url": base,
+            }
+        )
         async with aiohttp.ClientSession() as http:
             body = {"auth_data": ticket, "payload": {"inputs": "hi"}}
             async with http.post(f"{base}/generate", data=orjson.dumps(body)) as r:

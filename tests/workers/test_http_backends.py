@@ -44,24 +44,34 @@ async def fake() -> AsyncIterator[tuple[FakeModelServer, str]]:
 
 
 @asynccontextmanager
-async def fronting(backend: str, url: str, pubkey_file: Path | None,
-                   **overrides: Any) -> AsyncIterator[Client]:
+async def fronting(
+    backend: str, url: str, pubkey_file: Path | None, **overrides: Any
+) -> AsyncIterator[Client]:
     """A worker with the `backend` HTTP backend, forwarding to `url`."""
     if backend == "bentoml":
         overrides.setdefault("perf", 1e6)
     if pubkey_file is None:
         overrides["verify"] = False
-    async with worker(settings(pubkey_file, backend=backend, backend_url=url,
-                               **overrides)) as client:
+    async with worker(
+        settings(pubkey_file, backend=backend, backend_url=url, **overrides)
+    ) as client:
         yield client
 
 
-async def post(client: Client, path: str, ticket: dict[str, Any], payload: Any,
-               shape: Any = vast_shape, headers: dict[str, str] | None = None) -> Any:
+async def post(
+    client: Client,
+    path: str,
+    ticket: dict[str, Any],
+    payload: Any,
+    shape: Any = vast_shape,
+    headers: dict[str, str] | None = None,
+) -> Any:
     body, extra = shape(ticket, payload)
-    return await client.post(path, data=orjson.dumps(body),
-                             headers={"Content-Type": "application/json", **extra,
-                                      **(headers or {})})
+    return await client.post(
+        path,
+        data=orjson.dumps(body),
+        headers={"Content-Type": "application/json", **extra, **(headers or {})},
+    )
 
 
 async def error_code(resp: Any) -> str:
@@ -80,12 +90,18 @@ async def metrics_text(client: Client) -> str:
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 async def test_tgi_serves_tickets_and_forwards_only_the_payload(
-        fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets,
-        shape: Any) -> None:
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets, shape: Any
+) -> None:
     model, url = fake
     async with fronting("tgi", url, pubkey_file) as client:
-        resp = await post(client, "/generate?trace=1", tickets.issue(), PAYLOAD, shape,
-                          headers={"Authorization": "Bearer client-key", "X-Custom": "yes"})
+        resp = await post(
+            client,
+            "/generate?trace=1",
+            tickets.issue(),
+            PAYLOAD,
+            shape,
+            headers={"Authorization": "Bearer client-key", "X-Custom": "yes"},
+        )
         assert resp.status == 200, await resp.text()
         assert orjson.loads(await resp.read()) == {"generated_text": "echo What is deep learning?"}
     assert model.payloads == [PAYLOAD]  # no ticket field, no wrapper
@@ -95,14 +111,23 @@ async def test_tgi_serves_tickets_and_forwards_only_the_payload(
     assert model.queries == ["trace=1"]
 
 
-@pytest.mark.parametrize(("backend", "path", "payload", "shape"), [
-    ("tgi", "/generate_stream", PAYLOAD, vast_shape),
-    ("openai", "/v1/chat/completions", {**CHAT, "stream": True}, header_shape),
-    ("tgi", "/v1/chat/completions", {**CHAT, "stream": True}, vast_shape),
-])
-async def test_streams_chunk_by_chunk(fake: tuple[FakeModelServer, str], pubkey_file: Path,
-                                      tickets: Tickets, backend: str, path: str,
-                                      payload: dict[str, Any], shape: Any) -> None:
+@pytest.mark.parametrize(
+    ("backend", "path", "payload", "shape"),
+    [
+        ("tgi", "/generate_stream", PAYLOAD, vast_shape),
+        ("openai", "/v1/chat/completions", {**CHAT, "stream": True}, header_shape),
+        ("tgi", "/v1/chat/completions", {**CHAT, "stream": True}, vast_shape),
+    ],
+)
+async def test_streams_chunk_by_chunk(
+    fake: tuple[FakeModelServer, str],
+    pubkey_file: Path,
+    tickets: Tickets,
+    backend: str,
+    path: str,
+    payload: dict[str, Any],
+    shape: Any,
+) -> None:
     model, url = fake
     async with fronting(backend, url, pubkey_file) as client:
         resp = await post(client, path, tickets.issue(cost=7.0), payload, shape)
@@ -119,9 +144,9 @@ async def test_streams_chunk_by_chunk(fake: tuple[FakeModelServer, str], pubkey_
     assert model.payloads == [payload]
 
 
-async def test_status_and_content_type_pass_through(fake: tuple[FakeModelServer, str],
-                                                    pubkey_file: Path,
-                                                    tickets: Tickets) -> None:
+async def test_status_and_content_type_pass_through(
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets
+) -> None:
     _, url = fake
     async with fronting("openai", url, pubkey_file) as client:
         resp = await post(client, "/v1/completions", tickets.issue(), {"prompt": "bad"})
@@ -130,12 +155,15 @@ async def test_status_and_content_type_pass_through(fake: tuple[FakeModelServer,
         resp = await post(client, "/v1/embeddings", tickets.issue(), {"input": "abc"})
         assert resp.status == 200
         assert orjson.loads(await resp.read())["data"][0]["embedding"] == [0.5, 0.25]
-        assert 'worker_requests_total{code="422",route="/v1/completions"} 1.0' in \
-            await metrics_text(client)
+        assert (
+            'worker_requests_total{code="422",route="/v1/completions"} 1.0'
+            in await metrics_text(client)
+        )
 
 
-async def test_openai_models_is_a_get_route(fake: tuple[FakeModelServer, str],
-                                            pubkey_file: Path, tickets: Tickets) -> None:
+async def test_openai_models_is_a_get_route(
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets
+) -> None:
     model, url = fake
     async with fronting("openai", url, pubkey_file) as client:
         _, headers = header_shape(tickets.issue(cost=0.0), None)
@@ -152,19 +180,24 @@ async def test_openai_models_is_a_get_route(fake: tuple[FakeModelServer, str],
 
 
 async def test_bentoml_forwards_any_path_and_binary_answers(
-        fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets) -> None:
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets
+) -> None:
     model, url = fake
     async with fronting("bentoml", url, pubkey_file) as client:
         payload = {"prompt": "a red fox", "width": 16, "height": 8, "num_inference_steps": 4}
-        resp = await post(client, "/txt2img", tickets.issue(), payload,
-                          headers={"Accept": "image/png"})
+        resp = await post(
+            client, "/txt2img", tickets.issue(), payload, headers={"Accept": "image/png"}
+        )
         assert resp.status == 200 and resp.content_type == "image/png"
         assert await resp.read() == PNG and resp.content_length == len(PNG)
         resp = await post(client, "/jsonl", tickets.issue(), {"n": 3})
         assert resp.status == 200 and resp.content_type == "application/jsonl"
         assert resp.headers.get("Transfer-Encoding") == "chunked"
-        assert [orjson.loads(line) for line in (await resp.read()).splitlines()] == \
-            [{"i": 0}, {"i": 1}, {"i": 2}]
+        assert [orjson.loads(line) for line in (await resp.read()).splitlines()] == [
+            {"i": 0},
+            {"i": 1},
+            {"i": 2},
+        ]
         resp = await post(client, "/no/such/api", tickets.issue(), {})
         assert resp.status == 404  # the service's own 404, passed through
         text = await metrics_text(client)
@@ -174,8 +207,9 @@ async def test_bentoml_forwards_any_path_and_binary_answers(
     assert "/txt2img" not in text  # user-defined paths never become label values
 
 
-async def test_tgi_unknown_path_is_404(fake: tuple[FakeModelServer, str],
-                                       pubkey_file: Path) -> None:
+async def test_tgi_unknown_path_is_404(
+    fake: tuple[FakeModelServer, str], pubkey_file: Path
+) -> None:
     model, url = fake
     async with fronting("tgi", url, pubkey_file) as client:
         resp = await client.post("/v1/embeddings", data=b"{}")
@@ -184,9 +218,9 @@ async def test_tgi_unknown_path_is_404(fake: tuple[FakeModelServer, str],
 
 
 @pytest.mark.parametrize("backend", ["tgi", "openai", "bentoml"])
-async def test_readyz_follows_the_model_servers_health(fake: tuple[FakeModelServer, str],
-                                                       pubkey_file: Path,
-                                                       backend: str) -> None:
+async def test_readyz_follows_the_model_servers_health(
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, backend: str
+) -> None:
     model, url = fake
     async with fronting(backend, url, pubkey_file) as client:
         status, doc = await readyz(client)
@@ -198,11 +232,13 @@ async def test_readyz_follows_the_model_servers_health(fake: tuple[FakeModelServ
         assert (await readyz(client))[0] == 200
 
 
-@pytest.mark.parametrize(("backend", "path"), [("tgi", "/generate"),
-                                               ("openai", "/v1/chat/completions"),
-                                               ("bentoml", "/anything")])
-async def test_model_server_down_is_a_json_502(pubkey_file: Path, tickets: Tickets,
-                                               backend: str, path: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "path"),
+    [("tgi", "/generate"), ("openai", "/v1/chat/completions"), ("bentoml", "/anything")],
+)
+async def test_model_server_down_is_a_json_502(
+    pubkey_file: Path, tickets: Tickets, backend: str, path: str
+) -> None:
     async with fronting(backend, f"http://127.0.0.1:{free_port()}", pubkey_file) as client:
         resp = await post(client, path, tickets.issue(), CHAT)
         assert resp.status == 502 and await error_code(resp) == "backend_unavailable"
@@ -213,7 +249,8 @@ async def test_model_server_down_is_a_json_502(pubkey_file: Path, tickets: Ticke
 
 
 async def test_client_hang_up_mid_stream_cancels_the_upstream_request(
-        fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets) -> None:
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets
+) -> None:
     model, url = fake
     async with fronting("tgi", url, pubkey_file) as client:
         resp = await post(client, "/generate_stream", tickets.issue(cost=9.0), PAYLOAD)
@@ -222,12 +259,15 @@ async def test_client_hang_up_mid_stream_cancels_the_upstream_request(
         resp.close()  # hang up with the gate still shut
         await asyncio.wait_for(model.cancelled.wait(), 5)
         await until(lambda: idle(client), what="load released after the hang-up")
-        assert 'worker_requests_total{code="499",route="/generate_stream"} 1.0' in \
-            await metrics_text(client)
+        assert (
+            'worker_requests_total{code="499",route="/generate_stream"} 1.0'
+            in await metrics_text(client)
+        )
 
 
 async def test_client_hang_up_before_the_answer_cancels_the_upstream_request(
-        fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets) -> None:
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets
+) -> None:
     model, url = fake
     async with fronting("bentoml", url, pubkey_file) as client:
         call = asyncio.create_task(post(client, "/hang", tickets.issue(), {}))
@@ -240,8 +280,11 @@ async def test_client_hang_up_before_the_answer_cancels_the_upstream_request(
 
 
 async def test_model_server_failure_mid_stream_cuts_the_connection(
-        fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets,
-        caplog: pytest.LogCaptureFixture) -> None:
+    fake: tuple[FakeModelServer, str],
+    pubkey_file: Path,
+    tickets: Tickets,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     _, url = fake
     async with fronting("bentoml", url, pubkey_file) as client:
         resp = await post(client, "/break", tickets.issue(), {})
@@ -249,19 +292,18 @@ async def test_model_server_failure_mid_stream_cuts_the_connection(
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()  # truncated, never a clean end that looks complete
         await until(lambda: idle(client), what="load released")
-        assert 'worker_requests_total{code="500",route="other"} 1.0' in \
-            await metrics_text(client)
+        assert 'worker_requests_total{code="500",route="other"} 1.0' in await metrics_text(client)
     worker_logs = [r for r in caplog.records if r.name.startswith("workers")]
     assert any("failed mid-response" in r.getMessage() for r in worker_logs)
     assert not any(r.exc_info for r in worker_logs)  # one line, no traceback
 
 
-async def test_no_verify_estimates_cost_from_the_payload(
-        fake: tuple[FakeModelServer, str]) -> None:
+async def test_no_verify_estimates_cost_from_the_payload(fake: tuple[FakeModelServer, str]) -> None:
     model, url = fake
     async with fronting("openai", url, None) as client:
-        resp = await client.post("/v1/chat/completions",
-                                 data=orjson.dumps({**CHAT, "stream": True}))
+        resp = await client.post(
+            "/v1/chat/completions", data=orjson.dumps({**CHAT, "stream": True})
+        )
         await asyncio.wait_for(next_event(resp), 5)
         _, doc = await readyz(client)
         assert doc["inflight_cost"] == 5 + len("hello") / 4
@@ -270,8 +312,9 @@ async def test_no_verify_estimates_cost_from_the_payload(
         await sse_events(resp)
 
 
-async def test_one_session_per_backend(fake: tuple[FakeModelServer, str],
-                                       pubkey_file: Path, tickets: Tickets) -> None:
+async def test_one_session_per_backend(
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets
+) -> None:
     _, url = fake
     async with fronting("tgi", url, pubkey_file) as client:
         backend = client.server.app[STATE].backend
@@ -284,15 +327,15 @@ async def test_one_session_per_backend(fake: tuple[FakeModelServer, str],
     assert backend._session is None and session.closed
 
 
-async def test_synthetic_png_through_a_bentoml_worker(pubkey_file: Path,
-                                                      tickets: Tickets) -> None:
+async def test_synthetic_png_through_a_bentoml_worker(pubkey_file: Path, tickets: Tickets) -> None:
     """End to end: binary bytes from a model server reach the client unchanged."""
     async with worker(settings(verify=False)) as synthetic:
         url = str(synthetic.make_url("")).rstrip("/")
         async with fronting("bentoml", url, pubkey_file) as client:
             assert (await readyz(client))[0] == 200  # the synthetic worker's /readyz
-            resp = await post(client, "/generate", tickets.issue(), PAYLOAD,
-                              headers={"Accept": "image/png"})
+            resp = await post(
+                client, "/generate", tickets.issue(), PAYLOAD, headers={"Accept": "image/png"}
+            )
             assert resp.status == 200 and resp.content_type == "image/png"
             body = await resp.read()
     assert body.startswith(PNG_SIGNATURE)

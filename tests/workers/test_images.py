@@ -64,7 +64,7 @@ def test_dockerfile_structure(dockerfile: Path) -> None:
         assert name and tag and tag != "latest" and "/" not in tag, f"unpinned FROM {image}"
     base = {"vllm": "vllm/vllm-openai", "tgi": "ghcr.io/huggingface/text-generation-inference"}
     assert froms[-1].startswith(base[dockerfile.parent.name] + ":")
-    final = steps[max(i for i, (w, _) in enumerate(steps) if w == "FROM"):]
+    final = steps[max(i for i, (w, _) in enumerate(steps) if w == "FROM") :]
     words = [w for w, _ in final]
     for needed in ("USER", "HEALTHCHECK", "ENTRYPOINT", "EXPOSE"):
         assert needed in words, f"{dockerfile}: no {needed}"
@@ -84,8 +84,9 @@ def test_dockerfile_structure(dockerfile: Path) -> None:
 def test_hadolint() -> None:
     hadolint = tool("hadolint")
     assert hadolint is not None
-    run = subprocess.run([hadolint, "--no-color", *map(str, DOCKERFILES)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [hadolint, "--no-color", *map(str, DOCKERFILES)], capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -100,8 +101,9 @@ def test_scripts_parse_and_are_executable(script: Path) -> None:
 def test_shellcheck() -> None:
     shellcheck = tool("shellcheck")
     assert shellcheck is not None
-    run = subprocess.run([shellcheck, *map(str, SCRIPTS)], capture_output=True, text=True,
-                         timeout=60)
+    run = subprocess.run(
+        [shellcheck, *map(str, SCRIPTS)], capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -115,30 +117,46 @@ FAKE_MODEL_SERVER = textwrap.dedent("""
 
 
 def supervise_env(model_port: int, worker_port: int) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "PYTHONPATH": str(ROOT), "WORKER_PYTHON": sys.executable, "ENDPOINT": "demo",
-            "PUBLIC_URL": f"http://127.0.0.1:{worker_port}", "MODEL_PORT": str(model_port),
-            "WORKER_PORT": str(worker_port), "WORKER_ARGS": "--no-verify --log-level warning",
-            "GRACE_S": "5", "MODEL_LOAD_TIMEOUT_S": "30"}
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+        "WORKER_PYTHON": sys.executable,
+        "ENDPOINT": "demo",
+        "PUBLIC_URL": f"http://127.0.0.1:{worker_port}",
+        "MODEL_PORT": str(model_port),
+        "WORKER_PORT": str(worker_port),
+        "WORKER_ARGS": "--no-verify --log-level warning",
+        "GRACE_S": "5",
+        "MODEL_LOAD_TIMEOUT_S": "30",
+    }
 
 
-async def test_supervise_gates_on_health_serves_and_stops_both_on_sigterm(
-        tmp_path: Path) -> None:
+async def test_supervise_gates_on_health_serves_and_stops_both_on_sigterm(tmp_path: Path) -> None:
     script = tmp_path / "model_server.py"
     script.write_text(FAKE_MODEL_SERVER)
     model_port, worker_port = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
-        "bash", str(IMAGES / "supervise.sh"), "openai", sys.executable, str(script),
-        str(model_port), cwd=ROOT, env=supervise_env(model_port, worker_port),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        "bash",
+        str(IMAGES / "supervise.sh"),
+        "openai",
+        sys.executable,
+        str(script),
+        str(model_port),
+        cwd=ROOT,
+        env=supervise_env(model_port, worker_port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     try:
         await asyncio.to_thread(wait_port, worker_port, 30.0)
         async with aiohttp.ClientSession() as http:
             base = f"http://127.0.0.1:{worker_port}"
             async with http.get(f"{base}/readyz") as r:
                 assert r.status == 200
-            async with http.post(f"{base}/v1/completions",
-                                 data=orjson.dumps({"prompt": "hi"})) as r:
+            async with http.post(
+                f"{base}/v1/completions", data=orjson.dumps({"prompt": "hi"})
+            ) as r:
                 assert r.status == 200
                 assert (await r.json())["object"] == "text_completion"
         proc.send_signal(signal.SIGTERM)
@@ -156,13 +174,20 @@ async def test_supervise_gates_on_health_serves_and_stops_both_on_sigterm(
             await proc.wait()
 
 
-async def test_supervise_fails_when_the_model_server_dies_while_loading(
-        tmp_path: Path) -> None:
+async def test_supervise_fails_when_the_model_server_dies_while_loading(tmp_path: Path) -> None:
     model_port, worker_port = free_port(), free_port()
     run = await asyncio.create_subprocess_exec(
-        "bash", str(IMAGES / "supervise.sh"), "tgi", "bash", "-c", "exit 3", cwd=ROOT,
-        env=supervise_env(model_port, worker_port), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
+        "bash",
+        str(IMAGES / "supervise.sh"),
+        "tgi",
+        "bash",
+        "-c",
+        "exit 3",
+        cwd=ROOT,
+        env=supervise_env(model_port, worker_port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     output, _ = await asyncio.wait_for(run.communicate(), 20)
     assert run.returncode == 3
     assert b"exited (status 3) before it was healthy" in output

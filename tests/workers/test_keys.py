@@ -111,8 +111,9 @@ async def test_worker_waits_for_a_router_that_starts_later() -> None:
             assert await _serve(client, Tickets(fake.ring).issue()) == (200, "")
 
 
-async def test_pubkey_file_and_jwks_together(router: tuple[FakeRouter, str],
-                                             tmp_path: Path) -> None:
+async def test_pubkey_file_and_jwks_together(
+    router: tuple[FakeRouter, str], tmp_path: Path
+) -> None:
     fake, url = router
     pem_ring = KeyRing.ephemeral("rsa")
     path = tmp_path / "k.pem"
@@ -142,8 +143,9 @@ async def test_concurrent_unknown_keys_share_one_refetch(router: tuple[FakeRoute
             fake.gate.set()
             return True
 
-        results = await asyncio.gather(*(source.refetch() for _ in range(5)),
-                                       open_gate_once_asked())
+        results = await asyncio.gather(
+            *(source.refetch() for _ in range(5)), open_gate_once_asked()
+        )
         assert results == [True] * 6
         assert fake.fetches == 1
         assert set(verifier.keys) == {fake.ring.kid}
@@ -180,7 +182,8 @@ async def test_failed_refetch_keeps_the_keys(router: tuple[FakeRouter, str]) -> 
 
 
 async def test_refresh_revokes_a_dropped_key_without_any_ticket(
-        router: tuple[FakeRouter, str]) -> None:
+    router: tuple[FakeRouter, str],
+) -> None:
     fake, url = router
     fake.ring = rotated(fake.ring)  # two keys published: the old one and the new signer
     old, new = fake.ring.keys[0].kid, fake.ring.kid
@@ -188,6 +191,7 @@ async def test_refresh_revokes_a_dropped_key_without_any_ticket(
     source = KeySource(verifier, url, {}, refetch_interval_s=60, refresh_s=0.05)
     async with aiohttp.ClientSession() as session:
         source.start(session)
+
         async def keys_are(*kids: str) -> bool:
             return set(verifier.keys) == set(kids)
 

@@ -18,9 +18,9 @@ def decode(png: bytes) -> tuple[int, int, bytes]:
     assert png.startswith(PNG_SIGNATURE)
     pos, chunks = len(PNG_SIGNATURE), []
     while pos < len(png):
-        (length,) = struct.unpack(">I", png[pos:pos + 4])
-        kind, data = png[pos + 4:pos + 8], png[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", png[pos + 8 + length:pos + 12 + length])
+        (length,) = struct.unpack(">I", png[pos : pos + 4])
+        kind, data = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", png[pos + 8 + length : pos + 12 + length])
         assert crc == zlib.crc32(kind + data)
         chunks.append((kind, data))
         pos += 12 + length
@@ -40,23 +40,34 @@ def test_pattern_is_a_valid_deterministic_png() -> None:
         encode_png(2, 2, b"short")
 
 
-@pytest.mark.parametrize(("accept", "image"), [
-    ("image/png", True), ("image/*", True), ("text/html, IMAGE/PNG;q=0.9", True),
-    ("*/*", False), ("application/json", False), ("", False),
-])
+@pytest.mark.parametrize(
+    ("accept", "image"),
+    [
+        ("image/png", True),
+        ("image/*", True),
+        ("text/html, IMAGE/PNG;q=0.9", True),
+        ("*/*", False),
+        ("application/json", False),
+        ("", False),
+    ],
+)
 def test_wants_image(accept: str, image: bool) -> None:
     assert wants_image(accept) is image
 
 
 async def test_synthetic_generate_answers_png_on_accept_image() -> None:
     async with worker(settings(verify=False, ttft_ms=0)) as client:
-        resp = await client.post("/generate", data=orjson.dumps({"inputs": "a cat"}),
-                                 headers={"Accept": "image/png"})
+        resp = await client.post(
+            "/generate", data=orjson.dumps({"inputs": "a cat"}), headers={"Accept": "image/png"}
+        )
         assert resp.status == 200 and resp.content_type == "image/png"
         body = await resp.read()
         assert body.startswith(PNG_SIGNATURE) and body == pattern_png("a cat")
-        resp = await client.post("/generate", headers={"Accept": "image/*"}, data=orjson.dumps(
-            {"prompt": "x", "width": 10_000, "height": 3}))
+        resp = await client.post(
+            "/generate",
+            headers={"Accept": "image/*"},
+            data=orjson.dumps({"prompt": "x", "width": 10_000, "height": 3}),
+        )
         assert decode(await resp.read())[:2] == (256, 3)  # sides clamped to 1..256
         resp = await client.post("/generate", data=orjson.dumps({"inputs": "a cat"}))
         assert resp.content_type == "application/json"  # text unless an image is asked for

@@ -31,17 +31,20 @@ class FakeRouter:
         return web.Response(body=self.ring.jwks_bytes(), content_type="application/json")
 
     async def register(self, request: web.Request) -> web.Response:
-        self.posts.append((request.headers.get("Authorization"),
-                           orjson.loads(await request.read())))
+        self.posts.append(
+            (request.headers.get("Authorization"), orjson.loads(await request.read()))
+        )
         if len(self.posts) <= self.refuse_first:
-            return web.json_response({"error": {"code": "store_unavailable", "message": "x"}},
-                                     status=503)
-        return web.json_response({"id": "w-1", "status": "loading"},
-                                 status=201 if len(self.posts) == self.refuse_first + 1 else 200)
+            return web.json_response(
+                {"error": {"code": "store_unavailable", "message": "x"}}, status=503
+            )
+        return web.json_response(
+            {"id": "w-1", "status": "loading"},
+            status=201 if len(self.posts) == self.refuse_first + 1 else 200,
+        )
 
     async def remove(self, request: web.Request) -> web.Response:
-        self.deletes.append((request.headers.get("Authorization"),
-                             request.match_info["worker_id"]))
+        self.deletes.append((request.headers.get("Authorization"), request.match_info["worker_id"]))
         return web.json_response({"removed": request.match_info["worker_id"]})
 
 
@@ -49,9 +52,15 @@ async def test_registers_retries_reregisters_and_deregisters() -> None:
     fake = FakeRouter()
     async with serve_app(fake.app()) as server:
         url = str(server.make_url("")).rstrip("/")
-        s = settings(router_url=url, register_token="tok-1", perf=123.0, max_load=50.0,
-                     register_interval_s=0.02)
+        s = settings(
+            router_url=url,
+            register_token="tok-1",
+            perf=123.0,
+            max_load=50.0,
+            register_interval_s=0.02,
+        )
         async with worker(s) as client:
+
             async def registered_again() -> bool:
                 return len(fake.posts) >= fake.refuse_first + 3
 
@@ -73,6 +82,7 @@ async def test_registration_body_defaults_and_drain_pause_flag() -> None:
         url = str(server.make_url("")).rstrip("/")
         s = settings(router_url=url, register_token="tok", register_interval_s=0.02)
         async with worker(s) as client:
+
             async def registered() -> bool:
                 return len(fake.posts) >= 1
 

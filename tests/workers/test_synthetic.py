@@ -25,13 +25,25 @@ from workers.settings import WorkerSettings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("payload", "n"), [
-    ({}, 16), (None, 16), ({"max_new_tokens": 5}, 5), ({"parameters": {"max_new_tokens": 7}}, 7),
-    ({"max_tokens": 9}, 9), ({"max_completion_tokens": 4}, 4), ({"max_tokens": 3.0}, 3),
-    ({"max_tokens": 0}, 1), ({"max_tokens": -5}, 1), ({"max_tokens": 10**9}, 4096),
-    ({"max_tokens": True}, 16), ({"max_tokens": "12"}, 16), ({"max_tokens": 2.5}, 16),
-    ({"max_new_tokens": 2, "max_tokens": 9}, 2),
-])
+@pytest.mark.parametrize(
+    ("payload", "n"),
+    [
+        ({}, 16),
+        (None, 16),
+        ({"max_new_tokens": 5}, 5),
+        ({"parameters": {"max_new_tokens": 7}}, 7),
+        ({"max_tokens": 9}, 9),
+        ({"max_completion_tokens": 4}, 4),
+        ({"max_tokens": 3.0}, 3),
+        ({"max_tokens": 0}, 1),
+        ({"max_tokens": -5}, 1),
+        ({"max_tokens": 10**9}, 4096),
+        ({"max_tokens": True}, 16),
+        ({"max_tokens": "12"}, 16),
+        ({"max_tokens": 2.5}, 16),
+        ({"max_new_tokens": 2, "max_tokens": 9}, 2),
+    ],
+)
 def test_max_tokens(payload: Any, n: int) -> None:
     assert max_tokens(payload) == n
 
@@ -39,13 +51,20 @@ def test_max_tokens(payload: Any, n: int) -> None:
 def test_prompt_of_each_route() -> None:
     assert prompt_of("/generate", {"inputs": "a"}) == "a"
     assert prompt_of("/v1/completions", {"prompt": ["a", "b"]}) == "a\nb"
-    chat = {"messages": [{"role": "system", "content": "s"},
-                         {"role": "user", "content": [{"type": "text", "text": "u"}]}]}
+    chat = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": [{"type": "text", "text": "u"}]},
+        ]
+    }
     assert prompt_of("/v1/chat/completions", chat) == "s\nu"
-    for path, payload in (("/generate", {"prompt": "a"}), ("/generate_stream", []),
-                          ("/v1/completions", {"prompt": 3}),
-                          ("/v1/chat/completions", {"messages": []}),
-                          ("/v1/chat/completions", {"messages": ["x"]})):
+    for path, payload in (
+        ("/generate", {"prompt": "a"}),
+        ("/generate_stream", []),
+        ("/v1/completions", {"prompt": 3}),
+        ("/v1/chat/completions", {"messages": []}),
+        ("/v1/chat/completions", {"messages": ["x"]}),
+    ):
         with pytest.raises(BadRequest):
             prompt_of(path, payload)
 
@@ -54,12 +73,19 @@ def test_text_is_stable_across_processes() -> None:
     here = tokens_for("What is deep learning?", 12)
     assert tokens_for("What is deep learning?", 12) == here
     assert tokens_for("What is deep learning!", 12) != here
-    code = ("from workers.backends.synthetic import tokens_for; "
-            "print(tokens_for('What is deep learning?', 12))")
+    code = (
+        "from workers.backends.synthetic import tokens_for; "
+        "print(tokens_for('What is deep learning?', 12))"
+    )
     for seed in ("1", "2"):
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
-                             capture_output=True, text=True,
-                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
         assert out.strip() == str(here)
 
 

@@ -68,23 +68,39 @@ def test_missing() -> None:
         assert info.value.reason == "missing"
 
 
-@pytest.mark.parametrize("header", [
-    "!!!not base64!!!",
-    base64.urlsafe_b64encode(b"not json").decode(),
-    base64.urlsafe_b64encode(b"[1, 2]").decode(),
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "!!!not base64!!!",
+        base64.urlsafe_b64encode(b"not json").decode(),
+        base64.urlsafe_b64encode(b"[1, 2]").decode(),
+    ],
+)
 def test_malformed_header(header: str) -> None:
     with pytest.raises(TicketRejected) as info:
         extract_ticket({"inputs": "x"}, header)
     assert info.value.reason == "malformed"
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("reqnum", "123"), ("reqnum", 1.5), ("reqnum", True), ("cost", "8"), ("cost", None),
-    ("cost", False), ("request_idx", 2.5), ("url", None), ("endpoint", 7), ("key_id", []),
-    ("expires_at", "soon"), ("signature", 12), ("expires_at", float("inf")),
-    ("cost", float("nan")),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("reqnum", "123"),
+        ("reqnum", 1.5),
+        ("reqnum", True),
+        ("cost", "8"),
+        ("cost", None),
+        ("cost", False),
+        ("request_idx", 2.5),
+        ("url", None),
+        ("endpoint", 7),
+        ("key_id", []),
+        ("expires_at", "soon"),
+        ("signature", 12),
+        ("expires_at", float("inf")),
+        ("cost", float("nan")),
+    ],
+)
 def test_malformed_fields(ring: KeyRing, tickets: Tickets, field: str, value: Any) -> None:
     assert reason(verifier(ring), {**tickets.issue(), field: value}) == "malformed"
 
@@ -152,8 +168,9 @@ def test_expired_with_clock_skew(ring: KeyRing, tickets: Tickets) -> None:
     assert reason(v, tickets.issue(expires_at=now - 6), now) == "expired"
     t = tickets.issue(expires_at=now - 4)  # within the allowed skew
     assert v.verify(t, now) == t["reqnum"]
-    assert reason(verifier(ring, skew_s=0.0), tickets.issue(expires_at=now - 0.01),
-                  now) == "expired"
+    assert (
+        reason(verifier(ring, skew_s=0.0), tickets.issue(expires_at=now - 0.01), now) == "expired"
+    )
 
 
 def test_checks_run_in_order(ring: KeyRing) -> None:

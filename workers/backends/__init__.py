@@ -22,10 +22,14 @@ def make_backend(settings: WorkerSettings) -> Backend:
     if settings.backend == "synthetic":
         from workers.backends.synthetic import SyntheticBackend
 
-        capacity = (settings.capacity or settings.perf
-                    or settings.tokens_per_s * _DEFAULT_STREAMS_AT_FULL_SPEED)
-        return SyntheticBackend(capacity=capacity, tokens_per_s=settings.tokens_per_s,
-                                ttft_ms=settings.ttft_ms)
+        capacity = (
+            settings.capacity
+            or settings.perf
+            or settings.tokens_per_s * _DEFAULT_STREAMS_AT_FULL_SPEED
+        )
+        return SyntheticBackend(
+            capacity=capacity, tokens_per_s=settings.tokens_per_s, ttft_ms=settings.ttft_ms
+        )
     url = settings.backend_url
     if url is None:  # settings validation makes this unreachable
         raise ValueError(f"backend {settings.backend} needs backend_url")

@@ -24,13 +24,30 @@ from workers.backends.base import Backend, BackendFailed
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate",
-                        "proxy-authorization", "te", "trailer", "trailers",
-                        "transfer-encoding", "upgrade"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 # Never forwarded to the model server: hop-by-hop, what describes the body we replace,
 # and credentials meant for the worker or the router rather than the model server.
-_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "content-type", "content-encoding",
-                              "expect", "authorization", "x-route-ticket"}
+_DROP_REQUEST = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "expect",
+    "authorization",
+    "x-route-ticket",
+}
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 # Let the client's own headers decide these: aiohttp would otherwise ask for gzip, and
 # with auto_decompress off a client that never asked for it would receive gzip.
@@ -44,13 +61,18 @@ DEFAULT_PERF_TOKENS_S = 1000.0  # one GPU, a 7-8B model with continuous batching
 def _kept(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
     """Headers minus `drop` and minus any header the Connection header names."""
     named = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
-    return CIMultiDict((k, v) for k, v in headers.items()
-                       if k.lower() not in drop and k.lower() not in named)
+    return CIMultiDict(
+        (k, v) for k, v in headers.items() if k.lower() not in drop and k.lower() not in named
+    )
 
 
 def _unavailable(exc: BaseException) -> web.Response:
-    body = {"error": {"code": "backend_unavailable",
-                      "message": f"the model server did not answer: {type(exc).__name__}"}}
+    body = {
+        "error": {
+            "code": "backend_unavailable",
+            "message": f"the model server did not answer: {type(exc).__name__}",
+        }
+    }
     return web.Response(body=orjson.dumps(body), status=502, content_type="application/json")
 
 
@@ -72,7 +94,8 @@ class HttpBackend(Backend):
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
             auto_decompress=False,
             # One session relays every client's requests: keep no cookies between them.
-            cookie_jar=aiohttp.DummyCookieJar())
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -87,9 +110,11 @@ class HttpBackend(Backend):
         if self._session is None:
             return False
         try:
-            async with self._session.get(self.base_url + self.health_path,
-                                         timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT_S),
-                                         allow_redirects=False) as resp:
+            async with self._session.get(
+                self.base_url + self.health_path,
+                timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT_S),
+                allow_redirects=False,
+            ) as resp:
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.debug("model server health check failed: %r", exc)
@@ -106,8 +131,13 @@ class HttpBackend(Backend):
             headers["Content-Type"] = "application/json"
         try:
             upstream = await self._session.request(
-                request.method, url, data=data, headers=headers, allow_redirects=False,
-                skip_auto_headers=_SKIP_AUTO)
+                request.method,
+                url,
+                data=data,
+                headers=headers,
+                allow_redirects=False,
+                skip_auto_headers=_SKIP_AUTO,
+            )
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("model server %s unavailable: %r", self.base_url, exc)
             return _unavailable(exc)
@@ -121,8 +151,11 @@ class HttpBackend(Backend):
 
 async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
     """Write each upstream chunk to the client as it arrives; never buffer a stream."""
-    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                              headers=_kept(upstream.headers, _DROP_RESPONSE))
+    resp = web.StreamResponse(
+        status=upstream.status,
+        reason=upstream.reason,
+        headers=_kept(upstream.headers, _DROP_RESPONSE),
+    )
     chunked = "chunked" in upstream.headers.get("Transfer-Encoding", "").lower()
     if upstream.content_length is not None and not chunked:
         resp.content_length = upstream.content_length

@@ -11,8 +11,7 @@ _RGB_8BIT = (8, 2)  # bit depth, colour type 2 (truecolour)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data)))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def encode_png(width: int, height: int, rgb: bytes) -> bytes:
@@ -20,10 +19,14 @@ def encode_png(width: int, height: int, rgb: bytes) -> bytes:
     if width < 1 or height < 1 or len(rgb) != width * height * 3:
         raise ValueError("rgb must hold width x height x 3 bytes")
     stride = width * 3
-    raw = b"".join(b"\x00" + rgb[y * stride:(y + 1) * stride] for y in range(height))
+    raw = b"".join(b"\x00" + rgb[y * stride : (y + 1) * stride] for y in range(height))
     header = struct.pack(">IIBBBBB", width, height, *_RGB_8BIT, 0, 0, 0)
-    return (PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 6))
-            + _chunk(b"IEND", b""))
+    return (
+        PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(raw, 6))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def pattern_png(seed: str, width: int = 64, height: int = 64) -> bytes:
@@ -33,6 +36,5 @@ def pattern_png(seed: str, width: int = 64, height: int = 64) -> bytes:
     rgb = bytearray()
     for y in range(height):
         for x in range(width):
-            rgb += bytes(((r0 + x * sx) & 255, (g0 + y * sy) & 255,
-                          (b0 + (x ^ y) * sx) & 255))
+            rgb += bytes(((r0 + x * sx) & 255, (g0 + y * sy) & 255, (b0 + (x ^ y) * sx) & 255))
     return encode_png(width, height, bytes(rgb))

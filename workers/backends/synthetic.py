@@ -29,9 +29,11 @@ from workers.backends.png import pattern_png
 
 log = logging.getLogger(__name__)
 
-WORDS = ("the model routes each request to a worker that has capacity while tokens stream "
-         "back quickly and the fleet stays balanced under load with signed tickets for "
-         "every call so nothing is lost").split()
+WORDS = (
+    "the model routes each request to a worker that has capacity while tokens stream "
+    "back quickly and the fleet stays balanced under load with signed tickets for "
+    "every call so nothing is lost"
+).split()
 DEFAULT_TOKENS = 16
 IMAGE_SIZE = 64  # default width and height of a synthetic picture
 MAX_IMAGE_SIZE = 256
@@ -60,9 +62,12 @@ def max_tokens(payload: Any) -> int:
     n: int | None = None
     if isinstance(payload, dict):
         params = payload.get("parameters")
-        candidates = (payload.get("max_new_tokens"),
-                      params.get("max_new_tokens") if isinstance(params, dict) else None,
-                      payload.get("max_tokens"), payload.get("max_completion_tokens"))
+        candidates = (
+            payload.get("max_new_tokens"),
+            params.get("max_new_tokens") if isinstance(params, dict) else None,
+            payload.get("max_tokens"),
+            payload.get("max_completion_tokens"),
+        )
         n = next((c for c in map(_count, candidates) if c is not None), None)
     return max(1, min(MAX_TOKENS, DEFAULT_TOKENS if n is None else n))
 
@@ -96,8 +101,9 @@ def _content_text(message: Any) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
-        return " ".join(p["text"] for p in content
-                        if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return " ".join(
+            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     raise BadRequest("message content must be a string or a list of parts")
 
 
@@ -119,8 +125,13 @@ class SyntheticBackend(Backend):
     # a JSON list of one result, or the /generate_stream events with "stream": true.
     routes = ("/", "/generate", "/generate_stream", "/v1/completions", "/v1/chat/completions")
 
-    def __init__(self, capacity: float = 800.0, tokens_per_s: float = 200.0,
-                 ttft_ms: float = 50.0, model: str = "synthetic") -> None:
+    def __init__(
+        self,
+        capacity: float = 800.0,
+        tokens_per_s: float = 200.0,
+        ttft_ms: float = 50.0,
+        model: str = "synthetic",
+    ) -> None:
         self.capacity = capacity
         self.tokens_per_s = tokens_per_s
         self.ttft_s = ttft_ms / 1000
@@ -175,8 +186,7 @@ class SyntheticBackend(Backend):
     async def _image(self, payload: Any) -> web.Response:
         """A PNG for `{"inputs" or "prompt", "width", "height"}` (64 x 64 by default)."""
         doc = payload if isinstance(payload, dict) else {}
-        prompt = next((p for p in (doc.get("inputs"), doc.get("prompt")) if isinstance(p, str)),
-                      "")
+        prompt = next((p for p in (doc.get("inputs"), doc.get("prompt")) if isinstance(p, str)), "")
         width, height = (_image_side(doc.get(k)) for k in ("width", "height"))
         await asyncio.sleep(self.ttft_s)
         return web.Response(body=pattern_png(prompt, width, height), content_type="image/png")
@@ -189,16 +199,16 @@ class SyntheticBackend(Backend):
 
     async def _tgi_full(self, payload: dict[str, Any], prompt: str, n: int) -> dict[str, Any]:
         async with aclosing(self.generate(prompt, n)) as gen:
-            tokens = [{"id": i, "text": t, "logprob": 0.0, "special": False}
-                      async for i, t in gen]
+            tokens = [{"id": i, "text": t, "logprob": 0.0, "special": False} async for i, t in gen]
         body: dict[str, Any] = {"generated_text": "".join(str(t["text"]) for t in tokens)}
         if _tgi_wants_details(payload):
             # a full answer's details also list the prefill and every token (TGI's shape)
             body["details"] = {**_tgi_details(n), "prefill": [], "tokens": tokens}
         return body
 
-    async def _tgi_events(self, payload: dict[str, Any], prompt: str,
-                          n: int) -> AsyncGenerator[bytes, None]:
+    async def _tgi_events(
+        self, payload: dict[str, Any], prompt: str, n: int
+    ) -> AsyncGenerator[bytes, None]:
         details = _tgi_wants_details(payload)
         text = ""
         async with aclosing(self.generate(prompt, n)) as tokens:
@@ -207,65 +217,113 @@ class SyntheticBackend(Backend):
                 index += 1  # TGI counts generated tokens from 1
                 text += token_text
                 last = index == n
-                yield b"data:" + orjson.dumps({
-                    "index": index,
-                    "token": {"id": token_id, "text": token_text, "logprob": 0.0,
-                              "special": False},
-                    "generated_text": text if last else None,
-                    "details": _tgi_details(n) if last and details else None,
-                }) + b"\n\n"
+                yield (
+                    b"data:"
+                    + orjson.dumps(
+                        {
+                            "index": index,
+                            "token": {
+                                "id": token_id,
+                                "text": token_text,
+                                "logprob": 0.0,
+                                "special": False,
+                            },
+                            "generated_text": text if last else None,
+                            "details": _tgi_details(n) if last and details else None,
+                        }
+                    )
+                    + b"\n\n"
+                )
 
     # OpenAI: /v1/completions and /v1/chat/completions, plain and streamed.
 
     def _head(self, payload: dict[str, Any], chat: bool, chunk: bool) -> dict[str, Any]:
         kind = "chat.completion" if chat else "text_completion"
         model = payload.get("model")
-        return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
-                "object": kind + ".chunk" if chat and chunk else kind,
-                "created": int(time.time()),
-                "model": model if isinstance(model, str) and model else self.model}
+        return {
+            "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
+            "object": kind + ".chunk" if chat and chunk else kind,
+            "created": int(time.time()),
+            "model": model if isinstance(model, str) and model else self.model,
+        }
 
-    async def _openai_full(self, payload: dict[str, Any], prompt: str, n: int,
-                           chat: bool) -> dict[str, Any]:
+    async def _openai_full(
+        self, payload: dict[str, Any], prompt: str, n: int, chat: bool
+    ) -> dict[str, Any]:
         text = await self._text(prompt, n)
         choice: dict[str, Any] = (
-            {"index": 0, "message": {"role": "assistant", "content": text},
-             "logprobs": None, "finish_reason": "length"} if chat
-            else {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"})
-        return {**self._head(payload, chat, chunk=False), "choices": [choice],
-                "usage": _usage(prompt, n)}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": "length",
+            }
+            if chat
+            else {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}
+        )
+        return {
+            **self._head(payload, chat, chunk=False),
+            "choices": [choice],
+            "usage": _usage(prompt, n),
+        }
 
-    async def _openai_chunks(self, payload: dict[str, Any], prompt: str, n: int,
-                             chat: bool) -> AsyncGenerator[bytes, None]:
+    async def _openai_chunks(
+        self, payload: dict[str, Any], prompt: str, n: int, chat: bool
+    ) -> AsyncGenerator[bytes, None]:
         head = self._head(payload, chat, chunk=True)
         if chat:
-            yield _chunk(head, {"index": 0, "delta": {"role": "assistant", "content": ""},
-                                "logprobs": None, "finish_reason": None})
+            yield _chunk(
+                head,
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                },
+            )
         async with aclosing(self.generate(prompt, n)) as tokens:
             async for _, text in tokens:
-                yield _chunk(head, {"index": 0, "delta": {"content": text}, "logprobs": None,
-                                    "finish_reason": None} if chat else
-                             {"index": 0, "text": text, "logprobs": None,
-                              "finish_reason": None})
-        yield _chunk(head, {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
-                     if chat else
-                     {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"})
+                yield _chunk(
+                    head,
+                    {
+                        "index": 0,
+                        "delta": {"content": text},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                    if chat
+                    else {"index": 0, "text": text, "logprobs": None, "finish_reason": None},
+                )
+        yield _chunk(
+            head,
+            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+            if chat
+            else {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"},
+        )
         options = payload.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
-            yield b"data: " + orjson.dumps({**head, "choices": [],
-                                            "usage": _usage(prompt, n)}) + b"\n\n"
+            yield (
+                b"data: "
+                + orjson.dumps({**head, "choices": [], "usage": _usage(prompt, n)})
+                + b"\n\n"
+            )
 
 
-async def _sse(request: web.Request, events: AsyncGenerator[bytes, None],
-               done: bool = False) -> web.StreamResponse:
+async def _sse(
+    request: web.Request, events: AsyncGenerator[bytes, None], done: bool = False
+) -> web.StreamResponse:
     """Write each event as it is produced (never buffered); end with [DONE] for OpenAI.
 
     Headers go out with the first event, as a model server's do once the first token is
     decoded, so the worker's time-to-first-byte is the time to first token.
     """
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                       "Cache-Control": "no-cache",
-                                       "X-Accel-Buffering": "no"})
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
     try:
         async with aclosing(events):
             async for event in events:
@@ -284,8 +342,9 @@ async def _sse(request: web.Request, events: AsyncGenerator[bytes, None],
 
 def wants_image(accept: str) -> bool:
     """True if an Accept header asks for an image (`image/png`, `image/*`), not `*/*`."""
-    return any(part.split(";", 1)[0].strip().lower().startswith("image/")
-               for part in accept.split(","))
+    return any(
+        part.split(";", 1)[0].strip().lower().startswith("image/") for part in accept.split(",")
+    )
 
 
 def _image_side(v: Any) -> int:
@@ -304,8 +363,11 @@ def _tgi_details(n: int) -> dict[str, Any]:
 
 def _usage(prompt: str, n: int) -> dict[str, int]:
     prompt_tokens = max(1, len(prompt) // 4)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": n,
-            "total_tokens": prompt_tokens + n}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": n,
+        "total_tokens": prompt_tokens + n,
+    }
 
 
 def _chunk(head: dict[str, Any], choice: dict[str, Any]) -> bytes:
