@@ -45,8 +45,7 @@ async def register_worker(request: web.Request) -> web.Response:
     max_load = _positive(body, "max_load", None)
     assert perf is not None
     existed = ctx.snapshot.get(worker_id(endpoint, url)) is not None
-    record = await ctx.store.upsert_worker(endpoint, url, perf, max_load, "registered", time.time())
-    ctx.snapshot.upsert(record)
+    record = await ctx.fleet.upsert(endpoint, url, perf, max_load, "registered", time.time())
     return json_response(record.public(), status=200 if existed else 201)
 
 
@@ -78,10 +77,9 @@ async def _target(request: web.Request, ctx: RouterContext) -> WorkerRecord:
 async def drain_worker(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     w = await _target(request, ctx)
-    drained = await ctx.store.drain_worker(w.id)
+    drained = await ctx.fleet.drain(w.id)
     if drained is None:
         raise ApiError(404, "unknown_worker", f"no worker with id {w.id!r}")
-    ctx.snapshot.upsert(drained)
     return json_response(drained.public())
 
 
@@ -94,8 +92,7 @@ async def remove_worker(request: web.Request) -> web.Response:
             "configured_worker",
             "this worker comes from the router's config; remove it there (or drain it)",
         )
-    await ctx.store.remove_worker(w.id)
-    ctx.snapshot.remove(w.id)
+    await ctx.fleet.remove(w.id)
     return json_response({"removed": w.id})
 
 

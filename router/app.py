@@ -1,8 +1,9 @@
-"""Build the router's aiohttp application: routes, the error middleware, and resources.
+"""Build the router's aiohttp application: routes, middleware, and resources.
 
-Resources live in `cleanup_ctx` generators, set up in order and torn down in reverse:
-the context (store, keys, metrics), the upstream client session, spawned local workers,
-then the background loops (snapshot refresh + config reconcile, health poller).
+Resources live in `cleanup_ctx` generators, set up in order and torn down in reverse,
+each reached through its own typed `web.AppKey`: the context (store, snapshot and fleet,
+keys, metrics), the upstream connection pool, the health poller and the proxy core that
+reports passive signals to it, spawned local workers, then the snapshot refresh loop.
 """
 
 from __future__ import annotations
@@ -19,26 +20,32 @@ from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from router import admin, openapi, proxy, ticket
+from router import admin, openapi, ticket
 from router.auth import KeyRingAuth
 from router.config import ApiKeySettings, Settings
 from router.context import CTX, RouterContext
 from router.errors import error_middleware, json_response
+from router.fleet import Fleet
 from router.health import HealthPoller
 from router.loops import repeat
 from router.metrics import CONTENT_TYPE_LATEST, Metrics
+from router.proxy import web as web_proxy
+from router.proxy.core import ProxyCore
+from router.proxy.web import PROXY, guard
 from router.signing import KeyRing
 from router.snapshot import Snapshot
 from router.spawner import SpawnedWorker, Spawner, plan
 from router.state import StoreUnavailable, open_store
 from router.state.base import Source, worker_id
+from router.upstream import Pool
 
 log = logging.getLogger(__name__)
 
 SPAWNED = web.AppKey("spawned_workers", list[SpawnedWorker])
+POOL = web.AppKey("upstream_pool", Pool)
+HEALTH = web.AppKey("health_poller", HealthPoller)
 # A snapshot refresh reads every worker: at most this many per second, so 10,000 workers
 # on Redis are re-read every 10 s (the issue step still checks status and scores its
 # shortlist with fresh values), and a tenth as many on the memory store.
@@ -84,54 +91,50 @@ def configured_workers(
     return out
 
 
-async def reconcile(ctx: RouterContext, spawned: list[SpawnedWorker]) -> int:
-    """Make sure every worker from config (and every spawned one) is in the store.
+class Refresher:
+    """The snapshot refresh loop's state: when it next re-reads, and what config lists."""
 
-    After Redis lost its data this brings configured workers back (as `loading`, until
-    their next health check). Returns how many were added.
-    """
-    added = 0
-    for wid, (endpoint, url, perf, max_load, source) in _configured(ctx, spawned):
-        if ctx.snapshot.get(wid) is None:
-            record = await ctx.store.upsert_worker(
-                endpoint, url, perf, max_load, source, time.time()
-            )
-            ctx.snapshot.upsert(record)
-            added += 1
-    return added
+    def __init__(self, ctx: RouterContext, spawned: list[SpawnedWorker]) -> None:
+        self.ctx = ctx
+        self.next_refresh = 0.0  # monotonic time the snapshot is next re-read
+        # configured workers with their ids, computed once: reconcile runs every refresh
+        self.configured = [
+            (worker_id(w[0], w[1]), w) for w in configured_workers(ctx.settings, spawned)
+        ]
 
+    async def reconcile(self) -> int:
+        """Make sure every worker from config (and every spawned one) is in the store.
 
-def _configured(
-    ctx: RouterContext,
-    spawned: list[SpawnedWorker],
-) -> list[tuple[str, tuple[str, str, float, float | None, Source]]]:
-    """Configured workers with their ids, computed once: reconcile runs every refresh."""
-    key = len(spawned)
-    if ctx.configured is None or ctx.configured[0] != key:
-        ctx.configured = (
-            key,
-            [(worker_id(w[0], w[1]), w) for w in configured_workers(ctx.settings, spawned)],
-        )
-    return ctx.configured[1]
+        After Redis lost its data this brings configured workers back (as `loading`,
+        until their next health check). Returns how many were added.
+        """
+        added = 0
+        ctx = self.ctx
+        for wid, (endpoint, url, perf, max_load, source) in self.configured:
+            if ctx.snapshot.get(wid) is None:
+                await ctx.fleet.upsert(endpoint, url, perf, max_load, source, time.time())
+                added += 1
+        return added
 
+    async def run_once(self) -> None:
+        """Re-read the store into the snapshot, then re-add configured workers it lacks.
 
-async def refresh_once(ctx: RouterContext, spawned: list[SpawnedWorker]) -> None:
-    """Re-read the store into the snapshot, then re-add configured workers it lacks.
-
-    The loop ticks every `store.snapshot_interval_s`; a large fleet is re-read less often
-    (a full read costs per worker), and the memory store, which this replica's writes
-    already mirror into the snapshot, about once a second (for expired tickets).
-    """
-    now = time.monotonic()
-    if now < ctx.next_refresh:
-        return
-    n = len(ctx.snapshot.workers())
-    per_s = _REFRESH_WORKERS_PER_S
-    if ctx.settings.store.backend == "memory":
-        per_s = per_s / 10  # nothing else writes to it: only expired tickets to catch up
-    ctx.next_refresh = now + max(ctx.settings.store.snapshot_interval_s, n / per_s)
-    await ctx.snapshot.refresh()
-    await reconcile(ctx, spawned)
+        The loop ticks every `store.snapshot_interval_s`; a large fleet is re-read less
+        often (a full read costs per worker), and the memory store, which this replica's
+        writes already mirror into the snapshot, about once a second (for expired
+        tickets).
+        """
+        ctx = self.ctx
+        now = time.monotonic()
+        if now < self.next_refresh:
+            return
+        n = len(ctx.snapshot.workers())
+        per_s = _REFRESH_WORKERS_PER_S
+        if ctx.settings.store.backend == "memory":
+            per_s = per_s / 10  # nothing else writes to it: only expired tickets to catch up
+        self.next_refresh = now + max(ctx.settings.store.snapshot_interval_s, n / per_s)
+        await ctx.fleet.refresh()
+        await self.reconcile()
 
 
 def _router_url(settings: Settings) -> str:
@@ -149,7 +152,7 @@ def build_app(
     `spawn_workers` False: leave `[[endpoints.spawn]]` workers to another process.
     """
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=ticket.MAX_JSON_BODY_BYTES
+        middlewares=[error_middleware, guard], client_max_size=ticket.MAX_JSON_BODY_BYTES
     )
     app[SPAWNED] = []
     keys = keyring or load_keyring(settings)  # fail before listening on a bad key file
@@ -157,45 +160,52 @@ def build_app(
     async def context(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()
         store = open_store(settings.store)
-        ctx = RouterContext(
+        snapshot = Snapshot(store, metrics, (e.name for e in settings.endpoints))
+        threads = settings.signing.sign_threads(
+            keys.signer.verify_key.algorithm, len(os.sched_getaffinity(0))
+        )
+        sign_pool = ThreadPoolExecutor(threads, thread_name_prefix="sign") if threads else None
+        if threads:
+            log.info("signing tickets on %d thread(s)", threads)
+        ctx = app[CTX] = RouterContext(
             settings=settings,
             endpoints={e.name: e for e in settings.endpoints},
             auth=KeyRingAuth(api_keys(settings)),
             keyring=keys,
             metrics=metrics,
             store=store,
-            snapshot=Snapshot(store, metrics, (e.name for e in settings.endpoints)),
+            snapshot=snapshot,
+            fleet=Fleet(store, snapshot),
             replica_id=uuid.uuid4().hex[:12],
+            sign_pool=sign_pool,
         )
-        app[CTX] = ctx
-        threads = settings.signing.sign_threads(
-            keys.signer.verify_key.algorithm, len(os.sched_getaffinity(0))
-        )
-        if threads:
-            ctx.sign_pool = ThreadPoolExecutor(threads, thread_name_prefix="sign")
-            log.info("signing tickets on %d thread(s)", threads)
         try:
-            await ctx.snapshot.refresh()
-            await reconcile(ctx, [])
+            await ctx.fleet.refresh()
+            await Refresher(ctx, []).reconcile()
         except StoreUnavailable as exc:
             log.error(
                 "state store unreachable at start (%s); /route answers 503 until it is back", exc
             )
         yield
         await store.close()
-        if ctx.sign_pool is not None:
-            ctx.sign_pool.shutdown(wait=True, cancel_futures=True)
+        if sign_pool is not None:
+            sign_pool.shutdown(wait=True, cancel_futures=True)
 
-    async def client(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        # auto_decompress off: proxied bodies pass through byte for byte, encoding and all.
-        # No cookie jar: one session serves every client, and a cookie a worker set for
-        # one client must never be sent on another's request (it also saves jar work).
-        async with aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
-        ) as session:
-            app[CTX].session = session
-            yield
+    async def upstream(app: web.Application) -> AsyncIterator[None]:
+        # kept-alive worker connections for proxied requests and health polls alike
+        pool = app[POOL] = Pool()
+        yield
+        pool.close()
+
+    async def health(app: web.Application) -> AsyncIterator[None]:
+        ctx = app[CTX]
+        poller = app[HEALTH] = HealthPoller(
+            ctx.fleet, app[POOL], ctx.endpoints, ctx.replica_id, ctx.metrics
+        )
+        app[PROXY] = ProxyCore(ctx, app[POOL], poller)
+        task = _task(poller.run_forever(), "health-poller")
+        yield
+        await _stop(task)
 
     async def spawn(app: web.Application) -> AsyncIterator[None]:
         spawned = plan(list(settings.endpoints)) if spawn_workers else []
@@ -208,32 +218,16 @@ def build_app(
         yield
         await spawner.stop()
 
-    async def loops(app: web.Application) -> AsyncIterator[None]:
-        ctx = app[CTX]
-        assert ctx.session is not None
-        poller = ctx.health = HealthPoller(
-            ctx.store, ctx.snapshot, ctx.session, ctx.endpoints, ctx.replica_id, ctx.metrics
+    async def refresh(app: web.Application) -> AsyncIterator[None]:
+        refresher = Refresher(app[CTX], app[SPAWNED])
+        task = _task(
+            repeat(refresher.run_once, settings.store.snapshot_interval_s, "snapshot refresh"),
+            "snapshot-refresh",
         )
-        tasks = [
-            _task(
-                repeat(
-                    lambda: refresh_once(ctx, app[SPAWNED]),
-                    settings.store.snapshot_interval_s,
-                    "snapshot refresh",
-                ),
-                "snapshot-refresh",
-            ),
-            _task(poller.run_forever(), "health-poller"),
-        ]
         yield
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        poller.prober.close()
+        await _stop(task)
 
-    app.cleanup_ctx.extend([context, client, spawn, loops])
+    app.cleanup_ctx.extend([context, upstream, health, spawn, refresh])
     app.router.add_post("/route", ticket.route)
     app.router.add_post("/route/", ticket.route)
     app.router.add_get("/pubkey", pubkey)
@@ -244,8 +238,14 @@ def build_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi.openapi)
     admin.add_routes(app)
-    proxy.add_routes(app)  # last: its /{endpoint}/{path} catches what nothing else did
+    web_proxy.add_routes(app)  # last: its /{endpoint}/{path} catches what nothing else did
     return app
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:

@@ -181,12 +181,12 @@ def _run(app: Any, settings: Settings) -> None:
     """Serve `app` until SIGINT or SIGTERM, then shut down within the grace period.
 
     Like aiohttp's `run_app`, but the listening socket is a `FrontSite`: proxied requests
-    take the fast path (router/front.py), everything else aiohttp's server.
+    take the fast path (router/proxy/server.py), everything else aiohttp's server.
     """
     from aiohttp import web
     from aiohttp.web_runner import GracefulExit
 
-    from router.front import FrontSite
+    from router.proxy.site import FrontSite
 
     server = settings.server
 

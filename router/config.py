@@ -52,8 +52,8 @@ class ServerSettings:
     # A request's headers and body must arrive within this (slow clients hold a
     # connection and a coroutine each); also how long an idle connection is kept.
     request_read_timeout_s: float = 15.0
-    # Proxied requests on the hand-written fast path (router/front.py); false: all through
-    # aiohttp, as before it existed.
+    # Proxied requests on the hand-written httptools path (router/proxy/server.py); false:
+    # all through aiohttp's server (router/proxy/web.py). Both run the same proxy core.
     fast_proxy: bool = True
 
 
@@ -148,6 +148,12 @@ class EndpointSettings:
     max_queue_time_s: float = 30.0
     retry_after_s: float = 1.0
     models: tuple[str, ...] = ()  # OpenAI `model` names that select this endpoint
+    # The most a request may weigh: /route's `cost`, X-Cost or the body's estimate above
+    # it is a 400. Bounded so one ticket cannot pin a worker (and sums stay exact).
+    max_cost: float = 1e9
+    # Proxy paths to the worker's own routes (/metrics, /livez, /readyz, /health,
+    # /admin, the health path) answer 404 unless this is on.
+    expose_worker_routes: bool = False
     # proxy mode
     retries: int = 2
     timeout_connect_s: float = 5.0
@@ -486,6 +492,8 @@ def _endpoint(r: _Reader) -> EndpointSettings:
         max_queue_time_s=r.num("max_queue_time_s", 30.0),
         retry_after_s=r.num("retry_after_s", 1.0, positive=True),
         models=r.str_list("models", ()),
+        max_cost=r.num("max_cost", 1e9, positive=True),
+        expose_worker_routes=r.bool_("expose_worker_routes", False),
         retries=r.int_("retries", 2, min_=0, max_=10),
         timeout_connect_s=r.num("timeout_connect_s", 5.0, positive=True),
         timeout_ttfb_s=r.num("timeout_ttfb_s", 120.0, positive=True),

@@ -1,18 +1,21 @@
-"""Everything a request handler needs, built once at startup and reached through `CTX`."""
+"""What every request handler shares, built once by the app's first `cleanup_ctx` step.
+
+Long-lived resources that come later in start-up (the worker connection pool, the
+health poller, the proxy core) are not fields here: each is built by its own
+`cleanup_ctx` step and reached through its own typed `web.AppKey` (router/app.py).
+"""
 
 from __future__ import annotations
 
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from router.auth import KeyRingAuth
 from router.config import EndpointSettings, Settings
-from router.health import HealthPoller
+from router.fleet import Fleet
 from router.metrics import Metrics
 from router.signing import KeyRing
 from router.snapshot import Snapshot
@@ -27,18 +30,12 @@ class RouterContext:
     keyring: KeyRing
     metrics: Metrics
     store: Store
-    snapshot: Snapshot
+    snapshot: Snapshot  # read it freely; write worker state only through `fleet`
+    fleet: Fleet
     replica_id: str
-    session: aiohttp.ClientSession | None = None  # upstream client (health polls, proxy)
-    health: HealthPoller | None = None  # for passive signals from proxy mode
+    sign_pool: ThreadPoolExecutor | None = None  # None: tickets are signed on the loop
     rng: random.Random = field(default_factory=random.Random)
     tick: int = 0  # round-robin position
-    sign_pool: ThreadPoolExecutor | None = None  # None: tickets are signed on the loop
-    next_refresh: float = 0.0  # monotonic time the snapshot is next re-read
-    # (spawned count, [(worker id, configured worker)]): reconcile's list, built once
-    configured: tuple[int, list[tuple[str, tuple[str, str, float, float | None, Any]]]] | None = (
-        None
-    )
 
 
 CTX = web.AppKey("router_context", RouterContext)

@@ -28,7 +28,7 @@ def _text_len(v: Any) -> int:
     return 0
 
 
-def estimate(header: str | None, body: Any, default: float) -> float:
+def estimate(header: str | None, body: Any, default: float, max_cost: float = _MAX_COST) -> float:
     """`X-Cost` if given; else tokens or pixels asked for in the body; else `default`.
 
     Tokens: max_tokens / max_completion_tokens / max_new_tokens / parameters.max_new_tokens,
@@ -39,8 +39,10 @@ def estimate(header: str | None, body: Any, default: float) -> float:
             value = float(header)
         except ValueError:
             raise BadCost("X-Cost must be a number") from None
-        if not math.isfinite(value) or value < 0 or value > _MAX_COST:
+        if not math.isfinite(value) or value < 0:
             raise BadCost("X-Cost must be a finite number >= 0")
+        if value > max_cost:
+            raise BadCost(f"X-Cost must be at most {max_cost:g} (the endpoint's max_cost)")
         return value
     if not isinstance(body, dict):
         return default

@@ -15,16 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from router.config import EndpointSettings, HealthSettings
+from router.fleet import Fleet
 from router.loops import repeat
 from router.metrics import Metrics
-from router.probe import ProbeError, Prober
-from router.snapshot import Snapshot
-from router.state.base import HealthUpdate, Status, Store, WorkerRecord
+from router.state.base import HealthUpdate, Status, WorkerRecord
+from router.upstream import Pool, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -103,27 +101,16 @@ def classify(status: int, body: bytes) -> PollResult:
     return PollResult(False, report=report, detail=f"HTTP {status}")
 
 
-async def probe(prober: Prober, key: str, url: URL, timeout_s: float) -> PollResult:
-    """`poll()` over the prober's kept-alive connection (plain http:// URLs)."""
+async def poll(pool: Pool, url: str, path: bytes, timeout_s: float) -> PollResult:
+    """GET one worker's health path over the shared connection pool and classify it."""
     try:
-        return classify(*await prober.get(key, url, timeout_s))
-    except ProbeError as exc:
+        return classify(*await pool.get(url, path, timeout_s))
+    except UpstreamError as exc:
         return PollResult(False, refused=exc.refused, detail=str(exc))
-
-
-async def poll(
-    session: aiohttp.ClientSession, url: str | URL, limit: float | aiohttp.ClientTimeout
-) -> PollResult:
-    """GET one worker's health path within `limit` (seconds) and classify the answer."""
-    if not isinstance(limit, aiohttp.ClientTimeout):
-        limit = aiohttp.ClientTimeout(total=limit)
-    try:
-        async with session.get(url, timeout=limit, allow_redirects=False) as resp:
-            return classify(resp.status, await resp.content.read(65536))
-    except aiohttp.ClientConnectorError as exc:
-        return PollResult(False, refused=True, detail=str(exc.os_error or exc))
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return PollResult(False, detail=type(exc).__name__)
+    except TimeoutError:
+        return PollResult(False, detail="TimeoutError")
+    except ValueError as exc:  # a URL the router cannot use: it never becomes ready
+        return PollResult(False, refused=True, detail=f"unusable URL: {exc}")
 
 
 def _phase(wid: str) -> float:
@@ -139,28 +126,23 @@ class HealthPoller:
 
     def __init__(
         self,
-        store: Store,
-        snapshot: Snapshot,
-        session: aiohttp.ClientSession,
+        fleet: Fleet,
+        pool: Pool,
         endpoints: dict[str, EndpointSettings],
         holder: str,
         metrics: Metrics,
     ) -> None:
-        self.store = store
-        self.snapshot = snapshot
-        self.session = session
+        self.fleet = fleet
+        self.store = fleet.store
+        self.snapshot = fleet.snapshot
+        self.pool = pool
         self.endpoints = endpoints
         self.holder = holder
         self.metrics = metrics
         self._last_poll: dict[str, float] = {}
         self._sem = asyncio.Semaphore(_MAX_CONCURRENT_POLLS)
         self._writes = asyncio.Semaphore(_MAX_CONCURRENT_WRITES)
-        self.prober = Prober()
-        # Parsed once per worker and endpoint: a poll a second per worker adds up.
-        self._urls: dict[str, URL] = {}
-        self._timeouts = {
-            name: aiohttp.ClientTimeout(total=e.health.timeout_s) for name, e in endpoints.items()
-        }
+        self._paths = {name: e.health_path.encode() for name, e in endpoints.items()}
         self.tick_s = min((e.health.interval_s for e in endpoints.values()), default=1.0)
 
     async def run_once(self, now: float | None = None) -> int:
@@ -199,14 +181,8 @@ class HealthPoller:
 
     async def _check(self, w: WorkerRecord) -> None:
         ep = self.endpoints[w.endpoint]
-        url = self._urls.get(w.id)
-        if url is None:
-            url = self._urls[w.id] = URL(w.url + ep.health_path)
         async with self._sem:
-            if Prober.usable(url):
-                result = await probe(self.prober, w.id, url, ep.health.timeout_s)
-            else:
-                result = await poll(self.session, url, self._timeouts[w.endpoint])
+            result = await poll(self.pool, w.url, self._paths[w.endpoint], ep.health.timeout_s)
         now = time.time()
         m = self.metrics
         m.child(m.health_checks, w.endpoint, "ok" if result.ok else "fail").inc()
@@ -217,10 +193,8 @@ class HealthPoller:
                 w.url,
                 now - w.last_ok,
             )
-            await self.store.remove_worker(w.id)
+            await self.fleet.remove(w.id)
             self._last_poll.pop(w.id, None)
-            self._urls.pop(w.id, None)
-            self.prober.forget(w.id)
             return
         await self._apply(w, result, now)
 
@@ -242,9 +216,7 @@ class HealthPoller:
                 f": {result.detail}" if result.detail else "",
             )
         async with self._writes:
-            written = await self.store.record_health(w.id, update)
-        if written:
-            self.snapshot.apply_health(w.id, update)
+            await self.fleet.record_health(w.id, update)
 
     async def run_forever(self) -> None:
         await repeat(self.run_once, self.tick_s / 4, "health poll")

@@ -23,6 +23,8 @@ def _op(
     secure: bool = True,
     params: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    # every route of both servers refuses a bad path or an ambiguous head (docs/protocol.md)
+    responses = {"400": "Bad path or duplicated header", **(responses or {"200": "OK"})}
     op: dict[str, Any] = {
         "summary": summary,
         "tags": [tag],
@@ -33,7 +35,7 @@ def _op(
                     {"content": {"application/json": {"schema": _ERROR}}} if code[0] in "45" else {}
                 ),
             }
-            for code, text in (responses or {"200": "OK"}).items()
+            for code, text in sorted(responses.items())
         },
     }
     if secure:
@@ -66,8 +68,7 @@ _ROUTE = _op(
         "200": "A ticket, or (no `url`) the worker status breakdown to poll on",
         "400": "Bad input",
         "401": "Missing or invalid API key",
-        "403": "Key not allowed on this endpoint",
-        "404": "Unknown endpoint",
+        "404": "Unknown endpoint, or one this key may not use",
         "408": "Body too slow to arrive",
         "413": "Body too large",
         "429": "Over the key's rate limit",
@@ -87,10 +88,9 @@ _PROXY_PARAMS = [
 ]
 _PROXY_RESPONSES = {
     "200": "The worker's answer, streamed as it arrives",
-    "400": "Bad X-Cost",
+    "400": "Bad path, duplicated header, bad X-Cost or cost, JSON nested too deep",
     "401": "Missing or invalid API key",
-    "403": "Key not allowed on this endpoint",
-    "404": "Unknown endpoint",
+    "404": "Unknown endpoint, one this key may not use, or a worker's own route",
     "408": "Body too slow to arrive",
     "413": "Body over the endpoint's limit",
     "429": "Over the key's rate or in-flight limit",

@@ -8,13 +8,13 @@ import secrets
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from router.auth import key_from_header
 from router.balancer import shortlist
 from router.context import CTX, RouterContext
 from router.errors import ApiError, json_response, read_within
+from router.jsonbody import json_object
 from router.limits import check_rate
 from router.state.base import StoreUnavailable
 
@@ -34,17 +34,6 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     except web.HTTPRequestEntityTooLarge as exc:
         raise ApiError(413, "body_too_large", f"request body over {limit} bytes") from exc
     return json_object(raw)
-
-
-def json_object(raw: bytes) -> dict[str, Any]:
-    """`raw` as a JSON object, or a 400 ApiError."""
-    try:
-        body = orjson.loads(raw) if raw.strip() else None
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "bad_json", f"request body is not valid JSON: {exc.msg}") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "request body must be a JSON object")
-    return body
 
 
 def _number(body: dict[str, Any], field: str, default: float) -> float:
@@ -97,13 +86,16 @@ async def route_answer(
     presented = _optional_str(body, "api_key", 4096) or key_from_header(authorization)
     key = ctx.auth.lookup(presented)
     ep = ctx.endpoints.get(endpoint)
-    if ep is None:
+    if ep is None or not key.allows(endpoint):
+        # the same answer either way: a key cannot learn which endpoints exist
         raise ApiError(404, "unknown_endpoint", f"no endpoint named {endpoint!r}")
-    if not key.allows(endpoint):
-        raise ApiError(403, "forbidden", f"this API key may not use endpoint {endpoint!r}")
     if key.limited:
         await check_rate(ctx, key, endpoint)
     cost = _number(body, "cost", ep.default_cost)
+    if cost > ep.max_cost:
+        raise ApiError(
+            400, "bad_cost", f"cost must be at most {ep.max_cost:g} (this endpoint's max_cost)"
+        )
     request_idx = _request_idx(body)
     _number(body, "replay_timeout", 0.0)  # accepted for Vast compatibility; tickets expire
     session_id = _optional_str(body, "session_id", _MAX_SESSION_ID)
@@ -146,12 +138,11 @@ async def issue_ticket(
     now = time.time()
     issued = None
     if ranked or request_idx <= 0:
-        issued, request_idx = await ctx.store.issue(
+        issued, request_idx = await ctx.fleet.issue(
             [c.id for c in ranked], mode, cost, now, ctx.settings.signing.ticket_ttl_s, request_idx
         )
     if issued is None:
         return None, request_idx, ""
-    ctx.snapshot.apply_issue(issued, cost)
     ticket: dict[str, Any] = {
         "cost": cost,
         "endpoint": endpoint,

@@ -1,23 +1,28 @@
-"""Kept-alive HTTP/1.1 connections to workers for the fast proxy path, parsed by httptools.
+"""Kept-alive HTTP/1.1 connections to workers, parsed by httptools: proxied requests and
+health polls share them (docs/architecture.md).
 
 aiohttp's client costs about 100 µs of CPU per proxied request (request and response
-objects, timeout contexts, payload writers); a proxy needs none of that. A `Conn` sends a
-prebuilt request in one write and parses the answer with httptools (llhttp). Body chunks
-are held until the caller attaches a `Sink`, then handed over as they arrive, within the
-same `data_received` call: nothing is buffered in between, and a chunk's bytes are
-written to the client before the next read from the worker. Hand-written on purpose, small,
-and covered by tests/router/test_front.py and the proxy tests run through the fast path.
+objects, timeout contexts, payload writers) and ~250 µs per health poll; a proxy needs
+none of that. A `Conn` sends a prebuilt request in one write and parses the answer with
+httptools (llhttp). Body chunks are held until the caller attaches a `Sink`, then handed
+over as they arrive, within the same `data_received` call: nothing is buffered in
+between, and a chunk's bytes are written to the client before the next read from the
+worker. `Pool.get` is the health poll: a GET on a kept-alive connection, its answer
+capped. Hand-written on purpose (no maintained asyncio client exposes a connection at
+this level), small, and covered by tests/router/test_upstream.py and every proxy test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 from collections.abc import Callable
 from typing import Protocol
 
 import httptools
+from yarl import URL
 
 from router.timers import LazyTimer
 
@@ -27,6 +32,10 @@ _MAX_IDLE_PER_WORKER = 64
 # hold file descriptors without end.
 KEEPALIVE_S = 15.0
 _MAX_HEAD_BYTES = 64 * 1024
+# A health answer longer than this is a failed poll, never read on.
+MAX_HEALTH_BODY = 64 * 1024
+
+Key = tuple[str, int, bool]  # (host, port, tls): one pool of connections per worker address
 
 
 class UpstreamError(Exception):
@@ -47,10 +56,25 @@ class Sink(Protocol):
     def body(self, chunks: list[bytes]) -> None: ...
 
 
+@functools.lru_cache(maxsize=65536)
+def worker_address(url: str) -> tuple[Key, bytes, bytes]:
+    """(pool key, path prefix, Host header value) of a worker's base URL.
+
+    An IPv6 literal keeps its brackets in Host (RFC 9110 §7.2), for proxied requests
+    and health polls alike.
+    """
+    u = URL(url)
+    tls = u.scheme == "https"
+    port = u.port or (443 if tls else 80)
+    host = u.raw_host or ""
+    named = f"[{host}]" if ":" in host else host
+    return (host, port, tls), u.raw_path.rstrip("/").encode(), f"{named}:{port}".encode()
+
+
 class Conn(asyncio.Protocol):
     """One connection to one worker; at most one request on it at a time."""
 
-    def __init__(self, pool: Pool, key: tuple[str, int, bool]) -> None:
+    def __init__(self, pool: Pool, key: Key) -> None:
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -72,6 +96,9 @@ class Conn(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
         self.pending: list[bytes] = []
+        self.body_bytes = 0
+        self.body_limit: int | None = None  # more body than this fails the answer
+        self.head_only = False  # the answer to a HEAD: it ends with its head
         self.sink: Sink | None = None
         self.head: asyncio.Future[None] | None = None
         self.done: asyncio.Future[None] | None = None  # made by `finished()` if awaited
@@ -91,6 +118,10 @@ class Conn(asyncio.Protocol):
         self.last_read = self.loop.time()
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self.fail(cause if isinstance(cause, UpstreamError) else UpstreamError(str(exc)))
+            return
         except httptools.HttpParserError as exc:
             self.fail(UpstreamError(f"bad HTTP answer: {exc}"))
             return
@@ -141,10 +172,20 @@ class Conn(asyncio.Protocol):
         self.status = status
         self.have_head = True
         self.keep_alive = self.parser.should_keep_alive()
+        if self.head_only:
+            # The parser cannot be told the request was a HEAD, so it would wait for a
+            # body of Content-Length bytes: the answer ends here, and so does the
+            # connection (its parser state is no use for a next answer).
+            self.complete, self.keep_alive = True, False
         if self.head is not None and not self.head.done():
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self.head_only:
+            return
+        self.body_bytes += len(body)
+        if self.body_limit is not None and self.body_bytes > self.body_limit:
+            raise UpstreamError("answer too large")
         self.pending.append(body)
 
     def on_message_complete(self) -> None:
@@ -160,9 +201,13 @@ class Conn(asyncio.Protocol):
                 return False
         return self.status not in (204, 304)
 
-    def send(self, request: bytes) -> None:
+    def send(
+        self, request: bytes, *, head_only: bool = False, body_limit: int | None = None
+    ) -> None:
+        """Send one request; `head_only`: it is a HEAD; `body_limit`: cap the answer."""
         assert self.transport is not None
         self._reset()
+        self.head_only, self.body_limit = head_only, body_limit
         self.head = self.loop.create_future()
         self.last_read = self.loop.time()
         self.transport.write(request)
@@ -239,12 +284,12 @@ class Pool:
     """Idle kept-alive connections per worker address, newest used first."""
 
     def __init__(self, keepalive_s: float = KEEPALIVE_S) -> None:
-        self._idle: dict[tuple[str, int, bool], list[Conn]] = {}
+        self._idle: dict[Key, list[Conn]] = {}
         self._ssl: ssl.SSLContext | None = None
         self.keepalive_s = keepalive_s
         self._sweep: asyncio.TimerHandle | None = None
 
-    def take(self, key: tuple[str, int, bool]) -> Conn | None:
+    def take(self, key: Key) -> Conn | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -271,7 +316,7 @@ class Pool:
         if self._idle:
             self._sweep = loop.call_later(self.keepalive_s / 2, self._expire)
 
-    async def connect(self, key: tuple[str, int, bool], timeout_s: float) -> Conn:
+    async def connect(self, key: Key, timeout_s: float) -> Conn:
         host, port, tls = key
         loop = asyncio.get_running_loop()
         factory: Callable[[], Conn] = lambda: Conn(self, key)  # noqa: E731
@@ -308,6 +353,48 @@ class Pool:
         idle.append(conn)
         if self._sweep is None:
             self._sweep = conn.loop.call_later(self.keepalive_s / 2, self._expire)
+
+    async def get(self, url: str, path: bytes, timeout_s: float) -> tuple[int, bytes]:
+        """(status, body) of `GET {url}{path}` (a health poll) within `timeout_s`.
+
+        On a kept-alive connection when one is idle; one that the worker closed as it
+        was reused is replaced once. A body over MAX_HEALTH_BODY fails the poll. Raises
+        UpstreamError (`refused` when nothing listens) or TimeoutError.
+        """
+        key, prefix, hostport = worker_address(url)
+        request = b"".join(
+            (
+                b"GET ",
+                prefix + path,
+                b" HTTP/1.1\r\nHost: ",
+                hostport,
+                b"\r\nUser-Agent: inference-router-health\r\nAccept: application/json\r\n\r\n",
+            )
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        conn = self.take(key)
+        for fresh in (conn is None, True):
+            if conn is None or fresh:
+                conn = await self.connect(key, max(0.001, deadline - loop.time()))
+            conn.send(request, body_limit=MAX_HEALTH_BODY)
+            conn.watch(deadline, None)
+            try:
+                await conn.finished()
+            except UpstreamError as exc:
+                if exc.stale and not fresh:
+                    continue  # the worker closed the idle connection as we reused it
+                raise
+            except BaseException:
+                conn.close()  # a late answer must never be read as the next one's
+                raise
+            finally:
+                conn.unwatch()
+            break
+        assert conn is not None
+        status, body = conn.status, conn.take_body()
+        self.put(conn)
+        return status, body
 
     def forget(self, conn: Conn) -> None:
         idle = self._idle.get(conn.key)

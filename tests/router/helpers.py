@@ -105,7 +105,7 @@ class FrontTestServer(TestServer):
     ) -> None:
         from yarl import URL
 
-        from router.front import FrontSite
+        from router.proxy.site import FrontSite
 
         if self.runner:
             return

@@ -150,7 +150,7 @@ _FAST = [True]
 
 @pytest.fixture(autouse=True, params=[True, False], ids=["fast", "aiohttp"])
 def fast_path(request: pytest.FixtureRequest) -> bool:
-    """Every proxy test runs on both paths: router/front.py's, and aiohttp's (proxy.py)."""
+    """Every proxy test runs on both paths: router/proxy/server.py and router/proxy/web.py."""
     _FAST[0] = request.param
     return bool(request.param)
 
@@ -213,10 +213,16 @@ async def test_errors_before_forwarding(ups: list[Upstream]) -> None:
     async with router_client(s) as (client, ctx):
         await until(lambda: ready_count(ctx) == 1)
         assert (await client.post("/demo/echo")).status == 401
+        # a key that may not use the endpoint learns no more than of one that does not exist
         other = {"Authorization": f"Bearer {OTHER_KEY}"}
-        assert (await client.post("/demo/echo", headers=other)).status == 403
-        resp = await client.post("/nope/echo", headers=AUTH)
-        assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+        forbidden = await client.post("/demo/echo", headers=other)
+        missing = await client.post("/nope/echo", headers=AUTH)
+        assert forbidden.status == missing.status == 404
+        assert (await missing.json())["error"]["code"] == "not_found"
+        assert (await forbidden.json())["error"] == {
+            **(await missing.json())["error"],
+            "message": "no endpoint or route named 'demo'",
+        }
         resp = await client.post("/demo/echo", data=b"x" * 101, headers=AUTH)
         assert resp.status == 413 and (await resp.json())["error"]["code"] == "body_too_large"
         resp = await client.post("/demo/echo", headers={**AUTH, "X-Cost": "lots"})

@@ -1,0 +1,78 @@
+"""The fleet: every change to worker state goes through here, to the store and then the
+snapshot, so the replica's local view is written in exactly one place.
+
+Handlers, the health poller and the proxy never touch the snapshot's mutators; they
+call these methods, which write the store first (the truth every replica shares) and
+mirror what the store answered into this replica's snapshot (so its own reads are exact
+at once, and other replicas' changes arrive with the next `refresh`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from router.balancer import Mode
+from router.snapshot import Snapshot
+from router.state.base import HealthUpdate, Issued, Released, Source, Store, WorkerRecord
+
+
+class Fleet:
+    def __init__(self, store: Store, snapshot: Snapshot) -> None:
+        self.store = store
+        self.snapshot = snapshot
+
+    async def refresh(self) -> None:
+        """Re-read every worker from the store into the snapshot."""
+        await self.snapshot.refresh()
+
+    async def issue(
+        self,
+        candidates: Sequence[str],
+        mode: Mode,
+        cost: float,
+        now: float,
+        ttl_s: float,
+        request_idx: int,
+    ) -> tuple[Issued | None, int]:
+        issued, request_idx = await self.store.issue(
+            candidates, mode, cost, now, ttl_s, request_idx
+        )
+        if issued is not None:
+            self.snapshot.apply_issue(issued, cost)
+        return issued, request_idx
+
+    async def release(self, wid: str, reqnum: int, cost: float) -> Released:
+        where = await self.store.release(wid, reqnum, cost)
+        if where is not None:
+            self.snapshot.apply_release(wid, cost, where)
+        return where
+
+    async def record_health(self, wid: str, update: HealthUpdate) -> bool:
+        written = await self.store.record_health(wid, update)
+        if written:
+            self.snapshot.apply_health(wid, update)
+        return written
+
+    async def upsert(
+        self,
+        endpoint: str,
+        url: str,
+        perf: float,
+        max_load: float | None,
+        source: Source,
+        now: float,
+    ) -> WorkerRecord:
+        record = await self.store.upsert_worker(endpoint, url, perf, max_load, source, now)
+        self.snapshot.upsert(record)
+        return record
+
+    async def remove(self, wid: str) -> bool:
+        existed = await self.store.remove_worker(wid)
+        self.snapshot.remove(wid)
+        return existed
+
+    async def drain(self, wid: str) -> WorkerRecord | None:
+        drained = await self.store.drain_worker(wid)
+        if drained is not None:
+            self.snapshot.upsert(drained)
+        return drained

@@ -1,0 +1,77 @@
+"""The router's listening socket: connections start on the fast path (`server.py`).
+
+An aiohttp site whose protocol factory is the fast path's `Front` when
+`server.fast_proxy` is on, else aiohttp's own server: the same app, routes and proxy
+core either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from aiohttp import web
+
+from router.context import CTX
+from router.proxy.server import Front
+from router.proxy.web import PROXY
+
+
+class FrontSite(web.BaseSite):
+    """An aiohttp site whose connections take the fast path for proxied requests."""
+
+    __slots__ = ("_fast", "_grace_s", "_host", "_port", "_reuse_port", "_sock", "front")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        sock: socket.socket | None = None,
+        reuse_port: bool = False,
+        fast: bool = True,
+        grace_s: float = 30.0,
+    ) -> None:
+        super().__init__(runner)
+        self._host, self._port, self._sock = host, port, sock
+        self._reuse_port, self._fast, self._grace_s = reuse_port, fast, grace_s
+        self.front: Front | None = None
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        sockets = getattr(self._server, "sockets", None)
+        if sockets:
+            return int(sockets[0].getsockname()[1])
+        return self._port
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        factory: Any = server
+        if self._fast:
+            app = self._runner.app  # type: ignore[attr-defined]
+            self.front = factory = Front(app[CTX], app[PROXY], server)
+        if self._sock is not None:
+            self._server = await loop.create_server(factory, sock=self._sock, backlog=1024)
+        else:
+            self._server = await loop.create_server(
+                factory,
+                self._host,
+                self._port,
+                backlog=1024,
+                reuse_port=self._reuse_port or None,
+            )
+
+    async def stop(self) -> None:
+        """Stop listening; let requests in flight on fast connections finish (bounded)."""
+        await super().stop()
+        if self.front is not None:
+            await self.front.stop(self._grace_s)
