@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import math
-import re
 import time
 from typing import Any
 
 from aiohttp import web
 
+from router import workerurl
 from router.auth import key_from_header
+from router.config import ApiKeySettings
 from router.context import CTX, RouterContext
 from router.errors import ApiError, json_response
 from router.state.base import WorkerRecord, worker_id
 from router.ticket import read_json_object
-
-_URL_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[^\s?#]*)?$")
 
 
 def _positive(body: dict[str, Any], field: str, default: float | None) -> float | None:
@@ -28,25 +27,68 @@ def _positive(body: dict[str, Any], field: str, default: float | None) -> float 
 
 
 async def register_worker(request: web.Request) -> web.Response:
+    """Add a worker, or update the perf/max_load of one this token registered.
+
+    Config workers are never changed here (409), nor workers another token registered
+    (403); an endpoint holds at most `registration.max_per_endpoint` registered workers.
+    """
     ctx = request.app[CTX]
     body = await read_json_object(request)
     endpoint, url = body.get("endpoint"), body.get("url")
     if not isinstance(endpoint, str) or not endpoint:
         raise ApiError(400, "bad_request", "endpoint (a non-empty string) is required")
-    if not isinstance(url, str) or not _URL_RE.match(url):
+    if not isinstance(url, str):
         raise ApiError(
             400, "bad_request", "url must be an http(s) URL such as http://10.0.0.7:3000"
         )
-    ctx.auth.require_registrar(key_from_header(request.headers.get("Authorization")), endpoint)
+    key = ctx.auth.require_registrar(
+        key_from_header(request.headers.get("Authorization")), endpoint
+    )
     if endpoint not in ctx.endpoints:
         raise ApiError(404, "unknown_endpoint", f"no endpoint named {endpoint!r}")
-    url = url.rstrip("/")
+    server, reg = ctx.settings.server, ctx.settings.registration
+    try:
+        url = workerurl.check(
+            url,
+            router_port=server.port,
+            router_hosts=(server.host,),
+            allowed_networks=reg.allowed_networks,
+        )
+    except workerurl.BadWorkerUrl as exc:
+        raise ApiError(400, "bad_worker_url", f"url {exc}") from None
     perf = _positive(body, "perf", 100.0)
     max_load = _positive(body, "max_load", None)
     assert perf is not None
-    existed = ctx.snapshot.get(worker_id(endpoint, url)) is not None
-    record = await ctx.fleet.upsert(endpoint, url, perf, max_load, "registered", time.time())
-    return json_response(record.public(), status=200 if existed else 201)
+    owner = _owner(key)
+    existing = ctx.snapshot.get(worker_id(endpoint, url))
+    if existing is None:
+        registered = sum(w.source == "registered" for w in ctx.snapshot.endpoint(endpoint))
+        if registered >= reg.max_per_endpoint:
+            raise ApiError(
+                409,
+                "endpoint_full",
+                f"endpoint {endpoint!r} already has {registered} registered workers "
+                "(registration.max_per_endpoint)",
+            )
+    elif key.admin and existing.source == "registered":
+        owner = existing.owner  # an admin may adjust any registered worker
+    record = await ctx.fleet.upsert(
+        endpoint, url, perf, max_load, "registered", time.time(), owner=owner
+    )
+    if record.source != "registered":
+        raise ApiError(
+            409,
+            "configured_worker",
+            "this worker comes from the router's config; change it there",
+        )
+    if record.owner != owner:
+        raise ApiError(403, "forbidden", "this worker was registered with another token")
+    return json_response(record.public(), status=200 if existing is not None else 201)
+
+
+def _owner(key: ApiKeySettings) -> str:
+    """Who registers: a short digest of the key's own digest (never the key)."""
+    return key.key_sha256[:16]
 
 
 async def list_workers(request: web.Request) -> web.Response:

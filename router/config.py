@@ -6,6 +6,7 @@ Every error names the setting it is about, e.g. `endpoints[0].policy: must be on
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import os
 import re
@@ -64,6 +65,17 @@ class StoreSettings:
     key_prefix: str = "ir:"
     timeout_s: float = 0.5  # per Redis command; a stalled Redis must fail fast, not pile up
     snapshot_interval_s: float = 0.1  # how often the local read snapshot is refreshed
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationSettings:
+    """What `/api/v1/workers` accepts from workers registering themselves."""
+
+    # Worker addresses must be in one of these networks (CIDRs); empty: any address but
+    # link-local, cloud metadata and unspecified ones (always refused).
+    allowed_networks: tuple[str, ...] = ()
+    # Registered workers per endpoint at most: a leaked worker token cannot fill the store.
+    max_per_endpoint: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +183,7 @@ class Settings:
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
     signing: SigningSettings = SigningSettings()
+    registration: RegistrationSettings = RegistrationSettings()
     api_keys: tuple[ApiKeySettings, ...] = ()
     endpoints: tuple[EndpointSettings, ...] = ()
     log_level: str = "info"
@@ -379,6 +392,21 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
     )
     sg.done()
 
+    rg = top.table("registration")
+    networks = rg.str_list("allowed_networks", ())
+    for i, net in enumerate(networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"registration.allowed_networks[{i}]: {net!r} is not a network (CIDR)"
+            ) from None
+    registration = RegistrationSettings(
+        allowed_networks=networks,
+        max_per_endpoint=rg.int_("max_per_endpoint", 1000, min_=1),
+    )
+    rg.done()
+
     api_keys: list[ApiKeySettings] = []
     for r in top.tables("api_keys"):
         key, digest = r.str_("key", ""), r.str_("key_sha256", "").lower()
@@ -413,7 +441,9 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
             raise ConfigError(f"endpoints: duplicate endpoint name {n!r}")
     level = top.choice("log_level", "info", ("debug", "info", "warning", "error"))
     top.done()
-    settings = Settings(server, store, signing, tuple(api_keys), tuple(endpoints), level)
+    settings = Settings(
+        server, store, signing, registration, tuple(api_keys), tuple(endpoints), level
+    )
     check_processes(settings)
     return settings
 

@@ -61,8 +61,9 @@ class Fleet:
         max_load: float | None,
         source: Source,
         now: float,
+        owner: str = "",
     ) -> WorkerRecord:
-        record = await self.store.upsert_worker(endpoint, url, perf, max_load, source, now)
+        record = await self.store.upsert_worker(endpoint, url, perf, max_load, source, now, owner)
         self.snapshot.upsert(record)
         return record
 

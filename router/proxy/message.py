@@ -167,6 +167,8 @@ def bad_path(path: bytes) -> str | None:
     """
     if not path.startswith(b"/") or path.startswith(b"//"):
         return "the path must start with a single '/'"
+    if b"/." not in path and b"%" not in path and b"\\" not in path:
+        return None  # the usual path: nothing below can match
     if b"\\" in path or _ENCODED_DOT_OR_SLASH.search(path):
         return "encoded dots, slashes and backslashes are not allowed in the path"
     for segment in path.split(b"/"):
