@@ -12,6 +12,7 @@ from aiohttp import web
 from router.auth import key_from_header
 from router.context import CTX, RouterContext
 from router.errors import ApiError, json_response
+from router.signing import is_plain_string
 from router.state.base import WorkerRecord, worker_id
 from router.ticket import read_json_object
 
@@ -33,7 +34,8 @@ async def register_worker(request: web.Request) -> web.Response:
     endpoint, url = body.get("endpoint"), body.get("url")
     if not isinstance(endpoint, str) or not endpoint:
         raise ApiError(400, "bad_request", "endpoint (a non-empty string) is required")
-    if not isinstance(url, str) or not _URL_RE.match(url):
+    # Plain ASCII too: tickets carry the URL, signed as served (DESIGN §3.2).
+    if not isinstance(url, str) or not _URL_RE.match(url) or not is_plain_string(url):
         raise ApiError(
             400, "bad_request", "url must be an http(s) URL such as http://10.0.0.7:3000"
         )
