@@ -277,3 +277,34 @@ def test_extract_three_shapes(ring: KeyRing, tickets: Tickets) -> None:
     # the header wins over a body that merely looks like a ticket
     ticket, got = extract_ticket({"auth_data": {}, "payload": 1}, raw.decode())
     assert ticket == t and got == {"auth_data": {}, "payload": 1}
+
+
+def test_a_third_party_worker_needs_only_workers_verify_and_a_jwks_dict() -> None:
+    """The docstring's example of workers/verify.py, on a vector (tests/vectors/)."""
+    import json
+    from pathlib import Path
+
+    from workers import verify
+
+    doc = json.loads((Path(__file__).parents[1] / "vectors" / "tickets.json").read_text())
+    jwks: dict[str, Any] = doc["jwks"]  # as GET /.well-known/jwks.json gives it
+    case = next(c for c in doc["cases"] if c["name"] == "ed25519/valid_integral_cost")
+    ticket = json.loads(case["served"])
+    verifier = verify.TicketVerifier.from_jwks(jwks, ticket["url"], ticket["endpoint"])
+
+    def check(body: Any, header: str | None) -> tuple[int, Any]:
+        try:
+            t, payload = verify.extract_ticket(body, header)
+            verifier.verify(t, case["now"])
+        except verify.TicketRejected as exc:
+            return 401, {"error": {"code": exc.code, "message": exc.message}}
+        return 200, payload
+
+    body = {"auth_data": ticket, "payload": {"inputs": "Hi"}}
+    assert check(body, None) == (200, {"inputs": "Hi"})
+    assert check(body, None)[1]["error"]["code"] == "ticket_replayed"
+    # a refetched JWKS without the key: the key stops verifying
+    verifier.use_jwks({"keys": [k for k in jwks["keys"] if k["kid"] != ticket["key_id"]]})
+    assert check(body, None)[1]["error"]["code"] == "ticket_unknown_key"
+    with pytest.raises(verify.SigningKeyError):
+        verify.TicketVerifier.from_jwks({"no": "keys"}, "http://x", "demo")
