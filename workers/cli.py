@@ -16,6 +16,7 @@ from aiohttp import web
 
 from router.logs import configure as configure_logging
 from router.signing import SigningKeyError
+from router.version import package_version
 from workers.app import STATE, build_app
 from workers.backends import Backend
 from workers.keys import load_pubkey_file
@@ -208,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
         help="on SIGTERM, time in-flight requests get to finish (default 30)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     syn = p.add_argument_group("synthetic backend")
     syn.add_argument(
         "--ttft-ms",
