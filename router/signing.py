@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import logging
 import math
@@ -68,20 +69,21 @@ _UNPLAIN = re.compile(r'[^\x20-\x7e]|["\\<>&]')
 
 def ticket_number(v: float) -> int | float:
     """Return `v` in the form it is signed and served in: an int if integral, else 3 decimals."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ValueError(f"a ticket number must be an int or float, got {type(v).__name__}")
-    if isinstance(v, float):
+    if type(v) is float:
         if not math.isfinite(v):
             raise ValueError(f"a ticket number must be finite, got {v!r}")
         v = round(v, TICKET_DECIMALS) + 0.0  # + 0.0: -0.0 becomes 0.0
         if not v.is_integer():
             return v  # below 2**52 in size: every float above is integral
         v = int(v)
-    if abs(v) > MAX_SAFE_INTEGER:
+    elif type(v) is not int:  # bool included: JSON's true is not a number
+        raise ValueError(f"a ticket number must be an int or float, got {type(v).__name__}")
+    if not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
         raise ValueError(f"a ticket number must be within +-(2**53 - 1), got {v!r}")
     return v
 
 
+@functools.lru_cache(maxsize=4096)  # every ticket checks the same few urls and names
 def is_plain_string(s: str) -> bool:
     """True if every standard JSON encoder writes `s` as itself (see the module docstring)."""
     return _UNPLAIN.search(s) is None
@@ -91,13 +93,12 @@ def normalize_ticket(ticket: dict[str, Any]) -> dict[str, Any]:
     """Put every signed field of `ticket` in its served form, in place; ValueError if one
     cannot be (a string outside plain ASCII, a number out of range)."""
     for k, v in ticket.items():
-        if k in UNSIGNED_FIELDS:
-            continue
-        if isinstance(v, str):
-            if not is_plain_string(v):
+        if type(v) is str:
+            if k not in UNSIGNED_FIELDS and not is_plain_string(v):
                 raise ValueError(f'ticket field {k!r} must be printable ASCII without "\\<>&')
-        elif type(v) is not int or abs(v) > MAX_SAFE_INTEGER:
-            ticket[k] = ticket_number(v)
+        elif type(v) is not int or not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+            if k not in UNSIGNED_FIELDS:
+                ticket[k] = ticket_number(v)
     return ticket
 
 
