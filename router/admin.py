@@ -13,6 +13,7 @@ from router.auth import key_from_header
 from router.config import ApiKeySettings
 from router.context import CTX, RouterContext
 from router.errors import ApiError, json_response
+from router.signing import is_plain_string
 from router.state.base import WorkerRecord, worker_id
 from router.ticket import read_json_object
 
@@ -37,7 +38,8 @@ async def register_worker(request: web.Request) -> web.Response:
     endpoint, url = body.get("endpoint"), body.get("url")
     if not isinstance(endpoint, str) or not endpoint:
         raise ApiError(400, "bad_request", "endpoint (a non-empty string) is required")
-    if not isinstance(url, str):
+    # plain ASCII too: tickets carry the URL, signed as served (docs/protocol.md)
+    if not isinstance(url, str) or not is_plain_string(url):
         raise ApiError(
             400, "bad_request", "url must be an http(s) URL such as http://10.0.0.7:3000"
         )

@@ -17,6 +17,7 @@ from typing import Any
 from router.config import ConfigError, Settings, check_processes
 from router.logs import configure as configure_logging
 from router.signing import SigningKeyError, write_private_key
+from router.version import package_version
 
 log = logging.getLogger("router")
 
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     serve = sub.add_parser(
         "serve", help="run the router", description="Run the router until SIGINT/SIGTERM."

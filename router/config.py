@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from router.signing import MAX_SAFE_INTEGER, is_plain_string
+
 Policy = Literal["least_work", "round_robin", "random", "least_requests", "p2c"]
 StoreBackend = Literal["memory", "redis"]
 Algorithm = Literal["rsa", "ed25519"]
@@ -353,7 +355,18 @@ def _url(r: _Reader, key: str) -> str:
     url = r.str_(key, "")
     if not re.match(r"^https?://[^/\s]+", url):
         raise ConfigError(f"{r.name(key)}: must be an http(s) URL, got {url!r}")
+    if not is_plain_string(url):  # tickets carry it, signed as served (DESIGN §3.2)
+        raise ConfigError(
+            f'{r.name(key)}: must be printable ASCII without "\\<>& (percent-encode the rest)'
+        )
     return url.rstrip("/")
+
+
+def _cost(r: _Reader, key: str, default: float) -> float:
+    v = r.num(key, default)
+    if v > MAX_SAFE_INTEGER:  # tickets carry it, and every JSON reader must read it exactly
+        raise ConfigError(f"{r.name(key)}: must be at most 2**53 - 1")
+    return v
 
 
 def _build(data: dict[str, Any], base: Path) -> Settings:
@@ -516,7 +529,7 @@ def _endpoint(r: _Reader) -> EndpointSettings:
         sp.done()
     ep = EndpointSettings(
         name=name,
-        default_cost=r.num("default_cost", 100.0),
+        default_cost=_cost(r, "default_cost", 100.0),
         policy=r.choice("policy", "least_work", get_args(Policy)),  # type: ignore[arg-type]
         health_path=health_path,
         max_queue_time_s=r.num("max_queue_time_s", 30.0),

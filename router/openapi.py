@@ -52,10 +52,11 @@ _ROUTE_BODY = {
     "required": ["endpoint"],
     "properties": {
         "endpoint": {"type": "string"},
-        "cost": {"type": "number", "minimum": 0},
+        # 2**53 - 1: the largest number every JSON reader holds exactly (DESIGN §3.2)
+        "cost": {"type": "number", "minimum": 0, "maximum": 9007199254740991},
         "api_key": {"type": "string"},
-        "request_idx": {"type": "integer", "minimum": 0},
-        "replay_timeout": {"type": "number", "minimum": 0},
+        "request_idx": {"type": "integer", "minimum": 0, "maximum": 9007199254740991},
+        "replay_timeout": {"type": "number", "minimum": 0, "maximum": 9007199254740991},
         "session_id": {"type": "string"},
     },
 }

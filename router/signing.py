@@ -2,15 +2,32 @@
 
 Both the router (which signs) and the reference worker (which verifies) use this module,
 so the signed bytes are defined in exactly one place.
+
+What is served is what is signed (DESIGN §3.2): `KeyRing.sign_ticket` first puts every
+field in the one form that Python's `json.dumps(t, sort_keys=True, separators=(",", ":"))`,
+JavaScript's `JSON.stringify` and Go's `encoding/json` all write back byte for byte, so a
+verifier rebuilds the signed bytes from the ticket it received with its standard encoder:
+
+* numbers: an integral value is an integer (`16`, never `16.0`); any other is rounded to
+  3 decimals (`16.5`, `1763800030.123`). Both stay within +-(2**53 - 1), JavaScript's
+  exact integers, so the shortest round-trip form has no exponent in any of the three;
+* strings: printable ASCII without `"`, `\\`, `<`, `>`, `&`, the characters every encoder
+  writes as themselves (Python escapes non-ASCII by default, JavaScript does not; Go
+  escapes `<>&` by default).
+
+`tests/vectors/` holds signed tickets and their verdicts for verifiers in any language.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import logging
+import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +58,64 @@ class SigningKeyError(Exception):
     """A key file or JWKS document could not be used."""
 
 
+# The largest integer every JSON reader holds exactly (JavaScript numbers are doubles).
+MAX_SAFE_INTEGER = 2**53 - 1
+# Decimals kept in a non-integral ticket number: 0.001 is the smallest step, and no
+# positive value below 1e-4 (where Python's repr switches to an exponent) can occur.
+TICKET_DECIMALS = 3
+# Characters outside printable ASCII, and those some standard encoder escapes.
+_UNPLAIN = re.compile(r'[^\x20-\x7e]|["\\<>&]')
+
+
+def ticket_number(v: float) -> int | float:
+    """Return `v` in the form it is signed and served in: an int if integral, else 3 decimals."""
+    if type(v) is float:
+        if not math.isfinite(v):
+            raise ValueError(f"a ticket number must be finite, got {v!r}")
+        v = round(v, TICKET_DECIMALS) + 0.0  # + 0.0: -0.0 becomes 0.0
+        if not v.is_integer():
+            return v  # below 2**52 in size: every float above is integral
+        v = int(v)
+    elif type(v) is not int:  # bool included: JSON's true is not a number
+        raise ValueError(f"a ticket number must be an int or float, got {type(v).__name__}")
+    if not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+        raise ValueError(f"a ticket number must be within +-(2**53 - 1), got {v!r}")
+    return v
+
+
+@functools.lru_cache(maxsize=4096)  # every ticket checks the same few urls and names
+def is_plain_string(s: str) -> bool:
+    """True if every standard JSON encoder writes `s` as itself (see the module docstring)."""
+    return _UNPLAIN.search(s) is None
+
+
+def normalize_ticket(ticket: dict[str, Any]) -> dict[str, Any]:
+    """Put every signed field of `ticket` in its served form, in place; ValueError if one
+    cannot be (a string outside plain ASCII, a number out of range)."""
+    for k, v in ticket.items():
+        if type(v) is str:
+            if k not in UNSIGNED_FIELDS and not is_plain_string(v):
+                raise ValueError(f'ticket field {k!r} must be printable ASCII without "\\<>&')
+        elif type(v) is not int or not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+            if k not in UNSIGNED_FIELDS:
+                ticket[k] = ticket_number(v)
+    return ticket
+
+
 def _plain_number(v: Any) -> Any:
-    # 256.0 and 256 must sign alike: JSON clients in other languages drop the ".0".
-    if type(v) is float and v.is_integer() and abs(v) < 2**53:
+    # A client that re-encodes a ticket may write 256 as 256.0; it is the same number.
+    if type(v) is float and v.is_integer() and abs(v) <= MAX_SAFE_INTEGER:
         return int(v)
     return v
 
 
 def canonical(ticket: Mapping[str, Any]) -> bytes:
-    """Return the signed bytes: every ticket field but the unsigned ones, sorted compact JSON."""
+    """Return the signed bytes: every ticket field but the unsigned ones, sorted compact JSON.
+
+    For a ticket as served this equals Python's `json.dumps(t, sort_keys=True,
+    separators=(",", ":"))` (see the module docstring); it also reads an integral float
+    as the integer it was signed as, for tickets a client re-encoded.
+    """
     body = {k: _plain_number(v) for k, v in ticket.items() if k not in UNSIGNED_FIELDS}
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
@@ -258,7 +324,12 @@ class KeyRing:
         return self.signer.kid
 
     def sign_ticket(self, ticket: dict[str, Any]) -> dict[str, Any]:
-        """Add `signature` over the canonical form; `ticket` must already carry `key_id`."""
+        """Put `ticket` in its served form and add `signature` over its canonical bytes.
+
+        `ticket` must carry every signed field, `key_id` included; ValueError if a field
+        has no served form (see `normalize_ticket`).
+        """
+        normalize_ticket(ticket)
         ticket["signature"] = self.signer.sign(canonical(ticket))
         return ticket
 

@@ -16,6 +16,7 @@ from router.context import CTX, RouterContext
 from router.errors import ApiError, json_response, read_within
 from router.jsonbody import json_object
 from router.limits import check_rate
+from router.signing import MAX_SAFE_INTEGER, ticket_number
 from router.state.base import StoreUnavailable
 
 # The router app's client_max_size: /route and admin bodies. Proxied bodies are read
@@ -42,8 +43,9 @@ def _number(body: dict[str, Any], field: str, default: float) -> float:
         return default
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise ApiError(400, "bad_request", f"{field} must be a number")
-    if not math.isfinite(v) or v < 0:
-        raise ApiError(400, "bad_request", f"{field} must be a finite number >= 0")
+    if not math.isfinite(v) or v < 0 or v > MAX_SAFE_INTEGER:
+        # The ceiling is JavaScript's largest exact integer: every verifier reads it alike.
+        raise ApiError(400, "bad_request", f"{field} must be a number from 0 to 2**53 - 1")
     return float(v)
 
 
@@ -51,8 +53,8 @@ def _request_idx(body: dict[str, Any]) -> int:
     v = body.get("request_idx")
     if v is None:
         return 0
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v >= 2**63:
-        raise ApiError(400, "bad_request", "request_idx must be a non-negative integer")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > MAX_SAFE_INTEGER:
+        raise ApiError(400, "bad_request", "request_idx must be an integer from 0 to 2**53 - 1")
     return v
 
 
@@ -125,8 +127,10 @@ async def issue_ticket(
 
     `exclude`: worker ids not to pick (proxy retries); `request_id`: the ticket's
     `__request_id` (proxy mode passes its X-Request-Id), else a random one. Used by both
-    modes.
+    modes. `cost` is balanced on and signed in its served form (`ticket_number`: 3
+    decimals, integral as an int), so the worker accounts what the router counted.
     """
+    cost = ticket_number(cost)
     ep = ctx.endpoints[endpoint]
     ctx.tick += 1
     workers = ctx.snapshot.endpoint(endpoint)
@@ -146,7 +150,7 @@ async def issue_ticket(
     ticket: dict[str, Any] = {
         "cost": cost,
         "endpoint": endpoint,
-        "expires_at": round(now + ctx.settings.signing.ticket_ttl_s, 3),
+        "expires_at": ticket_number(now + ctx.settings.signing.ticket_ttl_s),
         "key_id": ctx.keyring.kid,
         "reqnum": issued.reqnum,
         "request_idx": issued.request_idx,

@@ -75,3 +75,25 @@ def test_bad_config_fails_with_one_clear_line(tmp_path: Path) -> None:
         "config error: endpoints[0].policy: must be one of least_work, round_robin, random, "
         "least_requests, p2c; got 'fastest'"
     ]
+
+
+def test_both_command_lines_print_the_package_version() -> None:
+    from importlib.metadata import version
+
+    for module, prog in (("router", "inference-router"), ("workers", "inference-worker")):
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+        assert out.strip() == f"{prog} {version('inference-router')}"
+
+
+def test_license_file_is_the_one_pyproject_declares() -> None:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "Apache-2.0"
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a pointer to it

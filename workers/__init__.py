@@ -6,5 +6,5 @@ draining on SIGTERM. `app` runs each inference request through the pure checks i
 `backends.Backend` (`synthetic` is a built-in stand-in; `tgi`, `openai` and `bentoml`
 forward to a model server over HTTP; `images/` holds the GPU worker images). Around it:
 `keys` (the router's JWKS and/or a PEM file), `registration` (self-registration),
-`metrics` (Prometheus).
+`metrics` (Prometheus); `errors` gives every error answer its one JSON shape.
 """

@@ -22,6 +22,7 @@ from aiohttp.typedefs import Handler
 from router.signing import VerifyKey
 from workers.backends import Backend, make_backend
 from workers.backends.base import BackendFailed
+from workers.errors import error_response as _error
 from workers.keys import KeySource, load_pubkey_file
 from workers.load import Load, admission_delay
 from workers.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
@@ -141,15 +142,6 @@ async def _router_ctx(app: web.Application) -> AsyncIterator[None]:
             if state.registrar is not None:
                 await state.registrar.close()
             await state.keys.close()
-
-
-def _error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
-) -> web.Response:
-    body = {"error": {"code": code, "message": message}, **extra}
-    return web.Response(
-        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
-    )
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from router.logs import configure as configure_logging
 from router.signing import SigningKeyError
+from router.version import package_version
 from workers.app import STATE, build_app
 from workers.backends import Backend
 from workers.keys import load_pubkey_file
@@ -208,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
         help="on SIGTERM, time in-flight requests get to finish (default 30)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     syn = p.add_argument_group("synthetic backend")
     syn.add_argument(
         "--ttft-ms",
@@ -278,11 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         except SigningKeyError as exc:
             p.error(f"--pubkey-file: {exc}")
     configure_logging(args.log_level)
-    if not settings.verify:
-        log.warning(
-            "--no-verify: tickets are not checked; this worker serves anyone who can reach %s",
-            settings.public_url,
-        )
+    warn_about(settings)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(settings))
@@ -293,6 +291,26 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def warn_about(settings: WorkerSettings) -> None:
+    """Log, once at start, settings that work but are likely not what was meant."""
+    if not settings.verify:
+        log.warning(
+            "--no-verify: tickets are not checked; this worker serves anyone who can reach %s",
+            settings.public_url,
+        )
+    if settings.router_url and not settings.register_token:
+        # Nothing else would ever say why the router sends this worker no requests.
+        log.warning(
+            "no --register-token: this worker will not register with %s; it gets requests "
+            "only if the router's config lists url = %r under endpoint %r. Add "
+            "--register-token TOKEN (or WORKER_REGISTER_TOKEN) with a worker token for that "
+            "endpoint, or list the worker in the router's config",
+            settings.router_url,
+            settings.public_url,
+            settings.endpoint,
+        )
 
 
 def _flag_message(message: str) -> str:

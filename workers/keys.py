@@ -41,6 +41,11 @@ def load_pubkey_file(path: Path) -> VerifyKey:
         raise SigningKeyError(f"{path} is not an RSA or Ed25519 public key PEM") from exc
 
 
+def _fingerprint(keys: dict[str, VerifyKey]) -> list[tuple[str, str]]:
+    """What identifies a key set: each kid with its public key (as PEM)."""
+    return sorted((kid, key.pem()) for kid, key in keys.items())
+
+
 class KeySource:
     """Keeps `verifier.keys` = the PEM file's key + the router's current JWKS."""
 
@@ -94,9 +99,15 @@ class KeySource:
         if not keys:
             return self._failed("published no keys")
         # Replace rather than merge: a key the router stopped publishing is revoked.
-        self.verifier.keys = {**self.static_keys, **keys}
+        new = {**self.static_keys, **keys}
+        changed = _fingerprint(new) != _fingerprint(self.verifier.keys)
+        self.verifier.keys = new
         self._last_error = None
-        log.info("loaded %d router key(s) from %s", len(keys), self.jwks_url)
+        # A refresh runs every minute: INFO only when it changed something.
+        if changed:
+            log.info("loaded router keys %s from %s", ", ".join(sorted(keys)), self.jwks_url)
+        else:
+            log.debug("router keys unchanged at %s", self.jwks_url)
         return True
 
     def _failed(self, why: str) -> bool:

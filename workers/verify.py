@@ -3,6 +3,26 @@
 `extract_ticket` finds the ticket in any of the three request shapes; `TicketVerifier`
 checks signature, url, endpoint, expiry and the reqnum replay window, in that order.
 No I/O here: the app refetches the JWKS when `verify` raises an unknown-key rejection.
+
+A worker of your own can use this module alone, with the router's JWKS as a dict (from
+`GET /.well-known/jwks.json`; fetch it again for an unknown key and every minute or so)::
+
+    import time
+    from workers.verify import TicketRejected, TicketVerifier, extract_ticket
+
+    verifier = TicketVerifier.from_jwks(jwks, "http://10.0.0.7:8000", "llama")
+
+    def check(body, x_route_ticket_header):  # body: the parsed JSON request
+        try:
+            ticket, payload = extract_ticket(body, x_route_ticket_header)
+            verifier.verify(ticket, time.time())  # records the reqnum: one use
+        except TicketRejected as exc:
+            return 401, {"error": {"code": exc.code, "message": exc.message}}
+        return 200, payload  # what the model gets; the ticket is stripped
+
+    verifier.use_jwks(new_jwks)  # on a refetch: keys the router dropped stop verifying
+
+`tests/vectors/` has signed tickets and verdicts to check a verifier in another language.
 """
 
 from __future__ import annotations
@@ -16,7 +36,14 @@ from typing import Any
 
 import orjson
 
-from router.signing import SIGNED_FIELDS, TICKET_FIELDS, VerifyKey, canonical
+from router.signing import (
+    SIGNED_FIELDS,
+    TICKET_FIELDS,
+    SigningKeyError,
+    VerifyKey,
+    canonical,
+    verify_keys_from_jwks,
+)
 
 # Ticket fields a well-formed ticket must carry, with the JSON types allowed for each.
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -120,6 +147,22 @@ class TicketVerifier:
     def __post_init__(self) -> None:
         self.public_url = self.public_url.rstrip("/")
 
+    @classmethod
+    def from_jwks(
+        cls, jwks: Mapping[str, Any], public_url: str, endpoint: str, clock_skew_s: float = 5.0
+    ) -> TicketVerifier:
+        """A verifier for one worker, trusting the keys of a JWKS document (a parsed dict).
+
+        `SigningKeyError` (importable from here) if the document is not a usable JWKS.
+        """
+        verifier = cls({}, public_url, endpoint, clock_skew_s)
+        verifier.use_jwks(jwks)
+        return verifier
+
+    def use_jwks(self, jwks: Mapping[str, Any]) -> None:
+        """Trust exactly the keys of `jwks` from now on (a key it lacks stops verifying)."""
+        self.keys = verify_keys_from_jwks(jwks)
+
     def verify(self, ticket: Mapping[str, Any], now: float) -> int:
         """Check `ticket` and record its reqnum; return the reqnum or raise TicketRejected."""
         reqnum = self.check(ticket, now)
@@ -161,3 +204,12 @@ class TicketVerifier:
         reqnum: int = ticket["reqnum"]
         self.window.check(reqnum)
         return reqnum
+
+
+__all__ = [
+    "ReplayWindow",
+    "SigningKeyError",
+    "TicketRejected",
+    "TicketVerifier",
+    "extract_ticket",
+]

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from router.client import RouterClient, Shape
 from tests.conftest import RedisServer
 from tests.e2e.procs import (
     Proc,
@@ -119,6 +120,17 @@ def test_route_then_generate_plain_and_streaming(stack: Stack, shape: Any) -> No
     assert len(events) == 8
     assert "".join(e["token"]["text"] for e in events).strip() == text.strip()
     assert events[-1]["generated_text"] is not None
+
+
+def test_router_client_against_router_and_worker_processes(stack: Stack) -> None:
+    client = RouterClient(stack.router_url, "dev-key", timeout_s=10)
+    shapes: list[Shape] = ["auth_data", "merged", "header"]
+    for shape in shapes:
+        ticket = client.route("demo", cost=8)
+        assert client.call(ticket, "/generate", PAYLOAD, shape=shape)["generated_text"]
+    ticket = client.route("demo", cost=8)
+    chunks = list(client.stream(ticket, "/generate_stream", PAYLOAD, shape="header"))
+    assert b"".join(chunks).count(b"data:") == 8
 
 
 def test_bad_tickets_are_refused(stack: Stack) -> None:

@@ -121,6 +121,9 @@ async def test_api_key_in_all_three_places(
         (None, b'{"endpoint":"demo","api_key":"dev-key","cost":1e999}', 400, "bad_json"),
         ({"endpoint": "demo", "api_key": DEV_KEY, "request_idx": -3}, None, 400, "bad_request"),
         ({"endpoint": "demo", "api_key": DEV_KEY, "request_idx": 1.5}, None, 400, "bad_request"),
+        # past 2**53 - 1 a JavaScript verifier could not rebuild the signed number
+        ({"endpoint": "demo", "api_key": DEV_KEY, "cost": 2**53}, None, 400, "bad_request"),
+        ({"endpoint": "demo", "api_key": DEV_KEY, "request_idx": 2**53}, None, 400, "bad_request"),
         ({"endpoint": "demo", "api_key": DEV_KEY, "session_id": 7}, None, 400, "bad_request"),
         ({"endpoint": "demo", "api_key": 12}, None, 400, "bad_request"),
         ({"endpoint": "demo"}, None, 401, "missing_api_key"),
@@ -250,6 +253,11 @@ async def test_admin_workers_api(router: tuple[Client, RouterContext]) -> None:
             headers=token,
         )
         assert resp.status == 200  # idempotent
+        for url in ("http://bücher.example:3000", "http://10.0.0.7:3000/a&b"):
+            resp = await client.post(
+                "/api/v1/workers", json={"endpoint": "demo", "url": url}, headers=token
+            )
+            assert resp.status == 400  # tickets carry the URL: plain ASCII only
         assert (await client.get("/api/v1/workers", headers=token)).status == 403
         await until(lambda: ready_count(ctx) == 3)
         listing = await (await client.get("/api/v1/workers?endpoint=demo", headers=admin)).json()

@@ -91,6 +91,16 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
             "endpoints[0].workers[0].url: must be an http(s) URL",
         ),
         (
+            '[[endpoints]]\nname = "a"\n[[endpoints.workers]]\nurl = "http://bücher.example"',
+            {},
+            "endpoints[0].workers[0].url: must be printable ASCII",
+        ),
+        (
+            '[[endpoints]]\nname = "a"\ndefault_cost = 1e16',
+            {},
+            "endpoints[0].default_cost: must be at most 2**53 - 1",
+        ),
+        (
             '[[endpoints]]\nname = "a"\n[endpoints.health]\ninterval_s = 0',
             {},
             "endpoints[0].health.interval_s: must be > 0",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
 from pathlib import Path
@@ -15,6 +16,8 @@ from router.signing import (
     SigningKeyError,
     canonical,
     load_private_key,
+    normalize_ticket,
+    ticket_number,
     verify_keys_from_jwks,
     write_private_key,
 )
@@ -38,6 +41,58 @@ def test_canonical_is_sorted_compact_and_excludes_unsigned_fields() -> None:
         b'"reqnum":1763800000000123,"request_idx":7,"url":"http://127.0.0.1:3001"}'
     )
     assert canonical(dict(TICKET, cost=256)) == raw  # a client that drops ".0" still matches
+
+
+@pytest.mark.parametrize(
+    ("value", "served"),
+    [
+        (16.0, 16),
+        (16, 16),
+        (16.5, 16.5),
+        (0.0, 0),
+        (-0.0, 0),
+        (1e6, 1000000),
+        (0.1 + 0.2, 0.3),
+        (16.0001, 16),
+        (0.0004, 0),
+        (1763800030.1234567, 1763800030.123),
+        (2**53 - 1, 2**53 - 1),
+        (float(2**53 - 1), 2**53 - 1),
+    ],
+)
+def test_ticket_numbers_are_integers_when_integral_else_3_decimals(
+    value: float, served: float
+) -> None:
+    got = ticket_number(value)
+    assert got == served and type(got) is type(served)
+    assert json.dumps(got) == orjson.dumps(got).decode()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 2**53, 1e16, True, "1", None])
+def test_ticket_numbers_outside_every_readers_exact_range_are_refused(value: object) -> None:
+    with pytest.raises(ValueError):
+        ticket_number(value)  # type: ignore[arg-type]
+
+
+def test_signed_tickets_are_served_as_signed() -> None:
+    ring = KeyRing.ephemeral("ed25519")
+    t = ring.sign_ticket(dict(TICKET, key_id=ring.kid, expires_at=1763800030.0))
+    assert t["cost"] == 256 and type(t["cost"]) is int
+    assert type(t["expires_at"]) is int
+    served = json.loads(orjson.dumps(t))
+    served.pop("signature")
+    assert json.dumps(served, sort_keys=True, separators=(",", ":")).encode() == canonical(t)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://bücher.example", "http://x/?a=1&b=2", 'http://x/"', "http://x/<", "http://\t"]
+)
+def test_tickets_with_strings_some_encoder_escapes_are_not_signed(url: str) -> None:
+    ring = KeyRing.ephemeral("ed25519")
+    with pytest.raises(ValueError, match="printable ASCII"):
+        ring.sign_ticket(dict(TICKET, key_id=ring.kid, url=url))
+    with pytest.raises(ValueError):
+        normalize_ticket(dict(TICKET, endpoint="caf\u00e9"))
 
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])

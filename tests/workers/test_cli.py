@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from router.signing import KeyRing
 from tests.conftest import free_port, wait_port
-from workers.cli import main, parser, settings_from_args
+from workers.cli import main, parser, settings_from_args, warn_about
 from workers.settings import SettingsError, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +53,23 @@ def test_bad_flags_exit_2_with_a_clear_message(
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_worker_that_will_not_register_says_what_to_do(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WORKER_REGISTER_TOKEN", raising=False)
+    flags = ["--router-url", "http://r:8080", "--port", "3001", "--endpoint", "llama"]
+    with caplog.at_level(logging.WARNING, logger="workers.cli"):
+        warn_about(settings_from_args(parser().parse_args(flags)))
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "--register-token" in message and "'http://127.0.0.1:3001'" in message
+    assert "'llama'" in message and "router's config" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="workers.cli"):
+        warn_about(settings_from_args(parser().parse_args([*flags, "--register-token", "t"])))
+    assert caplog.records == []
 
 
 def test_pubkey_file_must_be_a_public_key(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -201,3 +202,26 @@ async def test_refresh_revokes_a_dropped_key_without_any_ticket(
             await until(lambda: keys_are(new))
         finally:
             await source.close()
+
+
+async def test_refresh_logs_at_info_only_when_the_key_set_changed(
+    router: tuple[FakeRouter, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, url = router
+    verifier = TicketVerifier({}, "http://w", "demo")
+    source = KeySource(verifier, url, {})
+    async with aiohttp.ClientSession() as session:
+        source._session = session
+        with caplog.at_level(logging.DEBUG, logger="workers.keys"):
+            for _ in range(3):  # the first load, then two refreshes with nothing new
+                assert await source.fetch_once()
+            fake.ring = rotated(fake.ring)
+            assert await source.fetch_once()
+    levels = [(r.levelno, r.getMessage().split()[1]) for r in caplog.records]
+    assert levels == [
+        (logging.INFO, "router"),
+        (logging.DEBUG, "keys"),
+        (logging.DEBUG, "keys"),
+        (logging.INFO, "router"),
+    ]
+    assert fake.ring.kid in caplog.records[-1].getMessage()

@@ -46,17 +46,15 @@ def test_round_trip(ring: KeyRing, tickets: Tickets) -> None:
     assert v.verify(t2, time.time()) == t2["reqnum"]
 
 
-def test_cost_256_0_verifies_when_the_client_writes_256(ring: KeyRing, tickets: Tickets) -> None:
+def test_cost_256_0_is_served_as_256_and_still_verifies_re_sent_as_256_0(
+    ring: KeyRing, tickets: Tickets
+) -> None:
     v = verifier(ring)
     t = tickets.issue(cost=256.0)
     wire = orjson.dumps(t)
-    assert b'"cost":256.0' in wire
-    resent = orjson.loads(wire.replace(b'"cost":256.0', b'"cost":256'))
-    assert type(resent["cost"]) is int
-    assert v.verify(resent, time.time()) == t["reqnum"]
-    # and the other way round: signed as an int, re-sent as a float
-    t = tickets.issue(cost=256)
-    resent = orjson.loads(orjson.dumps(t).replace(b'"cost":256', b'"cost":256.0'))
+    assert b'"cost":256,' in wire  # served as signed (DESIGN §3.2)
+    # A client that re-encodes the ticket with a float writes 256.0: the same number.
+    resent = orjson.loads(wire.replace(b'"cost":256,', b'"cost":256.0,'))
     assert type(resent["cost"]) is float
     assert v.verify(resent, time.time()) == t["reqnum"]
 
@@ -279,3 +277,34 @@ def test_extract_three_shapes(ring: KeyRing, tickets: Tickets) -> None:
     # the header wins over a body that merely looks like a ticket
     ticket, got = extract_ticket({"auth_data": {}, "payload": 1}, raw.decode())
     assert ticket == t and got == {"auth_data": {}, "payload": 1}
+
+
+def test_a_third_party_worker_needs_only_workers_verify_and_a_jwks_dict() -> None:
+    """The docstring's example of workers/verify.py, on a vector (tests/vectors/)."""
+    import json
+    from pathlib import Path
+
+    from workers import verify
+
+    doc = json.loads((Path(__file__).parents[1] / "vectors" / "tickets.json").read_text())
+    jwks: dict[str, Any] = doc["jwks"]  # as GET /.well-known/jwks.json gives it
+    case = next(c for c in doc["cases"] if c["name"] == "ed25519/valid_integral_cost")
+    ticket = json.loads(case["served"])
+    verifier = verify.TicketVerifier.from_jwks(jwks, ticket["url"], ticket["endpoint"])
+
+    def check(body: Any, header: str | None) -> tuple[int, Any]:
+        try:
+            t, payload = verify.extract_ticket(body, header)
+            verifier.verify(t, case["now"])
+        except verify.TicketRejected as exc:
+            return 401, {"error": {"code": exc.code, "message": exc.message}}
+        return 200, payload
+
+    body = {"auth_data": ticket, "payload": {"inputs": "Hi"}}
+    assert check(body, None) == (200, {"inputs": "Hi"})
+    assert check(body, None)[1]["error"]["code"] == "ticket_replayed"
+    # a refetched JWKS without the key: the key stops verifying
+    verifier.use_jwks({"keys": [k for k in jwks["keys"] if k["kid"] != ticket["key_id"]]})
+    assert check(body, None)[1]["error"]["code"] == "ticket_unknown_key"
+    with pytest.raises(verify.SigningKeyError):
+        verify.TicketVerifier.from_jwks({"no": "keys"}, "http://x", "demo")

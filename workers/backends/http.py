@@ -21,6 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from workers.backends.base import Backend, BackendFailed
+from workers.errors import error_response
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,9 @@ def _kept(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[s
 
 
 def _unavailable(exc: BaseException) -> web.Response:
-    body = {
-        "error": {
-            "code": "backend_unavailable",
-            "message": f"the model server did not answer: {type(exc).__name__}",
-        }
-    }
-    return web.Response(body=orjson.dumps(body), status=502, content_type="application/json")
+    return error_response(
+        502, "backend_unavailable", f"the model server did not answer: {type(exc).__name__}"
+    )
 
 
 class HttpBackend(Backend):

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from workers.backends.base import Backend
 from workers.backends.png import pattern_png
+from workers.errors import error_response
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ class SyntheticBackend(Backend):
         try:
             prompt = prompt_of(path, payload)
         except BadRequest as exc:
-            return _json({"error": {"code": "bad_request", "message": str(exc)}}, status=400)
+            return error_response(400, "bad_request", str(exc))
         n = max_tokens(payload)
         stream = payload.get("stream") is True
         if path == "/generate_stream" or (path in ("/", "/generate") and stream):
