@@ -218,7 +218,7 @@ def gcra(tat: float | None, now: float, rate_per_s: float, burst: float) -> tupl
     `tat` is the stored theoretical arrival time (None: unused, full allowance). A request
     is allowed while the allowance is at most `burst - 1` requests ahead of `now`; then
     retry after is 0.0 and the returned time is one interval later. Otherwise `tat` comes
-    back unchanged with the seconds to wait. The Redis store's script does the same sums.
+    back unchanged with the seconds to wait. Its Lua twin is GCRA_LUA in redis_scripts.py.
     """
     interval = 1.0 / rate_per_s
     t = now if tat is None or tat < now else tat
