@@ -14,7 +14,7 @@ from collections import deque
 
 from router.state.base import Released, WorkerRecord
 
-Ticket = tuple[int, float, float]  # (reqnum, cost, expires_at)
+Ticket = tuple[int, int, float]  # (reqnum, mcost: base.quantize of its cost, expires_at)
 Tickets = deque[Ticket]
 # Expired tickets one issue step sweeps per worker at most: bounds a Redis script's run
 # time (the rest go on the next sweep). Both stores sweep alike.
@@ -22,11 +22,11 @@ SWEEP_MAX = 64
 
 
 def add_ticket(
-    w: WorkerRecord, tickets: Tickets, reqnum: int, cost: float, expires_at: float
+    w: WorkerRecord, tickets: Tickets, reqnum: int, mcost: int, expires_at: float
 ) -> None:
     """Count a new ticket (its reqnum above every outstanding one) in the pending load."""
-    tickets.append((reqnum, cost, expires_at))
-    w.pending_cost += cost
+    tickets.append((reqnum, mcost, expires_at))
+    w.pending_mcost += mcost
     w.pending_requests += 1
 
 
@@ -57,9 +57,9 @@ def fold_report(w: WorkerRecord, tickets: Tickets, report: tuple[float, int, int
 def release_ticket(w: WorkerRecord, tickets: Tickets, reqnum: int, cost: float) -> Released:
     """Take a finished request's cost off the load (see Store.release).
 
-    An outstanding ticket is forgotten with the cost it was issued with; one the worker
-    reported seeing lowers the reported load by `cost` (never below zero) until the next
-    report says exactly.
+    An outstanding ticket is forgotten with the cost it was issued with, not `cost`; one
+    the worker reported seeing lowers the reported load by `cost` (never below zero) until
+    the next report says exactly.
     """
     for i, (r, c, _) in enumerate(tickets):
         if r == reqnum:
@@ -75,16 +75,17 @@ def release_ticket(w: WorkerRecord, tickets: Tickets, reqnum: int, cost: float) 
 
 def _drop_oldest(w: WorkerRecord, tickets: Tickets, n: int) -> None:
     if n:
-        cost = 0.0
+        mcost = 0
         for _ in range(n):
-            cost += tickets.popleft()[1]
-        _settle(w, tickets, -cost, -n)
+            mcost += tickets.popleft()[1]
+        _settle(w, tickets, -mcost, -n)
 
 
-def _settle(w: WorkerRecord, tickets: Tickets, cost: float, requests: int) -> None:
-    """Change the pending sums; exactly zero once no ticket is left."""
+def _settle(w: WorkerRecord, tickets: Tickets, mcost: int, requests: int) -> None:
+    """Change the pending sums; zero once no ticket is left (a store that lost tickets
+    to a crash or a TTL heals when the last one goes)."""
     if tickets:
-        w.pending_cost += cost
+        w.pending_mcost += mcost
         w.pending_requests += requests
     else:
-        w.pending_cost, w.pending_requests = 0.0, 0
+        w.pending_mcost, w.pending_requests = 0, 0

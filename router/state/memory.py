@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from router.balancer import Mode, finalize
 from router.state.base import (
+    MCOST_PER_COST,
     HealthUpdate,
     Issued,
     Released,
@@ -16,6 +17,7 @@ from router.state.base import (
     Store,
     WorkerRecord,
     gcra,
+    quantize,
     reqnum_floor,
     worker_id,
 )
@@ -105,15 +107,17 @@ class MemoryStore(Store):
         live = [w for w in records if w is not None]
         for w in live:
             expire_tickets(w, self._pending.get(w.id, _NO_TICKETS), now)
-        i = finalize(live, cost, mode)
+        mcost = quantize(cost)
+        i = finalize(live, mcost / MCOST_PER_COST, mode)
         if i is None:
             return None, request_idx
         w = live[i]
         prev = self._reqnums.get(w.id)
         reqnum = reqnum_floor(now) if prev is None else prev + 1
         self._reqnums[w.id] = reqnum
-        add_ticket(w, self._pending.setdefault(w.id, deque()), reqnum, cost, now + ttl_s)
-        return Issued(w.id, w.url, reqnum, request_idx, w.load), request_idx
+        add_ticket(w, self._pending.setdefault(w.id, deque()), reqnum, mcost, now + ttl_s)
+        issued = Issued(w.id, w.url, reqnum, request_idx, w.load, w.pending_mcost)
+        return issued, request_idx
 
     async def release(self, wid: str, reqnum: int, cost: float) -> Released:
         w = self._workers.get(wid)

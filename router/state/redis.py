@@ -30,6 +30,7 @@ from router.state.base import (
     Store,
     StoreUnavailable,
     WorkerRecord,
+    quantize,
     reqnum_floor,
     worker_id,
 )
@@ -156,7 +157,7 @@ def _record(h: dict[str, str]) -> WorkerRecord:
         reported_cost=float(h.get("reported_cost") or 0),
         reported_requests=int(h.get("reported_requests") or 0),
         max_reqnum_seen=int(h.get("max_reqnum_seen") or 0),
-        pending_cost=max(0.0, float(h.get("pending_cost") or 0)),
+        pending_mcost=max(0, int(h.get("pending_mcost") or 0)),
         pending_requests=max(0, int(h.get("pending_requests") or 0)),
         registered_at=float(h.get("registered_at") or 0),
     )
@@ -199,7 +200,7 @@ class RedisStore(Store):
         # /route and proxy calls of one loop pass share one EVALSHA (see lua.ISSUE).
         # ... over one pipelined connection of their own where the URL allows (resp.py).
         self._scripts = Scripts(url, timeout_s) if Scripts.usable(url) else None
-        self._issues = _Batcher(self._issue, 5, "redis-issue-batch", self._scripts)
+        self._issues = _Batcher(self._issue, 6, "redis-issue-batch", self._scripts)
         self._releases = _Batcher(self._release, 1, "redis-release-batch", self._scripts)
 
     @_unavailable
@@ -337,12 +338,12 @@ class RedisStore(Store):
         keys: list[str] = []
         for wid in candidates:
             keys += [k.worker(wid), k.pending(wid)]
-        i, reqnum, ridx, load, url = await self._issues.call(
+        i, reqnum, ridx, load, url, pend = await self._issues.call(
             keys,
             [
                 len(candidates),
                 mode,
-                repr(float(cost)),
+                quantize(cost),
                 repr(now),
                 repr(ttl_s),
                 request_idx,
@@ -354,7 +355,8 @@ class RedisStore(Store):
         )
         if int(i) < 0:
             return None, int(ridx)
-        return Issued(candidates[int(i)], url, int(reqnum), int(ridx), float(load)), int(ridx)
+        issued = Issued(candidates[int(i)], url, int(reqnum), int(ridx), float(load), int(pend))
+        return issued, int(ridx)
 
     async def release(self, wid: str, reqnum: int, cost: float) -> Released:
         (n,) = await self._releases.call(

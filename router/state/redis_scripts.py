@@ -11,6 +11,7 @@ locals of the script that includes them.
 
 from __future__ import annotations
 
+from router.state.base import MCOST_PER_COST
 from router.state.ledger import SWEEP_MAX
 
 # balancer.fits, work_score and finalize. A candidate is a table {ready, load, perf,
@@ -48,38 +49,40 @@ end
 """
 
 # ledger.py's rules over a worker hash `wk` and its pending zset `pk` (score reqnum,
-# member "reqnum:cost:expires_at"). Each returns what its twin returns, and the pending
-# load where the caller needs it.
+# member "reqnum:mcost:expires_at"). Each returns what its twin returns, and the pending
+# load (integer milli-units, exact as a double below 2**53: see base.MCOST_PER_COST)
+# where the caller needs it. Integers go to Redis formatted with %d: how Redis prints a
+# Lua number (1e+15 or 1000000000000000) depends on its version.
 LEDGER_LUA = (
     f"local SWEEP_MAX = {SWEEP_MAX}\n"
     + """
 local function int(x) return string.format('%d', x) end
-local function ticket_cost(m) return tonumber(string.match(m, '^%d+:([^:]+):')) end
+local function ticket_mcost(m) return tonumber(string.match(m, '^%d+:(%d+):')) end
 -- change the pending sums, exactly zero once no ticket is left; the pending load after
-local function settle(wk, pk, cost, requests)
+local function settle(wk, pk, mcost, requests)
   if redis.call('ZCARD', pk) == 0 then
-    redis.call('HSET', wk, 'pending_cost', 0, 'pending_requests', 0)
+    redis.call('HSET', wk, 'pending_mcost', 0, 'pending_requests', 0)
     return 0
   end
   redis.call('HINCRBY', wk, 'pending_requests', requests)
-  return tonumber(redis.call('HINCRBYFLOAT', wk, 'pending_cost', cost))
+  return redis.call('HINCRBY', wk, 'pending_mcost', int(mcost))
 end
-local function add_ticket(wk, pk, reqnum, cost, expires_at)
-  redis.call('ZADD', pk, reqnum, string.format('%d:%.17g:%.17g', reqnum, cost, expires_at))
+local function add_ticket(wk, pk, reqnum, mcost, expires_at)
+  redis.call('ZADD', pk, int(reqnum), string.format('%d:%d:%.17g', reqnum, mcost, expires_at))
   redis.call('HINCRBY', wk, 'pending_requests', 1)
-  return tonumber(redis.call('HINCRBYFLOAT', wk, 'pending_cost', cost))
+  return redis.call('HINCRBY', wk, 'pending_mcost', int(mcost))
 end
 -- the pending load after, or nil if no ticket had expired
 local function expire_tickets(wk, pk, now)
-  local gone, cost = {}, 0
+  local gone, mcost = {}, 0
   for _, m in ipairs(redis.call('ZRANGE', pk, 0, SWEEP_MAX - 1)) do
-    local c, e = string.match(m, '^%d+:([^:]+):(.+)$')
+    local c, e = string.match(m, '^%d+:(%d+):(.+)$')
     if tonumber(e) >= now then break end
-    gone[#gone + 1], cost = m, cost + tonumber(c)
+    gone[#gone + 1], mcost = m, mcost + tonumber(c)
   end
   if #gone == 0 then return nil end
   redis.call('ZREM', pk, unpack(gone))
-  return settle(wk, pk, -cost, -#gone)
+  return settle(wk, pk, -mcost, -#gone)
 end
 local function fold_report(wk, pk, cost, requests, seen)
   seen = math.max(tonumber(redis.call('HGET', wk, 'max_reqnum_seen') or '0'), tonumber(seen))
@@ -88,7 +91,7 @@ local function fold_report(wk, pk, cost, requests, seen)
   local done = redis.call('ZRANGEBYSCORE', pk, '-inf', int(seen))
   if #done > 0 then
     local sum = 0
-    for _, m in ipairs(done) do sum = sum + ticket_cost(m) end
+    for _, m in ipairs(done) do sum = sum + ticket_mcost(m) end
     redis.call('ZREMRANGEBYSCORE', pk, '-inf', int(seen))
     settle(wk, pk, -sum, -#done)
   end
@@ -98,7 +101,7 @@ local function release_ticket(wk, pk, reqnum, cost)
   local m = redis.call('ZRANGEBYSCORE', pk, reqnum, reqnum)
   if #m > 0 then
     redis.call('ZREM', pk, m[1])
-    settle(wk, pk, -ticket_cost(m[1]), -1)
+    settle(wk, pk, -ticket_mcost(m[1]), -1)
     return 1
   end
   local f = redis.call('HMGET', wk, 'max_reqnum_seen', 'reported_cost', 'reported_requests')
@@ -121,27 +124,28 @@ end
 # amortises redis-py's per-command cost (a third of a /route's CPU when measured) over
 # the calls that arrive in one event-loop pass.
 # KEYS: request_idx counter, then (worker hash, pending zset) per candidate per call.
-# ARGV: worker_ttl_s, then per call: n_candidates, mode, cost, now, ttl_s, request_idx,
-#       reqnum_floor, now_ms.
-# Returns 5 values per call: index (-1: none), reqnum, request_idx, load, url.
+# ARGV: worker_ttl_s, then per call: n_candidates, mode, mcost (base.quantize), now,
+#       ttl_s, request_idx, reqnum_floor, now_ms.
+# Returns 6 values per call: index (-1: none), reqnum, request_idx, load, url, pending_mcost.
 ISSUE = (
     FINALIZE_LUA
     + LEDGER_LUA
+    + f"local MCOST_PER_COST = {MCOST_PER_COST}\n"
     + """
 local wttl = tonumber(ARGV[1])
-local function issue_one(k0, n, mode, cost, now, ttl, ridx, floor, now_ms)
+local function issue_one(k0, n, mode, mcost, now, ttl, ridx, floor, now_ms)
   local cands = {}
   for j = 1, n do
     local wk, pk = KEYS[k0 + 2 * j - 2], KEYS[k0 + 2 * j - 1]
     local f = redis.call('HMGET', wk, 'status', 'perf', 'max_load', 'reported_cost',
-                         'pending_cost')
+                         'pending_mcost')
     local pend = tonumber(f[5]) or 0
     if f[1] then pend = expire_tickets(wk, pk, now) or pend end
     local reported = tonumber(f[4]) or 0
-    cands[j] = {ready = f[1] == 'ready', load = reported + pend, reported = reported,
-                perf = tonumber(f[2]), max_load = tonumber(f[3])}
+    cands[j] = {ready = f[1] == 'ready', load = reported + pend / MCOST_PER_COST,
+                reported = reported, perf = tonumber(f[2]), max_load = tonumber(f[3])}
   end
-  local best = finalize(cands, cost, mode)
+  local best = finalize(cands, mcost / MCOST_PER_COST, mode)
   if ridx <= 0 then
     ridx = redis.call('INCR', KEYS[1])
     if ridx < tonumber(now_ms) then
@@ -149,7 +153,7 @@ local function issue_one(k0, n, mode, cost, now, ttl, ridx, floor, now_ms)
       ridx = tonumber(now_ms)
     end
   end
-  if best == nil then return -1, 0, ridx, '0', '' end
+  if best == nil then return -1, 0, ridx, '0', '', 0 end
   local wk, pk = KEYS[k0 + 2 * best - 2], KEYS[k0 + 2 * best - 1]
   local reqnum
   if redis.call('HEXISTS', wk, 'reqnum') == 0 then
@@ -158,16 +162,17 @@ local function issue_one(k0, n, mode, cost, now, ttl, ridx, floor, now_ms)
   else
     reqnum = redis.call('HINCRBY', wk, 'reqnum', 1)
   end
-  local pend = add_ticket(wk, pk, reqnum, cost, now + ttl)
+  local pend = add_ticket(wk, pk, reqnum, mcost, now + ttl)
   redis.call('EXPIRE', wk, wttl)
   redis.call('EXPIRE', pk, wttl)
-  return best - 1, reqnum, ridx, string.format('%.17g', cands[best].reported + pend),
-         redis.call('HGET', wk, 'url')
+  local load = cands[best].reported + pend / MCOST_PER_COST
+  return best - 1, reqnum, ridx, string.format('%.17g', load), redis.call('HGET', wk, 'url'),
+         pend
 end
 local out, k0 = {}, 2
 for a = 2, #ARGV, 8 do
   local n = tonumber(ARGV[a])
-  local i, reqnum, ridx, load, url = issue_one(
+  local i, reqnum, ridx, load, url, pend = issue_one(
     k0, n, ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]),
     tonumber(ARGV[a + 5]), ARGV[a + 6], ARGV[a + 7])
   out[#out + 1] = i
@@ -175,6 +180,7 @@ for a = 2, #ARGV, 8 do
   out[#out + 1] = ridx
   out[#out + 1] = load
   out[#out + 1] = url
+  out[#out + 1] = pend
   k0 = k0 + 2 * n
 end
 return out
