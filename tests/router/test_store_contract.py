@@ -437,3 +437,11 @@ def test_quantize_counts_milli_units_up_to_a_ceiling() -> None:
     assert (w.pending_cost, w.load) == (0.3, 0.3)
     w.pending_cost = 0.2  # older callers set the float
     assert w.pending_mcost == 200
+
+
+async def test_a_lease_expires_and_another_holder_takes_it(store: Store) -> None:
+    assert await store.claim_leases(["a", "b"], "r1", 0.2) == {"a", "b"}
+    assert await store.claim_leases(["a"], "r2", 0.2) == set()
+    await asyncio.sleep(0.3)  # a real lease runs on the store's clock: nothing to await
+    assert await store.claim_leases(["a"], "r2", 5.0) == {"a"}
+    assert await store.claim_leases(["a", "b"], "r1", 5.0) == {"b"}  # r1 renews nothing it lost
