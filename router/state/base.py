@@ -57,6 +57,7 @@ class WorkerRecord:
     perf: float
     max_load: float | None = None
     source: Source = "static"
+    owner: str = ""  # who registered it (a digest of its token); "" for config workers
     status: Status = "loading"
     admin_drain: bool = False
     ok_streak: int = 0
@@ -160,8 +161,14 @@ class Store(ABC):
         max_load: float | None,
         source: Source,
         now: float,
+        owner: str = "",
     ) -> WorkerRecord:
-        """Add a worker (status loading) or update perf/max_load of a known one."""
+        """Add a worker (status loading), or update perf/max_load of a known one that has
+        the same `source` and `owner` (else leave it as it is); return it as stored.
+
+        A record whose source or owner differs from the caller's is a refusal: a
+        registration cannot change a configured worker, nor one another token registered.
+        """
 
     @abstractmethod
     async def remove_worker(self, wid: str) -> bool:

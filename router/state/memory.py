@@ -47,15 +47,16 @@ class MemoryStore(Store):
         max_load: float | None,
         source: Source,
         now: float,
+        owner: str = "",
     ) -> WorkerRecord:
         wid = worker_id(endpoint, url)
         w = self._workers.get(wid)
         if w is None:
             w = WorkerRecord(
-                wid, endpoint, url, perf, max_load, source, last_ok=now, registered_at=now
+                wid, endpoint, url, perf, max_load, source, owner, last_ok=now, registered_at=now
             )
             self._workers[wid] = w
-        else:
+        elif (w.source, w.owner) == (source, owner):
             w.perf, w.max_load = perf, max_load
         return replace(w)
 

@@ -149,6 +149,7 @@ def _record(h: dict[str, str]) -> WorkerRecord:
         perf=float(h.get("perf") or 1.0),
         max_load=float(max_load) if max_load else None,
         source=h.get("source", "static"),  # type: ignore[arg-type]
+        owner=h.get("owner", ""),
         status=h.get("status", "loading"),  # type: ignore[arg-type]
         admin_drain=h.get("admin_drain") == "1",
         ok_streak=int(h.get("ok_streak") or 0),
@@ -216,6 +217,7 @@ class RedisStore(Store):
         max_load: float | None,
         source: Source,
         now: float,
+        owner: str = "",
     ) -> WorkerRecord:
         wid = worker_id(endpoint, url)
         k = self.keys
@@ -230,6 +232,7 @@ class RedisStore(Store):
                 source,
                 repr(now),
                 WORKER_TTL_S,
+                owner,
             ],
         )
         return _record(_pairs(flat))

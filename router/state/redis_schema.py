@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Hash per worker: endpoint, url, perf, max_load, source, status, admin_drain, streaks,
-# last_ok, reported_*, max_reqnum_seen, pending_mcost, pending_requests and the reqnum
-# counter. Refreshed by every write; a worker nobody writes for a day is garbage.
+# Hash per worker: endpoint, url, perf, max_load, source, owner (who registered it; ""
+# where absent, as in hashes older than the field), status, admin_drain, streaks, last_ok,
+# reported_*, max_reqnum_seen, pending_mcost, pending_requests and the reqnum counter.
+# Refreshed by every write; a worker nobody writes for a day is garbage.
 # pending_mcost is an integer of milli-units (HINCRBY; base.quantize); it replaced the
 # float pending_cost (HINCRBYFLOAT), renamed because its type changed: a replica of the
 # old version and one of this reads and writes a different field, neither misreads the

@@ -204,15 +204,24 @@ return 1
 """
 )
 
+# Add a worker, or update perf/max_load of one with the same source and owner (else leave
+# it be: Store.upsert_worker); refresh its TTL only then. A hash from before owners were
+# stored has none: "".
 # KEYS: worker hash, endpoint set, endpoints set.
-# ARGV: id, endpoint, url, perf, max_load ('' = none), source, now, ttl
+# ARGV: id, endpoint, url, perf, max_load ('' = none), source, now, ttl, owner
 UPSERT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'id', ARGV[1], 'endpoint', ARGV[2], 'url', ARGV[3],
-             'source', ARGV[6], 'status', 'loading', 'last_ok', ARGV[7], 'registered_at', ARGV[7])
+             'source', ARGV[6], 'owner', ARGV[9], 'status', 'loading', 'last_ok', ARGV[7],
+             'registered_at', ARGV[7], 'perf', ARGV[4], 'max_load', ARGV[5])
+  redis.call('EXPIRE', KEYS[1], ARGV[8])
+else
+  local f = redis.call('HMGET', KEYS[1], 'source', 'owner')
+  if f[1] == ARGV[6] and (f[2] or '') == ARGV[9] then
+    redis.call('HSET', KEYS[1], 'perf', ARGV[4], 'max_load', ARGV[5])
+    redis.call('EXPIRE', KEYS[1], ARGV[8])
+  end
 end
-redis.call('HSET', KEYS[1], 'perf', ARGV[4], 'max_load', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
 return redis.call('HGETALL', KEYS[1])

@@ -445,3 +445,39 @@ async def test_a_lease_expires_and_another_holder_takes_it(store: Store) -> None
     await asyncio.sleep(0.3)  # a real lease runs on the store's clock: nothing to await
     assert await store.claim_leases(["a"], "r2", 5.0) == {"a"}
     assert await store.claim_leases(["a", "b"], "r1", 5.0) == {"b"}  # r1 renews nothing it lost
+
+
+async def test_upsert_changes_only_a_worker_of_the_same_source_and_owner(store: Store) -> None:
+    now = time.time()
+    static = await ready(store, "demo", "http://127.0.0.1:1", perf=100.0, max_load=None)
+    # a registration cannot change a configured worker; it gets the record as stored
+    got = await store.upsert_worker("demo", "http://127.0.0.1:1", 1.0, 5.0, "registered", now, "a")
+    assert (got.id, got.source, got.owner, got.perf, got.max_load) == (
+        static,
+        "static",
+        "",
+        100.0,
+        None,
+    )
+    assert got.status == "ready"
+    # token A registers a worker; token B cannot change it, A can
+    url = "http://127.0.0.1:2"
+    a = await store.upsert_worker("demo", url, 200.0, 50.0, "registered", now, "a")
+    assert (a.source, a.owner, a.perf, a.max_load, a.status) == (
+        "registered",
+        "a",
+        200.0,
+        50.0,
+        "loading",
+    )
+    b = await store.upsert_worker("demo", url, 1.0, None, "registered", now, "b")
+    assert (b.owner, b.perf, b.max_load) == ("a", 200.0, 50.0)
+    a2 = await store.upsert_worker("demo", url, 300.0, None, "registered", now + 1, "a")
+    assert (a2.owner, a2.perf, a2.max_load, a2.registered_at) == ("a", 300.0, None, now)
+    # the config (source static, no owner) cannot take it over either
+    c = await store.upsert_worker("demo", url, 9.0, 9.0, "static", now)
+    assert (c.source, c.owner, c.perf) == ("registered", "a", 300.0)
+    stored = {w.id: w for w in await store.list_workers()}
+    assert (stored[a.id].owner, stored[a.id].perf) == ("a", 300.0)
+    assert (stored[static].owner, stored[static].perf) == ("", 100.0)
+    assert await store.get_worker(a.id) == stored[a.id]
