@@ -84,15 +84,17 @@ local function expire_tickets(wk, pk, now)
   redis.call('ZREM', pk, unpack(gone))
   return settle(wk, pk, -mcost, -#gone)
 end
+-- cost, requests and seen as strings: a reported seen may be beyond what %d can print
 local function fold_report(wk, pk, cost, requests, seen)
-  seen = math.max(tonumber(redis.call('HGET', wk, 'max_reqnum_seen') or '0'), tonumber(seen))
-  redis.call('HSET', wk, 'max_reqnum_seen', int(seen), 'reported_cost', cost,
+  local prev = redis.call('HGET', wk, 'max_reqnum_seen')
+  if prev and tonumber(prev) > tonumber(seen) then seen = prev end
+  redis.call('HSET', wk, 'max_reqnum_seen', seen, 'reported_cost', cost,
              'reported_requests', requests)
-  local done = redis.call('ZRANGEBYSCORE', pk, '-inf', int(seen))
+  local done = redis.call('ZRANGEBYSCORE', pk, '-inf', seen)
   if #done > 0 then
     local sum = 0
     for _, m in ipairs(done) do sum = sum + ticket_mcost(m) end
-    redis.call('ZREMRANGEBYSCORE', pk, '-inf', int(seen))
+    redis.call('ZREMRANGEBYSCORE', pk, '-inf', seen)
     settle(wk, pk, -sum, -#done)
   end
 end

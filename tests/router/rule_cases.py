@@ -218,6 +218,15 @@ REPORT: list[dict[str, Any]] = [
         "left": [0, 1],
     },
     {
+        "name": "a max_reqnum_seen beyond 2**53 is kept exactly and covers every ticket",
+        "prior": (5.0, 1),
+        "tickets": [1.0, 2.0],
+        "report": (3.0, 2, 10**40),
+        "seen": 10**40,
+        "reported": (3.0, 2),
+        "left": [],
+    },
+    {
         "name": "the reported load is replaced, also by a lower one",
         "prior": (500.0, 9),
         "tickets": [],
