@@ -30,6 +30,23 @@ def worker_id(endpoint: str, url: str) -> str:
     return hashlib.sha256(f"{endpoint}\0{url}".encode()).hexdigest()[:16]
 
 
+# A ticket's cost is counted in integer milli-units (quantize), so that a worker's pending
+# load is an exact integer sum: adding and removing costs brings it back to exactly 0
+# (with floats, 1e308 + 100 - 1e308 == 0 loses the 100). Redis sums it with HINCRBY, and
+# its Lua scripts read it as a double, exact to 2**53 milli-units: ~9e12 cost units
+# outstanding per worker (with costs <= 1e9, ~9,000 max-cost tickets; at the per-ticket
+# ceiling MAX_TICKET_MCOST, 9).
+MCOST_PER_COST = 1000
+MAX_TICKET_MCOST = 10**15  # a ticket counts at most 1e12 cost units (router/cost.py's bound)
+
+
+def quantize(cost: float) -> int:
+    """A ticket's cost in integer milli-units, at most MAX_TICKET_MCOST (cost >= 0, finite)."""
+    if cost * MCOST_PER_COST >= MAX_TICKET_MCOST:
+        return MAX_TICKET_MCOST
+    return round(cost * MCOST_PER_COST)
+
+
 @dataclass(slots=True)
 class WorkerRecord:
     """One worker as stored. `load`/`requests` include outstanding tickets (ticket mode)."""
@@ -40,6 +57,7 @@ class WorkerRecord:
     perf: float
     max_load: float | None = None
     source: Source = "static"
+    owner: str = ""  # who registered it (a digest of its token); "" for config workers
     status: Status = "loading"
     admin_drain: bool = False
     ok_streak: int = 0
@@ -48,7 +66,7 @@ class WorkerRecord:
     reported_cost: float = 0.0
     reported_requests: int = 0
     max_reqnum_seen: int = 0
-    pending_cost: float = 0.0  # tickets issued above max_reqnum_seen, not yet expired
+    pending_mcost: int = 0  # tickets issued above max_reqnum_seen, not yet expired (quantize)
     pending_requests: int = 0
     registered_at: float = 0.0
 
@@ -58,8 +76,17 @@ class WorkerRecord:
         return WorkerRecord(*_record_fields(self))
 
     @property
+    def pending_cost(self) -> float:
+        """The outstanding tickets' cost in cost units: the nearest float to the exact sum."""
+        return self.pending_mcost / MCOST_PER_COST
+
+    @pending_cost.setter
+    def pending_cost(self, cost: float) -> None:
+        self.pending_mcost = quantize(cost)
+
+    @property
     def load(self) -> float:
-        return self.reported_cost + self.pending_cost
+        return self.reported_cost + self.pending_mcost / MCOST_PER_COST
 
     @property
     def requests(self) -> int:
@@ -98,6 +125,7 @@ class Issued:
     reqnum: int
     request_idx: int
     load: float  # the worker's load after this ticket
+    pending_mcost: int  # the worker's pending load after this ticket (WorkerRecord's)
 
 
 # Where a finished proxied request's cost was taken from (see Store.release).
@@ -133,8 +161,14 @@ class Store(ABC):
         max_load: float | None,
         source: Source,
         now: float,
+        owner: str = "",
     ) -> WorkerRecord:
-        """Add a worker (status loading) or update perf/max_load of a known one."""
+        """Add a worker (status loading), or update perf/max_load of a known one that has
+        the same `source` and `owner` (else leave it as it is); return it as stored.
+
+        A record whose source or owner differs from the caller's is a refusal: a
+        registration cannot change a configured worker, nor one another token registered.
+        """
 
     @abstractmethod
     async def remove_worker(self, wid: str) -> bool:
@@ -170,7 +204,8 @@ class Store(ABC):
         Returns the ticket numbers (None if no candidate is ready and fits) and the
         request_idx: the one given, or a new one when `request_idx` <= 0. A missing reqnum
         counter starts at unix_time_ms * 1000, so reqnums keep growing even after the store
-        lost its data.
+        lost its data. The ticket counts `quantize(cost)` milli-units, and the choice is
+        made with that cost.
         """
 
     @abstractmethod
@@ -218,7 +253,7 @@ def gcra(tat: float | None, now: float, rate_per_s: float, burst: float) -> tupl
     `tat` is the stored theoretical arrival time (None: unused, full allowance). A request
     is allowed while the allowance is at most `burst - 1` requests ahead of `now`; then
     retry after is 0.0 and the returned time is one interval later. Otherwise `tat` comes
-    back unchanged with the seconds to wait. The Redis store's script does the same sums.
+    back unchanged with the seconds to wait. Its Lua twin is GCRA_LUA in redis_scripts.py.
     """
     interval = 1.0 / rate_per_s
     t = now if tat is None or tat < now else tat

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from router.balancer import Mode, finalize
 from router.state.base import (
+    MCOST_PER_COST,
     HealthUpdate,
     Issued,
     Released,
@@ -16,17 +17,20 @@ from router.state.base import (
     Store,
     WorkerRecord,
     gcra,
+    quantize,
     reqnum_floor,
     worker_id,
 )
+from router.state.ledger import Tickets, add_ticket, expire_tickets, fold_report, release_ticket
+
+_NO_TICKETS: Tickets = deque(maxlen=0)  # a worker's outstanding tickets before its first
 
 
 class MemoryStore(Store):
     def __init__(self) -> None:
         self._workers: dict[str, WorkerRecord] = {}
         self._reqnums: dict[str, int] = {}
-        # outstanding tickets per worker, in reqnum order: (reqnum, cost, expires_at)
-        self._pending: dict[str, deque[tuple[int, float, float]]] = {}
+        self._pending: dict[str, Tickets] = {}  # outstanding tickets per worker, oldest first
         self._leases: dict[str, tuple[str, float]] = {}
         self._request_idx = 0
         self._rates: dict[str, float] = {}  # GCRA theoretical arrival time per key
@@ -43,15 +47,16 @@ class MemoryStore(Store):
         max_load: float | None,
         source: Source,
         now: float,
+        owner: str = "",
     ) -> WorkerRecord:
         wid = worker_id(endpoint, url)
         w = self._workers.get(wid)
         if w is None:
             w = WorkerRecord(
-                wid, endpoint, url, perf, max_load, source, last_ok=now, registered_at=now
+                wid, endpoint, url, perf, max_load, source, owner, last_ok=now, registered_at=now
             )
             self._workers[wid] = w
-        else:
+        elif (w.source, w.owner) == (source, owner):
             w.perf, w.max_load = perf, max_load
         return replace(w)
 
@@ -84,20 +89,8 @@ class MemoryStore(Store):
         if update.perf is not None:
             w.perf = update.perf
         if update.report is not None:
-            w.reported_cost, w.reported_requests, seen = update.report
-            w.max_reqnum_seen = max(w.max_reqnum_seen, seen)
-            self._drop_pending(w, lambda r, e: r <= w.max_reqnum_seen)
+            fold_report(w, self._pending.get(wid, _NO_TICKETS), update.report)
         return True
-
-    def _drop_pending(self, w: WorkerRecord, done: Callable[[int, float], bool]) -> None:
-        """Forget outstanding tickets from the oldest while `done(reqnum, expires_at)`."""
-        q = self._pending.get(w.id)
-        while q and done(q[0][0], q[0][2]):
-            _, cost, _ = q.popleft()
-            w.pending_cost -= cost
-            w.pending_requests -= 1
-        if not q:
-            w.pending_cost, w.pending_requests = 0.0, 0
 
     async def issue(
         self,
@@ -113,38 +106,25 @@ class MemoryStore(Store):
             request_idx = self._request_idx
         records = [self._workers.get(wid) for wid in candidates]
         live = [w for w in records if w is not None]
-        for w in live:  # tickets issued in reqnum order expire in that order too
-            self._drop_pending(w, lambda r, e: e < now)
-        i = finalize(live, cost, mode)
+        for w in live:
+            expire_tickets(w, self._pending.get(w.id, _NO_TICKETS), now)
+        mcost = quantize(cost)
+        i = finalize(live, mcost / MCOST_PER_COST, mode)
         if i is None:
             return None, request_idx
         w = live[i]
         prev = self._reqnums.get(w.id)
         reqnum = reqnum_floor(now) if prev is None else prev + 1
         self._reqnums[w.id] = reqnum
-        self._pending.setdefault(w.id, deque()).append((reqnum, cost, now + ttl_s))
-        w.pending_cost += cost
-        w.pending_requests += 1
-        return Issued(w.id, w.url, reqnum, request_idx, w.load), request_idx
+        add_ticket(w, self._pending.setdefault(w.id, deque()), reqnum, mcost, now + ttl_s)
+        issued = Issued(w.id, w.url, reqnum, request_idx, w.load, w.pending_mcost)
+        return issued, request_idx
 
     async def release(self, wid: str, reqnum: int, cost: float) -> Released:
-        w, q = self._workers.get(wid), self._pending.get(wid)
+        w = self._workers.get(wid)
         if w is None:
             return None
-        for i, (r, c, _) in enumerate(q or ()):
-            if r == reqnum:
-                assert q is not None
-                del q[i]
-                w.pending_cost -= c
-                w.pending_requests -= 1
-                if not q:
-                    w.pending_cost, w.pending_requests = 0.0, 0
-                return "pending"
-        if reqnum <= w.max_reqnum_seen:
-            w.reported_cost = max(0.0, w.reported_cost - cost)
-            w.reported_requests = max(0, w.reported_requests - 1)
-            return "reported"
-        return None
+        return release_ticket(w, self._pending.get(wid, _NO_TICKETS), reqnum, cost)
 
     async def take_rate(self, key_id: str, rate_per_s: float, burst: float, now: float) -> float:
         tat, retry = gcra(self._rates.get(key_id), now, rate_per_s, burst)

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Hash per worker: endpoint, url, perf, max_load, source, status, admin_drain, streaks,
-# last_ok, reported_*, max_reqnum_seen, pending_cost, pending_requests and the reqnum
-# counter. Refreshed by every write; a worker nobody writes for a day is garbage.
+# Hash per worker: endpoint, url, perf, max_load, source, owner (who registered it; ""
+# where absent, as in hashes older than the field), status, admin_drain, streaks, last_ok,
+# reported_*, max_reqnum_seen, pending_mcost, pending_requests and the reqnum counter.
+# Refreshed by every write; a worker nobody writes for a day is garbage.
+# pending_mcost is an integer of milli-units (HINCRBY; base.quantize); it replaced the
+# float pending_cost (HINCRBYFLOAT), renamed because its type changed: a replica of the
+# old version and one of this reads and writes a different field, neither misreads the
+# other's (each sees the other's outstanding tickets as absent until they expire).
 WORKER_TTL_S = 86_400
 # Set of worker ids of one endpoint.
 ENDPOINT_SET = "ep:"
 # Set of endpoint names that have workers.
 ENDPOINTS = "eps"
-# Sorted set per worker of outstanding tickets: score reqnum, member "reqnum:cost:expires".
-PENDING = "pend:"
+# Sorted set per worker of outstanding tickets: score reqnum, member
+# "reqnum:mcost:expires" with mcost an integer of milli-units. Was "pend:", whose members
+# held a float cost: renamed with the type change, as pending_mcost above.
+PENDING = "pendm:"
 # Counter handing out request_idx values.
 REQUEST_IDX = "ridx"
 # Health-poll lease per worker (SET NX PX): value is the holding replica's id.
