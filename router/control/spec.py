@@ -87,13 +87,13 @@ class RuntimeSpec:
 class Gpr:
     """A GPU provision record per worker (Avesha's gpuRequests[])."""
 
-    gprName: str  # noqa: N815 (the wire's own names)
-    gprId: str  # noqa: N815
-    instanceType: str = ""  # noqa: N815
-    gpuShape: str = ""  # noqa: N815
-    numberOfGPUs: int = 0  # noqa: N815
-    numberOfGPUNodes: int = 0  # noqa: N815
-    memoryPerGPU: str = "0"  # noqa: N815 (MB, a string on the wire)
+    gprName: str  # the wire's own names
+    gprId: str
+    instanceType: str = ""
+    gpuShape: str = ""
+    numberOfGPUs: int = 0
+    numberOfGPUNodes: int = 0
+    memoryPerGPU: str = "0"  # MB, a string on the wire
     status: GprStatus = "Queued"
     worker: str = ""  # the provider's worker id it provisions
 

@@ -7,7 +7,6 @@ mean the router can be used as an open proxy.
 
 from __future__ import annotations
 
-import re
 import socket
 import threading
 import time
