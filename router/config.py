@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from router.control.settings import (
+    ControlSettings,
+    read_autoscaling,
+    read_control,
+    read_runtime,
+)
+from router.control.spec import Autoscaling, RuntimeSpec
 from router.signing import MAX_SAFE_INTEGER, is_plain_string
 
 Policy = Literal["least_work", "round_robin", "random", "least_requests", "p2c"]
@@ -106,6 +113,9 @@ class ApiKeySettings:
     key_sha256: str = field(repr=False)
     name: str = ""
     endpoints: tuple[str, ...] = ("*",)
+    # tenants: the key uses (and, through the control-plane APIs, manages) the endpoints
+    # of these workspaces; others are 404 to it, as if they did not exist
+    workspaces: tuple[str, ...] = ()
     admin: bool = False
     register_workers: bool = False  # a worker token: may register/drain/remove workers
     # Limits, shared by every replica through the store; None = unlimited. The rate
@@ -123,8 +133,17 @@ class ApiKeySettings:
     def bucket(self) -> float:
         return self.burst if self.burst is not None else max(1.0, self.rate_per_s or 1.0)
 
-    def allows(self, endpoint: str) -> bool:
-        return self.admin or "*" in self.endpoints or endpoint in self.endpoints
+    def allows(self, endpoint: str, workspace: str = "default") -> bool:
+        return (
+            self.admin
+            or "*" in self.endpoints
+            or endpoint in self.endpoints
+            or workspace in self.workspaces
+        )
+
+    def manages(self, workspace: str) -> bool:
+        """May create and delete endpoints in `workspace` (control-plane APIs)."""
+        return self.admin or workspace in self.workspaces
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +175,7 @@ class SpawnSettings:
 @dataclass(frozen=True, slots=True)
 class EndpointSettings:
     name: str
+    workspace: str = "default"
     default_cost: float = 100.0
     policy: Policy = "least_work"
     health_path: str = "/readyz"
@@ -178,6 +198,10 @@ class EndpointSettings:
     health: HealthSettings = HealthSettings()
     workers: tuple[StaticWorker, ...] = ()
     spawn: tuple[SpawnSettings, ...] = ()
+    # control plane: how many workers (router/control/autoscaler.py), and how the local
+    # provider runs one (`[endpoints.local]`; `[[endpoints.spawn]]` is read as one)
+    autoscaling: Autoscaling = field(default_factory=Autoscaling)
+    local: RuntimeSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +213,7 @@ class Settings:
     api_keys: tuple[ApiKeySettings, ...] = ()
     endpoints: tuple[EndpointSettings, ...] = ()
     log_level: str = "info"
+    control: ControlSettings = field(default_factory=ControlSettings)
 
     def endpoint(self, name: str) -> EndpointSettings | None:
         for ep in self.endpoints:
@@ -431,7 +456,9 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
             ApiKeySettings(
                 key_sha256=digest or hashlib.sha256(key.encode()).hexdigest(),
                 name=r.str_("name", f"key{len(api_keys)}"),
-                endpoints=r.str_list("endpoints", ("*",)),
+                # a workspace key sees its workspaces only, unless it names endpoints too
+                endpoints=r.str_list("endpoints", () if r.data.get("workspaces") else ("*",)),
+                workspaces=r.str_list("workspaces", ()),
                 admin=r.bool_("admin", False),
                 register_workers=r.bool_("register_workers", False),
                 rate_per_s=r.opt_num("rate_per_s"),
@@ -454,8 +481,9 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
             raise ConfigError(f"endpoints: duplicate endpoint name {n!r}")
     level = top.choice("log_level", "info", ("debug", "info", "warning", "error"))
     top.done()
+    control = read_control(top)
     settings = Settings(
-        server, store, signing, registration, tuple(api_keys), tuple(endpoints), level
+        server, store, signing, registration, tuple(api_keys), tuple(endpoints), level, control
     )
     check_processes(settings)
     return settings
@@ -484,6 +512,13 @@ def check_processes(settings: Settings) -> None:
         )
     if settings.server.port == 0:
         raise ConfigError("server.port: must be fixed (not 0) with several processes")
+
+
+def endpoint_from_table(table: dict[str, Any], where: str) -> EndpointSettings:
+    """An endpoint's settings from a config-shaped table (what the control-plane APIs
+    store), validated exactly as `[[endpoints]]` in a config file; ConfigError names the
+    field as `where.field`."""
+    return _endpoint(_Reader(table, where))
 
 
 def _endpoint(r: _Reader) -> EndpointSettings:
@@ -527,8 +562,32 @@ def _endpoint(r: _Reader) -> EndpointSettings:
             )
         )
         sp.done()
+    local = read_runtime(r.table("local")) if r.data.get("local") is not None else None
+    if local is not None:
+        r.table("local").done()
+    autoscaling = Autoscaling()
+    if spawn:
+        if local is not None:
+            raise ConfigError(f"{r.name('spawn')}: use either [[spawn]] or [local], not both")
+        first = spawn[0]
+        local = RuntimeSpec(
+            perf=first.perf,
+            max_load=first.max_load,
+            ttft_ms=first.ttft_ms,
+            tokens_per_s=first.tokens_per_s,
+        )
+        count = sum(sp.count for sp in spawn)
+        autoscaling = Autoscaling(min_workers=count, max_workers=count)
+    if r.data.get("autoscaling") is not None:
+        a = r.table("autoscaling")
+        autoscaling = read_autoscaling(a, autoscaling)
+        a.done()
+    workspace = r.str_("workspace", "default")
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", workspace):
+        raise ConfigError(f"{r.name('workspace')}: must be a DNS label (a-z, 0-9, '-')")
     ep = EndpointSettings(
         name=name,
+        workspace=workspace,
         default_cost=_cost(r, "default_cost", 100.0),
         policy=r.choice("policy", "least_work", get_args(Policy)),  # type: ignore[arg-type]
         health_path=health_path,
@@ -546,6 +605,8 @@ def _endpoint(r: _Reader) -> EndpointSettings:
         health=health,
         workers=tuple(workers),
         spawn=tuple(spawn),
+        autoscaling=autoscaling,
+        local=local,
     )
     r.done()
     return ep

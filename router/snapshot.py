@@ -28,7 +28,7 @@ class Snapshot:
     def __init__(self, store: Store, metrics: Metrics, endpoints: Iterable[str]) -> None:
         self.store = store
         self.metrics = metrics
-        self.endpoint_names = list(endpoints)
+        self.endpoint_names = endpoints  # may be live (the registry's dict): read when used
         self._by_id: dict[str, WorkerRecord] = {}
         self._by_endpoint: dict[str, list[WorkerRecord]] = {}
         self.ok = False  # last refresh reached the store
