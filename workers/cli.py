@@ -106,6 +106,13 @@ def parser() -> argparse.ArgumentParser:
         "or bentoml (e.g. http://127.0.0.1:8000)",
     )
     p.add_argument(
+        "--backend-health-path",
+        metavar="PATH",
+        help="the model server's path that answers 200 once it can serve (default: the "
+        "backend's own: /health for tgi and openai, /readyz for bentoml); e.g. /v1/models "
+        "for servers without /health, such as llama-cpp-python's",
+    )
+    p.add_argument(
         "--host",
         default="127.0.0.1",
         metavar="ADDR",
@@ -238,6 +245,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     return WorkerSettings(
         backend=args.backend,
         backend_url=args.backend_url,
+        backend_health_path=args.backend_health_path,
         host=args.host,
         port=args.port,
         public_url=args.public_url or "",

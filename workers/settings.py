@@ -24,6 +24,7 @@ class WorkerSettings:
 
     backend: BackendName = "synthetic"
     backend_url: str | None = None  # the model server (tgi, openai, bentoml backends)
+    backend_health_path: str | None = None  # its readiness path; None: the backend's own
     host: str = "127.0.0.1"
     port: int = 3000
     public_url: str = ""
@@ -95,6 +96,8 @@ class WorkerSettings:
 
     def _validate_backend(self) -> None:
         if self.backend not in HTTP_BACKENDS:
+            if self.backend_health_path is not None:
+                raise SettingsError(f"backend_health_path: not for the {self.backend} backend")
             if self.backend_url is not None:
                 raise SettingsError(
                     f"backend_url: only for the {', '.join(sorted(HTTP_BACKENDS))} "
@@ -108,6 +111,8 @@ class WorkerSettings:
             )
         if not _is_http_url(self.backend_url):
             raise SettingsError(f"backend_url: must be an http(s) URL, got {self.backend_url!r}")
+        if self.backend_health_path is not None and not self.backend_health_path.startswith("/"):
+            raise SettingsError("backend_health_path: must be a path starting with /")
         # A BentoML service's cost unit is its own (pixels x steps, requests, ...): no
         # default figure would be right, and a wrong one makes admission refuse or flood.
         if self.backend == "bentoml" and self.perf is None:

@@ -108,6 +108,21 @@ def test_backend_url_flag() -> None:
     assert (s.backend, s.backend_url, s.perf) == ("openai", "http://127.0.0.1:8000", None)
 
 
+def test_backend_health_path_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--backend", "openai", "--backend-url", "http://127.0.0.1:8000", "--no-verify"]
+    assert settings_from_args(parser().parse_args(base)).backend_health_path is None
+    s = settings_from_args(parser().parse_args([*base, "--backend-health-path", "/v1/models"]))
+    assert s.backend_health_path == "/v1/models"
+    for argv, message in [
+        ([*base, "--backend-health-path", "v1/models"], "must be a path starting with /"),
+        (["--no-verify", "--backend-health-path", "/h"], "not for the synthetic backend"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert f"--backend-health-path: {message}" in capsys.readouterr().err
+
+
 def test_settings_validate_once() -> None:
     with pytest.raises(SettingsError, match="grace_s"):
         WorkerSettings(verify=False, grace_s=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -230,6 +231,24 @@ async def test_readyz_follows_the_model_servers_health(
         assert status == 503 and doc["reason"] == "backend not ready"
         model.healthy = True
         assert (await readyz(client))[0] == 200
+
+
+async def test_backend_health_path_replaces_the_backends_own(
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, url = fake
+    async with fronting("openai", url, pubkey_file, backend_health_path="/v1/models") as client:
+        model.healthy = False  # only /health follows it: /v1/models still answers
+        assert (await readyz(client))[0] == 200
+    with caplog.at_level(logging.WARNING, logger="workers.backends.http"):
+        async with fronting("openai", url, pubkey_file, backend_health_path="/nope") as client:
+            for _ in range(3):
+                status, doc = await readyz(client)
+                assert status == 503 and doc["reason"] == "backend not ready"
+    # a 404 is said once, for what it is: no such path, not "still loading"
+    [record] = [r for r in caplog.records if "/nope" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "404" in record.getMessage() and "--backend-health-path" in record.getMessage()
 
 
 @pytest.mark.parametrize(

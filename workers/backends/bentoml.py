@@ -19,8 +19,14 @@ class BentoMLBackend(HttpBackend):
     name = "bentoml"
     health_path = "/readyz"
 
-    def __init__(self, base_url: str, perf: float, routes: tuple[str, ...] = ()) -> None:
-        super().__init__(base_url, perf)
+    def __init__(
+        self,
+        base_url: str,
+        perf: float,
+        routes: tuple[str, ...] = (),
+        health_path: str | None = None,
+    ) -> None:
+        super().__init__(base_url, perf, health_path)
         self.routes = routes  # only for metrics labels: every path is served
 
     def serves(self, path: str) -> bool:
