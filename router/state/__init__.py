@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from router.config import StoreSettings
 from router.state.base import Store, StoreUnavailable, WorkerRecord
+from router.state.statefile import StateFileError
 
-__all__ = ["Store", "StoreUnavailable", "WorkerRecord", "open_store"]
+__all__ = ["StateFileError", "Store", "StoreUnavailable", "WorkerRecord", "open_store"]
 
 
 def open_store(settings: StoreSettings) -> Store:

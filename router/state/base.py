@@ -1,13 +1,16 @@
 """The store interface shared by the memory and Redis implementations (DESIGN §6).
 
 The store owns everything replicas must agree on: worker records and health, reqnum
-counters, outstanding tickets (ticket-mode load) and health-poll leases. The router reads
-worker records through a local snapshot and writes through these methods.
+counters, outstanding tickets (ticket-mode load) and health-poll leases; and for the
+control plane (DESIGN §10) versioned documents, the leader lease and endpoint activity.
+The router reads worker records through a local snapshot and writes through these
+methods.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -238,8 +241,81 @@ class Store(ABC):
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
         """Take or renew the health-poll lease of each worker; return those `holder` holds."""
 
+    # Control-plane documents: JSON bytes, each with a version for compare-and-set. A
+    # version comes from its kind's counter (docs_version): versions of a kind never
+    # repeat, so a name deleted and created again never matches a stale expect_version.
+    @abstractmethod
+    async def put_doc(self, kind: str, name: str, doc: bytes, expect_version: int) -> int | None:
+        """Write `doc` if the stored version is `expect_version` (0: only if absent).
+        Return the new version (>= 1), or None when the stored version differs (someone
+        else wrote first): two replicas creating one name at once, exactly one wins.
+
+        `kind` is a short identifier without ':'; `doc` is UTF-8 (JSON): ValueError else.
+        """
+
+    @abstractmethod
+    async def get_doc(self, kind: str, name: str) -> tuple[int, bytes] | None: ...
+
+    @abstractmethod
+    async def delete_doc(self, kind: str, name: str, expect_version: int | None = None) -> bool:
+        """Delete (only at `expect_version` when given); True if it was deleted."""
+
+    @abstractmethod
+    async def list_docs(self, kind: str) -> dict[str, tuple[int, bytes]]:
+        """Every document of `kind`: name -> (version, doc).
+
+        Read `docs_version` first: a write after it shows as a change on the next poll.
+        """
+
+    @abstractmethod
+    async def docs_version(self, kind: str) -> int:
+        """A number that changes whenever any document of `kind` is written or deleted
+        (replicas poll it a few times a second and re-read on change); 0 when the store
+        holds no record of it (a new store, or a Redis that lost its data)."""
+
+    @abstractmethod
+    async def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the named lease (one leader across replicas); True if `holder`
+        holds it now. Another holder's lease is taken only once it expired."""
+
+    @abstractmethod
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up if `holder` holds it (a clean shutdown hands over at once)."""
+
+    @abstractmethod
+    async def add_activity(self, counts: dict[str, tuple[int, float]]) -> None:
+        """Per endpoint: add `n` to its inference count and keep the latest activity time
+        (max of stored and given). Replicas flush batched counts every second or so."""
+
+    @abstractmethod
+    async def activity(self) -> dict[str, tuple[int, float]]:
+        """Per endpoint: (inferences so far, last activity unix time)."""
+
+    @abstractmethod
+    async def forget_activity(self, name: str) -> None: ...
+
     @abstractmethod
     async def close(self) -> None: ...
+
+
+def check_doc(kind: str, doc: bytes | None = None) -> None:
+    """Refuse what one store would keep and the other could not (Store.put_doc)."""
+    if not kind or ":" in kind:
+        raise ValueError(f"document kind must be non-empty without ':', got {kind!r}")
+    if doc is not None:
+        try:
+            doc.decode()
+        except UnicodeDecodeError:
+            raise ValueError(f"{kind} document must be UTF-8 (JSON)") from None
+
+
+def check_activity(counts: dict[str, tuple[int, float]]) -> None:
+    """Refuse counts that cannot be summed and stored exactly (Store.add_activity)."""
+    for name, (n, at) in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"activity of {name!r}: count must be an integer >= 0, got {n!r}")
+        if not math.isfinite(at):
+            raise ValueError(f"activity of {name!r}: time must be finite, got {at!r}")
 
 
 def reqnum_floor(now: float) -> int:

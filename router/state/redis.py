@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -30,6 +31,8 @@ from router.state.base import (
     Store,
     StoreUnavailable,
     WorkerRecord,
+    check_activity,
+    check_doc,
     quantize,
     reqnum_floor,
     worker_id,
@@ -198,6 +201,10 @@ class RedisStore(Store):
         self._release = self.redis.register_script(lua.RELEASE)
         self._rate = self.redis.register_script(lua.RATE)
         self._slot = self.redis.register_script(lua.SLOT)
+        self._put_doc = self.redis.register_script(lua.PUT_DOC)
+        self._delete_doc = self.redis.register_script(lua.DELETE_DOC)
+        self._release_lease = self.redis.register_script(lua.RELEASE_LEASE)
+        self._add_activity = self.redis.register_script(lua.ADD_ACTIVITY)
         # /route and proxy calls of one loop pass share one EVALSHA (see lua.ISSUE).
         # ... over one pipelined connection of their own where the URL allows (resp.py).
         self._scripts = Scripts(url, timeout_s) if Scripts.usable(url) else None
@@ -396,6 +403,99 @@ class RedisStore(Store):
             keys=[self.keys.lease(w) for w in wids], args=[holder, max(1, int(ttl_s * 1000))]
         )
         return {wids[int(i) - 1] for i in held}
+
+    @_unavailable
+    async def put_doc(self, kind: str, name: str, doc: bytes, expect_version: int) -> int | None:
+        check_doc(kind, doc)
+        k = self.keys
+        v = await self._put_doc(
+            keys=[k.doc(kind, name), k.doc_names(kind), k.docs_version(kind)],
+            args=[int(expect_version), doc, name],
+        )
+        return None if v is None else int(v)
+
+    @_unavailable
+    async def get_doc(self, kind: str, name: str) -> tuple[int, bytes] | None:
+        check_doc(kind)
+        # NEVER_DECODE: the document comes back as the bytes written, not as UTF-8 text
+        v, doc = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "HMGET", self.keys.doc(kind, name), "version", "doc", **{NEVER_DECODE: True}
+        )
+        return None if v is None or doc is None else (int(v), doc)
+
+    @_unavailable
+    async def delete_doc(self, kind: str, name: str, expect_version: int | None = None) -> bool:
+        check_doc(kind)
+        k = self.keys
+        n = await self._delete_doc(
+            keys=[k.doc(kind, name), k.doc_names(kind), k.docs_version(kind)],
+            args=["" if expect_version is None else int(expect_version), name],
+        )
+        return bool(n)
+
+    @_unavailable
+    async def list_docs(self, kind: str) -> dict[str, tuple[int, bytes]]:
+        check_doc(kind)
+        k = self.keys
+        names: list[str] = sorted(await self.redis.smembers(k.doc_names(kind)))  # type: ignore[arg-type]
+        if not names:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.execute_command(
+                    "HMGET", k.doc(kind, name), "version", "doc", **{NEVER_DECODE: True}
+                )
+            rows: list[list[bytes | None]] = await pipe.execute()
+        return {
+            name: (int(v), doc)
+            for name, (v, doc) in zip(names, rows, strict=True)
+            if v is not None and doc is not None  # deleted since SMEMBERS
+        }
+
+    @_unavailable
+    async def docs_version(self, kind: str) -> int:
+        check_doc(kind)
+        v = await self.redis.get(self.keys.docs_version(kind))
+        return int(v or 0)
+
+    @_unavailable
+    async def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        held = await self._leases(
+            keys=[self.keys.leader(name)], args=[holder, max(1, int(ttl_s * 1000))]
+        )
+        return bool(held)
+
+    @_unavailable
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self._release_lease(keys=[self.keys.leader(name)], args=[holder])
+
+    @_unavailable
+    async def add_activity(self, counts: dict[str, tuple[int, float]]) -> None:
+        check_activity(counts)
+        if not counts:
+            return
+        args: list[Any] = []
+        for name, (n, at) in counts.items():
+            args += [name, n, repr(float(at))]
+        await self._add_activity(keys=[self.keys.activity_count, self.keys.activity_at], args=args)
+
+    @_unavailable
+    async def activity(self) -> dict[str, tuple[int, float]]:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.activity_count)
+            pipe.hgetall(self.keys.activity_at)
+            counts, times = await pipe.execute()
+        return {
+            name: (int(counts.get(name) or 0), float(times.get(name) or 0.0))
+            for name in counts.keys() | times.keys()
+        }
+
+    @_unavailable
+    async def forget_activity(self, name: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.activity_count, name)
+            pipe.hdel(self.keys.activity_at, name)
+            await pipe.execute()
 
     async def close(self) -> None:
         await self._issues.close()

@@ -38,6 +38,24 @@ RATE = "rate:"
 # slots free themselves.
 SLOTS = "slots:"
 
+# Control plane (DESIGN §10). None of these expire: a document lives until deleted, and
+# activity until its endpoint is forgotten.
+# Hash per document, "doc:{kind}:{name}" (kinds have no ':'): `version` (an integer from
+# the kind's counter) and `doc` (the JSON bytes as written).
+DOC = "doc:"
+# Set per kind of its document names, so listing needs no SCAN.
+DOC_NAMES = "docs:"
+# Counter per kind (INCR), bumped by every write and delete of one of its documents:
+# replicas poll it to notice changes. Missing (0): no write since Redis lost its data.
+DOCS_VERSION = "docsv:"
+# Named lease (one leader across replicas; SET PX, renewed by its holder): the value is
+# the holder's id; its TTL is the caller's ttl_s.
+LEADER = "leader:"
+# Hash of endpoint -> inferences so far (HINCRBY).
+ACTIVITY_COUNT = "act:n"
+# Hash of endpoint -> last activity unix time, as the replica wrote it (kept as a max).
+ACTIVITY_AT = "act:t"
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -68,3 +86,23 @@ class Keys:
 
     def slots(self, key_id: str) -> str:
         return f"{self.prefix}{SLOTS}{key_id}"
+
+    def doc(self, kind: str, name: str) -> str:
+        return f"{self.prefix}{DOC}{kind}:{name}"
+
+    def doc_names(self, kind: str) -> str:
+        return f"{self.prefix}{DOC_NAMES}{kind}"
+
+    def docs_version(self, kind: str) -> str:
+        return f"{self.prefix}{DOCS_VERSION}{kind}"
+
+    def leader(self, name: str) -> str:
+        return f"{self.prefix}{LEADER}{name}"
+
+    @property
+    def activity_count(self) -> str:
+        return f"{self.prefix}{ACTIVITY_COUNT}"
+
+    @property
+    def activity_at(self) -> str:
+        return f"{self.prefix}{ACTIVITY_AT}"

@@ -300,3 +300,60 @@ for i, k in ipairs(KEYS) do
 end
 return held
 """
+
+# Compare-and-set one document (Store.put_doc). KEYS: doc hash, names set, kind counter.
+# ARGV: expected version (0: absent), doc, name. Returns the new version, or nil when the
+# stored version differs. The version is the kind's counter after INCR, raised above the
+# document's own were the counter ever behind it (a counter lost on its own).
+PUT_DOC = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if cur ~= tonumber(ARGV[1]) then return false end
+local v = redis.call('INCR', KEYS[3])
+if v <= cur then
+  v = cur + 1
+  redis.call('SET', KEYS[3], string.format('%d', v))
+end
+redis.call('HSET', KEYS[1], 'version', string.format('%d', v), 'doc', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return v
+"""
+
+# Delete one document (Store.delete_doc). KEYS: doc hash, names set, kind counter.
+# ARGV: expected version ('': any), name. Returns 1 deleted, 0 not.
+DELETE_DOC = """
+local cur = redis.call('HGET', KEYS[1], 'version')
+if not cur then
+  redis.call('SREM', KEYS[2], ARGV[2])
+  return 0
+end
+if ARGV[1] ~= '' and tonumber(cur) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('INCR', KEYS[3])
+return 1
+"""
+
+# Give a named lease up if held by ARGV[1] (Store.release_lease); taking and renewing one
+# is LEASES with that one key. KEYS: lease. Returns 1 released, 0 not held.
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+# Add batched activity (Store.add_activity). KEYS: count hash, time hash. ARGV: (name,
+# count, time) per endpoint. Counts add up; a time replaces the stored one only if later,
+# kept as the string the replica sent so it reads back exactly.
+ADD_ACTIVITY = """
+for i = 1, #ARGV, 3 do
+  local name = ARGV[i]
+  redis.call('HINCRBY', KEYS[1], name, ARGV[i + 1])
+  local cur = tonumber(redis.call('HGET', KEYS[2], name) or '')
+  if cur == nil or tonumber(ARGV[i + 2]) > cur then
+    redis.call('HSET', KEYS[2], name, ARGV[i + 2])
+  end
+end
+return 1
+"""
