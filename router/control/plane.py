@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -27,10 +28,20 @@ from router.loops import repeat
 log = logging.getLogger(__name__)
 
 # The router's base URL once it listens (set by router/proxy/site.py).
-LISTENING = web.AppKey("listening_url", asyncio.Future)  # type: ignore[type-abstract]
+LISTENING = web.AppKey("listening_url", asyncio.Future)
 # Which replicas run the control loops at all (`serve --processes N`: the first only).
 CONTROL_ENABLED = web.AppKey("control_enabled", bool)
-LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+
+
+@dataclass(slots=True)
+class Control:
+    """What the control-plane task made, once the router listens (tests read it)."""
+
+    providers: dict[str, Provider] = field(default_factory=dict)
+    lifecycle: Lifecycle | None = None
+
+
+CONTROL = web.AppKey("control", Control)
 _ACTIVITY_FLUSH_S = 1.0
 
 
@@ -56,19 +67,16 @@ async def control_ctx(app: web.Application) -> AsyncIterator[None]:
             name="activity-flush",
         )
     ]
-    started: dict[str, Provider] = {}
-    lifecycle: Lifecycle | None = None
+    control = app[CONTROL] = Control()
     if app.get(CONTROL_ENABLED, True):
 
         async def run() -> None:
-            nonlocal lifecycle
             url = await app[LISTENING]
-            started.update(providers_for(url, None))
-            lifecycle = app[LIFECYCLE] = Lifecycle(ctx, started, ctx.replica_id)
-            jobs = Jobs(ctx, started["local"])
+            control.providers.update(providers_for(url, None))
+            lifecycle = control.lifecycle = Lifecycle(ctx, control.providers, ctx.replica_id)
+            jobs = Jobs(ctx, control.providers["local"])
 
             async def step() -> None:
-                assert lifecycle is not None
                 leader = await lifecycle.run_once()
                 await jobs.run_once(leader)
 
@@ -86,10 +94,10 @@ async def control_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
     with contextlib.suppress(Exception):
         await ctx.activity.flush(ctx.store)
-    if lifecycle is not None and lifecycle.leader:
+    if control.lifecycle is not None and control.lifecycle.leader:
         with contextlib.suppress(Exception):
             await ctx.store.release_lease(LEASE, ctx.replica_id)
-    for provider in started.values():
+    for provider in control.providers.values():
         await provider.close()
 
 
