@@ -21,6 +21,7 @@ from workers.backends import Backend
 from workers.keys import load_pubkey_file
 from workers.settings import BACKEND_NAMES, SettingsError, WorkerSettings
 from workers.tasks import cancel_and_wait
+from workers.verify import DEFAULT_MAX_SEGMENTS
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _port(text: str) -> int:
     return v
 
 
-def _window(text: str) -> int:
+def _count(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -167,11 +168,20 @@ def parser() -> argparse.ArgumentParser:
         help="answer 429 when queued work would take longer than this (default 30)",
     )
     p.add_argument(
-        "--replay-window",
-        type=_window,
-        default=1024,
+        "--replay-max-segments",
+        type=_count,
+        default=DEFAULT_MAX_SEGMENTS,
         metavar="N",
-        help="reqnums accepted out of order below the highest seen (default 1024)",
+        help="used reqnums are kept until their tickets expire, 64 to a segment of "
+        "~200 bytes; past N segments new tickets get 503 replay_memory_full rather "
+        f"than forgetting (default {DEFAULT_MAX_SEGMENTS:,}, ~100 MB)",
+    )
+    p.add_argument(
+        "--replay-window",
+        type=_count,
+        metavar="N",
+        help="deprecated and ignored: used reqnums are now kept until their tickets "
+        "expire, however many come after them",
     )
     p.add_argument(
         "--clock-skew-s",
@@ -247,7 +257,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_queue_time_s=args.max_queue_time_s,
         register_interval_s=args.register_interval_s,
         jwks_refresh_s=args.jwks_refresh_s,
-        replay_window=args.replay_window,
+        replay_max_segments=args.replay_max_segments,
         clock_skew_s=args.clock_skew_s,
         pubkey_file=args.pubkey_file,
         verify=not args.no_verify,
@@ -278,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         except SigningKeyError as exc:
             p.error(f"--pubkey-file: {exc}")
     configure_logging(args.log_level)
+    if args.replay_window is not None:
+        log.warning(
+            "--replay-window is deprecated and ignored: used reqnums are kept until their "
+            "tickets expire (see --replay-max-segments)"
+        )
     if not settings.verify:
         log.warning(
             "--no-verify: tickets are not checked; this worker serves anyone who can reach %s",

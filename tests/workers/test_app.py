@@ -217,6 +217,43 @@ async def test_rejections_are_401_and_counted(
     assert 'worker_requests_total{code="401",route="/generate"} 8.0' in lines
 
 
+async def test_newer_tickets_never_push_out_an_unused_one(client: Client, tickets: Tickets) -> None:
+    # The attack on the old 1024-wide window: one client routes 1,100 times and uses only
+    # the newest tickets; another client's older, unexpired, unused ticket still works.
+    victim = tickets.issue()
+    one_token = {"inputs": "x", "parameters": {"max_new_tokens": 1}}
+    for _ in range(1_100):
+        resp = await post(client, "/generate", tickets.issue(), one_token, header_shape)
+        assert resp.status == 200
+        await resp.read()
+    resp = await post(client, "/generate", victim, PAYLOAD)
+    assert resp.status == 200, await resp.text()
+    resp = await post(client, "/generate", victim, PAYLOAD)
+    assert resp.status == 401 and await error_code(resp) == "ticket_replayed"
+    _, doc = await readyz(client)
+    assert doc["max_reqnum_seen"] == victim["reqnum"] + 1_100
+    segments = (tickets.reqnum >> 6) - (victim["reqnum"] >> 6) + 1  # dense: 64 to a segment
+    assert f"worker_replay_segments {segments:.1f}" in await metric_lines(client)
+
+
+async def test_full_replay_memory_answers_503_and_forgets_nothing(
+    pubkey_file: Path, tickets: Tickets
+) -> None:
+    async with worker(settings(pubkey_file, replay_max_segments=1)) as client:
+        used = tickets.issue()
+        assert (await post(client, "/generate", used, PAYLOAD)).status == 200
+        tickets.reqnum += 64  # the next ticket needs a second segment
+        fresh = tickets.issue()
+        resp = await post(client, "/generate", fresh, PAYLOAD)
+        assert resp.status == 503 and await error_code(resp) == "replay_memory_full"
+        assert resp.headers["Retry-After"] == "1"
+        resp = await post(client, "/generate", used, PAYLOAD)
+        assert resp.status == 401 and await error_code(resp) == "ticket_replayed"
+        lines = await metric_lines(client)
+        assert 'worker_ticket_rejections_total{reason="replay_memory_full"} 1.0' in lines
+        assert "worker_replay_segments 1.0" in lines
+
+
 async def test_queue_limit_answers_429_without_burning_the_ticket(
     pubkey_file: Path, backend: RecordingBackend, tickets: Tickets
 ) -> None:

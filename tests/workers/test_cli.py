@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
         (["--perf", "-1", "--no-verify"], "--perf"),
         (["--perf", "nan", "--no-verify"], "--perf"),
         (["--max-queue-time-s", "0", "--no-verify"], "--max-queue-time-s"),
-        (["--replay-window", "0", "--no-verify"], "--replay-window"),
+        (["--replay-max-segments", "0", "--no-verify"], "--replay-max-segments"),
         (["--backend", "nope", "--no-verify"], "--backend"),
         (["--public-url", "ftp://x", "--no-verify"], "--public-url"),
         ([], "give --router-url or --pubkey-file"),
@@ -52,6 +52,15 @@ def test_bad_flags_exit_2_with_a_clear_message(
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_replay_window_is_still_accepted_and_ignored() -> None:
+    # Deprecated: start scripts that pass it keep working (main logs a warning).
+    s = settings_from_args(parser().parse_args(["--no-verify", "--replay-window", "1024"]))
+    default = settings_from_args(parser().parse_args(["--no-verify"]))
+    assert s == default and s.replay_max_segments == 500_000
+    s = settings_from_args(parser().parse_args(["--no-verify", "--replay-max-segments", "9"]))
+    assert s.replay_max_segments == 9
 
 
 def test_pubkey_file_must_be_a_public_key(
