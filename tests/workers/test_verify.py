@@ -394,7 +394,7 @@ def test_property_unexpired_unused_tickets_are_accepted_and_replays_refused(
             try:
                 v.verify(t, now)
             except TicketRejected as exc:
-                assert exc.reason == ("replayed" if was_used else "expired")
+                assert exc.reason in (("replayed", "expired") if was_used else ("expired",))
             else:
                 assert not was_used
                 used.append(t)
