@@ -1,6 +1,7 @@
 """The worker's aiohttp app: check the ticket, admit by load, call the backend, report.
 
-Inference requests go: parse JSON -> find and verify the ticket (DESIGN §3.3) -> admit
+Inference requests go: parse JSON -> find and verify the ticket (DESIGN §3.3; its cost
+must cover the payload's own, `Backend.payload_cost`) -> admit
 if the queue allows (DESIGN §4) -> record the reqnum -> account the cost while the
 backend serves only the model payload. `/readyz` reports the load the router balances
 on; `/metrics` exports it. Keys and registration run as resources of the app.
@@ -59,7 +60,8 @@ class WorkerState:
             settings.public_url,
             settings.endpoint,
             settings.clock_skew_s,
-            replay=ReplayMemory(settings.replay_max_segments),
+            settings.cost_tolerance,
+            ReplayMemory(settings.replay_max_segments),
         )
         self.metrics = WorkerMetrics(self.load, self.verifier.replay)
         static: dict[str, VerifyKey] = {}
@@ -279,7 +281,7 @@ async def _infer(request: web.Request, state: WorkerState, path: str) -> web.Str
     if state.settings.verify:
         try:
             ticket, payload = extract_ticket(body, header)
-            await _check(state, ticket)
+            await _check(state, ticket, state.backend.payload_cost(path, payload))
         except TicketRejected as exc:
             state.metrics.rejections.labels(exc.reason).inc()
             return _error(401, exc.code, exc.message)
@@ -326,12 +328,12 @@ async def _infer(request: web.Request, state: WorkerState, path: str) -> web.Str
         state.load.release(cost)
 
 
-async def _check(state: WorkerState, ticket: dict[str, Any]) -> int:
+async def _check(state: WorkerState, ticket: dict[str, Any], payload_cost: float | None) -> int:
     """Check a ticket, refetching the router's keys once for an unknown key_id."""
     now = time.time()
     try:
-        return state.verifier.check(ticket, now)
+        return state.verifier.check(ticket, now, payload_cost)
     except TicketRejected as exc:
         if exc.reason != "unknown_key" or not await state.keys.refetch():
             raise
-    return state.verifier.check(ticket, now)
+    return state.verifier.check(ticket, now, payload_cost)

@@ -65,6 +65,13 @@ def _non_negative(text: str) -> float:
     return _number(text, allow_zero=True)
 
 
+def _fraction(text: str) -> float:
+    v = _number(text, allow_zero=True)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return v
+
+
 def _port(text: str) -> int:
     try:
         v = int(text)
@@ -191,6 +198,16 @@ def parser() -> argparse.ArgumentParser:
         help="clock difference allowed when checking ticket expiry (default 5)",
     )
     p.add_argument(
+        "--cost-tolerance",
+        type=_fraction,
+        default=0.5,
+        metavar="F",
+        help="refuse a ticket (401 ticket_cost_too_low) whose cost is below the "
+        "request's own cost (tokens asked for + prompt length / 4, or width x height x "
+        "steps) by more than this fraction, so a client cannot buy a cheap ticket for "
+        "an expensive request; 0: the ticket must cover it all, 1: no check (default 0.5)",
+    )
+    p.add_argument(
         "--jwks-refresh-s",
         type=_non_negative,
         default=60.0,
@@ -259,6 +276,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         jwks_refresh_s=args.jwks_refresh_s,
         replay_max_segments=args.replay_max_segments,
         clock_skew_s=args.clock_skew_s,
+        cost_tolerance=args.cost_tolerance,
         pubkey_file=args.pubkey_file,
         verify=not args.no_verify,
         grace_s=args.grace_s,

@@ -38,6 +38,8 @@ class WorkerSettings:
     # used reqnums kept until their tickets expire: a cap, ~200 bytes a segment of 64
     replay_max_segments: int = DEFAULT_MAX_SEGMENTS
     clock_skew_s: float = 5.0
+    # refuse a ticket whose cost < the payload's own cost x (1 - this); 1: never
+    cost_tolerance: float = 0.5
     pubkey_file: Path | None = None
     verify: bool = True
     grace_s: float = 30.0
@@ -86,6 +88,8 @@ class WorkerSettings:
         ):
             if not _non_negative(getattr(self, name)):
                 raise SettingsError(f"{name}: must be a finite number >= 0")
+        if not (math.isfinite(self.cost_tolerance) and 0 <= self.cost_tolerance <= 1):
+            raise SettingsError("cost_tolerance: must be between 0 and 1")
         if self.replay_max_segments < 1:
             raise SettingsError("replay_max_segments: must be >= 1")
         if self.verify and self.router_url is None and self.pubkey_file is None:

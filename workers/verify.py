@@ -1,8 +1,8 @@
 """Ticket checks a worker makes before serving (DESIGN §3.3), as pure code.
 
 `extract_ticket` finds the ticket in any of the three request shapes; `TicketVerifier`
-checks signature, url, endpoint, expiry and that the reqnum is unused (`ReplayMemory`),
-in that order. No I/O and no clock here: the caller
+checks signature, url, endpoint, expiry, that the reqnum is unused (`ReplayMemory`) and
+that the cost covers the payload, in that order. No I/O and no clock here: the caller
 passes `now`, and refetches the JWKS when `check` raises an unknown-key rejection.
 """
 
@@ -167,20 +167,28 @@ class ReplayMemory:
 
 @dataclass(slots=True)
 class TicketVerifier:
-    """Checks tickets for one worker (its public URL and endpoint) against known keys."""
+    """Checks tickets for one worker (its public URL and endpoint) against known keys.
+
+    `cost_tolerance`: a ticket whose cost is below the payload's own cost by more than
+    this fraction is refused (`cost_too_low`): a client may not buy a cheap ticket for
+    an expensive request, which would skew balancing and admission. 1 turns it off.
+    """
 
     keys: dict[str, VerifyKey]
     public_url: str
     endpoint: str
     clock_skew_s: float = 5.0
+    cost_tolerance: float = 0.5
     replay: ReplayMemory = field(default_factory=ReplayMemory)
 
     def __post_init__(self) -> None:
         self.public_url = self.public_url.rstrip("/")
 
-    def verify(self, ticket: Mapping[str, Any], now: float) -> int:
+    def verify(
+        self, ticket: Mapping[str, Any], now: float, payload_cost: float | None = None
+    ) -> int:
         """Check `ticket` and record its reqnum; return the reqnum or raise TicketRejected."""
-        reqnum = self.check(ticket, now)
+        reqnum = self.check(ticket, now, payload_cost)
         self.record(ticket)
         return reqnum
 
@@ -188,8 +196,13 @@ class TicketVerifier:
         """Mark a checked ticket's reqnum used, until the ticket expires."""
         self.replay.record(ticket["reqnum"], ticket["expires_at"])
 
-    def check(self, ticket: Mapping[str, Any], now: float) -> int:
+    def check(
+        self, ticket: Mapping[str, Any], now: float, payload_cost: float | None = None
+    ) -> int:
         """Check `ticket` without recording its reqnum; return the reqnum or raise.
+
+        `payload_cost`: what the request itself weighs (router.cost.payload_cost), None
+        when the payload does not say; then any cost passes.
 
         For callers that may still refuse the request (admission) after a valid ticket:
         they `record(ticket)` only once they serve, so a 429 does not burn the ticket. No
@@ -225,5 +238,17 @@ class TicketVerifier:
         reqnum: int = ticket["reqnum"]
         self.replay.prune(now - self.clock_skew_s)
         self.replay.check(reqnum, expires_at)
+        cost: float = ticket["cost"]
+        if (
+            payload_cost is not None
+            and self.cost_tolerance < 1
+            and cost < payload_cost * (1 - self.cost_tolerance)
+        ):
+            raise TicketRejected(
+                "cost_too_low",
+                f"the ticket's cost {cost:g} is below this request's own cost "
+                f"{payload_cost:g} (less {self.cost_tolerance:.0%}): route it with a cost "
+                "that covers it",
+            )
         self.replay.check_room(reqnum)
         return reqnum

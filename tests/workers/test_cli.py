@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
         (["--perf", "nan", "--no-verify"], "--perf"),
         (["--max-queue-time-s", "0", "--no-verify"], "--max-queue-time-s"),
         (["--replay-max-segments", "0", "--no-verify"], "--replay-max-segments"),
+        (["--cost-tolerance", "1.5", "--no-verify"], "--cost-tolerance"),
+        (["--cost-tolerance", "-0.1", "--no-verify"], "--cost-tolerance"),
+        (["--cost-tolerance", "nan", "--no-verify"], "--cost-tolerance"),
         (["--backend", "nope", "--no-verify"], "--backend"),
         (["--public-url", "ftp://x", "--no-verify"], "--public-url"),
         ([], "give --router-url or --pubkey-file"),
@@ -104,6 +107,13 @@ def test_settings_validate_once() -> None:
         WorkerSettings(verify=False, grace_s=-1)
     with pytest.raises(SettingsError, match="verify"):
         WorkerSettings()
+    for bad in (-0.01, 1.01, float("nan"), float("inf")):
+        with pytest.raises(SettingsError, match="cost_tolerance"):
+            WorkerSettings(verify=False, cost_tolerance=bad)
+    assert WorkerSettings(verify=False, cost_tolerance=1).cost_tolerance == 1
+    s = settings_from_args(parser().parse_args(["--no-verify", "--cost-tolerance", "0"]))
+    assert s.cost_tolerance == 0.0
+    assert settings_from_args(parser().parse_args(["--no-verify"])).cost_tolerance == 0.5
     assert WorkerSettings(verify=False, public_url="http://x:1/").public_url == "http://x:1"
 
 

@@ -40,9 +40,11 @@ def verifier(*rings: KeyRing, skew_s: float = 5.0, max_segments: int = 500_000) 
     return TicketVerifier(keys, PUBLIC_URL, ENDPOINT, skew_s, replay=ReplayMemory(max_segments))
 
 
-def reason(v: TicketVerifier, ticket: Any, now: float | None = None) -> str:
+def reason(
+    v: TicketVerifier, ticket: Any, now: float | None = None, payload_cost: float | None = None
+) -> str:
     with pytest.raises(TicketRejected) as info:
-        v.verify(ticket, time.time() if now is None else now)
+        v.verify(ticket, time.time() if now is None else now, payload_cost)
     assert info.value.code == f"ticket_{info.value.reason}"
     return info.value.reason
 
@@ -227,6 +229,43 @@ def test_check_does_not_record(ring: KeyRing, tickets: Tickets) -> None:
     v.verify(t, time.time())
     with pytest.raises(TicketRejected, match="already used"):
         v.check(t, time.time())
+
+
+def test_cost_too_low(ring: KeyRing, tickets: Tickets) -> None:
+    now = time.time()
+    v = verifier(ring)
+    assert reason(v, tickets.issue(cost=0), now, payload_cost=400.0) == "cost_too_low"
+    assert reason(v, tickets.issue(cost=199.9), now, payload_cost=400.0) == "cost_too_low"
+    for cost in (200, 400.0, 10_000):  # half the payload's cost or more passes
+        t = tickets.issue(cost=cost)
+        assert v.verify(t, now, 400.0) == t["reqnum"]
+    t = tickets.issue(cost=0)  # a payload that says nothing about its cost: no floor
+    assert v.verify(t, now, None) == t["reqnum"]
+    t = tickets.issue(cost=0)
+    assert v.verify(t, now, 0.0) == t["reqnum"]
+    strict = verifier(ring)
+    strict.cost_tolerance = 0.0
+    assert reason(strict, tickets.issue(cost=399), now, payload_cost=400.0) == "cost_too_low"
+    off = verifier(ring)
+    off.cost_tolerance = 1.0
+    t = tickets.issue(cost=0)
+    assert off.verify(t, now, 1e12) == t["reqnum"]
+
+
+def test_cost_is_checked_after_the_reqnum(ring: KeyRing, tickets: Tickets) -> None:
+    now = time.time()
+    v = verifier(ring, max_segments=1)
+    cheap = tickets.issue(cost=1)
+    v.verify(cheap, now)
+    assert reason(v, cheap, now, payload_cost=400.0) == "replayed"
+    assert reason(v, tickets.issue(cost=1, expires_at=1.0), now, 400.0) == "expired"
+    tickets.reqnum += 64  # needs a new segment, and memory is full: the cost answers first
+    assert reason(v, tickets.issue(cost=1), now, payload_cost=400.0) == "cost_too_low"
+    # a refused ticket is not recorded: it is still good for a request it covers
+    t = tickets.issue(cost=1)
+    v.replay.max_segments = 2
+    assert reason(v, t, now, payload_cost=400.0) == "cost_too_low"
+    assert v.verify(t, now, 2.0) == t["reqnum"]
 
 
 NOW = 1_763_800_000.0
