@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from workers.verify import DEFAULT_MAX_SEGMENTS
+
 BackendName = Literal["synthetic", "tgi", "openai", "bentoml"]
 BACKEND_NAMES: tuple[BackendName, ...] = ("synthetic", "tgi", "openai", "bentoml")
 # Backends that forward to a model server at `backend_url`.
@@ -34,8 +36,11 @@ class WorkerSettings:
     perf: float | None = None  # cost units/s; None: the backend's own figure
     max_load: float | None = None  # most in-flight cost accepted; None: no limit
     max_queue_time_s: float = 30.0
-    replay_window: int = 1024
+    # used reqnums kept until their tickets expire: a cap, ~200 bytes a segment of 64
+    replay_max_segments: int = DEFAULT_MAX_SEGMENTS
     clock_skew_s: float = 5.0
+    # refuse a ticket whose cost < the payload's own cost x (1 - this); 1: never
+    cost_tolerance: float = 0.5
     pubkey_file: Path | None = None
     verify: bool = True
     grace_s: float = 30.0
@@ -84,8 +89,10 @@ class WorkerSettings:
         ):
             if not _non_negative(getattr(self, name)):
                 raise SettingsError(f"{name}: must be a finite number >= 0")
-        if self.replay_window < 1:
-            raise SettingsError("replay_window: must be >= 1")
+        if not (math.isfinite(self.cost_tolerance) and 0 <= self.cost_tolerance <= 1):
+            raise SettingsError("cost_tolerance: must be between 0 and 1")
+        if self.replay_max_segments < 1:
+            raise SettingsError("replay_max_segments: must be >= 1")
         if self.verify and self.router_url is None and self.pubkey_file is None:
             raise SettingsError(
                 "verify: needs router_url or pubkey_file to get the router's "

@@ -187,7 +187,7 @@ async def test_bentoml_forwards_any_path_and_binary_answers(
     async with fronting("bentoml", url, pubkey_file) as client:
         payload = {"prompt": "a red fox", "width": 16, "height": 8, "num_inference_steps": 4}
         resp = await post(
-            client, "/txt2img", tickets.issue(), payload, headers={"Accept": "image/png"}
+            client, "/txt2img", tickets.issue(cost=512.0), payload, headers={"Accept": "image/png"}
         )
         assert resp.status == 200 and resp.content_type == "image/png"
         assert await resp.read() == PNG and resp.content_length == len(PNG)
@@ -206,6 +206,19 @@ async def test_bentoml_forwards_any_path_and_binary_answers(
     assert model.headers[0]["Accept"] == "image/png"
     assert 'worker_requests_total{code="200",route="other"} 2.0' in text
     assert "/txt2img" not in text  # user-defined paths never become label values
+
+
+async def test_bentoml_floors_only_pixel_costs(
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets
+) -> None:
+    # A service's cost unit is its own: a long prompt is not known to cost tokens there.
+    _, url = fake
+    async with fronting("bentoml", url, pubkey_file) as client:
+        resp = await post(client, "/jsonl", tickets.issue(cost=1.0), {"n": 1, "prompt": "x" * 4000})
+        assert resp.status == 200
+        payload = {"prompt": "a red fox", "width": 16, "height": 8, "num_inference_steps": 4}
+        resp = await post(client, "/txt2img", tickets.issue(cost=100.0), payload)
+        assert resp.status == 401 and await error_code(resp) == "ticket_cost_too_low"
 
 
 async def test_tgi_unknown_path_is_404(

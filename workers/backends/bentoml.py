@@ -34,3 +34,10 @@ class BentoMLBackend(HttpBackend):
 
     def workload(self, path: str, payload: Any) -> float:
         return image_workload(payload)
+
+    def payload_cost(self, path: str, payload: Any) -> float | None:
+        # The service's cost unit is its own: only pixel-steps are known to be in it,
+        # a prompt's tokens are not (a text API may well cost 1 a request).
+        if isinstance(payload, dict) and "width" in payload and "height" in payload:
+            return super().payload_cost(path, payload)
+        return None
