@@ -480,8 +480,8 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
         if names.count(n) > 1:
             raise ConfigError(f"endpoints: duplicate endpoint name {n!r}")
     level = top.choice("log_level", "info", ("debug", "info", "warning", "error"))
-    top.done()
     control = read_control(top)
+    top.done()
     settings = Settings(
         server, store, signing, registration, tuple(api_keys), tuple(endpoints), level, control
     )

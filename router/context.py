@@ -40,6 +40,7 @@ class RouterContext:
     activity: Activity = field(default_factory=Activity)  # inferences per endpoint
     rng: random.Random = field(default_factory=random.Random)
     tick: int = 0  # round-robin position
+    listen_url: str = ""  # the router's own base URL, once its socket is bound (the site)
 
 
 CTX = web.AppKey("router_context", RouterContext)

@@ -383,8 +383,11 @@ def _find(ctx: RouterContext, key: ApiKeySettings, workspace: str, name: str) ->
 
 
 def public_url(ctx: RouterContext) -> str:
+    """The router's URL for clients: `control.public_url`, else where it listens."""
     if ctx.settings.control.public_url:
         return ctx.settings.control.public_url
+    if ctx.listen_url:
+        return ctx.listen_url
     host, port = ctx.settings.server.host, ctx.settings.server.port
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"

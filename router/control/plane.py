@@ -50,6 +50,8 @@ def listening(app: web.Application, url: str) -> None:
     fut = app.get(LISTENING)
     if fut is not None and not fut.done():
         fut.set_result(url)
+    if CTX in app:
+        app[CTX].listen_url = url
 
 
 def providers_for(router_url: str, log_dir: Path | None) -> dict[str, Provider]:
