@@ -11,6 +11,7 @@ its measured `requiredRAM`, and loads of it use the measured `perf`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -19,7 +20,7 @@ import aiohttp
 import orjson
 
 from router.context import RouterContext
-from router.control.providers.base import ProvidedWorker, Provider
+from router.control.providers.base import ProvidedWorker, Provider, ProviderError
 from router.control.spec import EndpointRecord
 from router.proxy.message import ticket_header
 from router.state.base import reqnum_floor
@@ -93,8 +94,9 @@ class Jobs:
             doc.update(status="failed", error=str(exc)[:2000], endTime=time.time())
         finally:
             if worker is not None:
-                await self.provider.stop(worker.id)
-                await self.provider.forget(worker.id)
+                with contextlib.suppress(ProviderError):
+                    await self.provider.stop(worker.id)
+                    await self.provider.forget(worker.id)
         await self._put(doc, v)
 
     async def _current(self, worker: ProvidedWorker) -> ProvidedWorker:

@@ -39,6 +39,7 @@ class Control:
 
     providers: dict[str, Provider] = field(default_factory=dict)
     lifecycle: Lifecycle | None = None
+    job_provider: Provider | None = None
 
 
 CONTROL = web.AppKey("control", Control)
@@ -76,7 +77,10 @@ async def control_ctx(app: web.Application) -> AsyncIterator[None]:
             url = await app[LISTENING]
             control.providers.update(providers_for(url, None))
             lifecycle = control.lifecycle = Lifecycle(ctx, control.providers, ctx.replica_id)
-            jobs = Jobs(ctx, control.providers["local"])
+            # jobs run workers of no endpoint: a provider of their own, which the
+            # lifecycle loop (which stops workers of unknown endpoints) never sees
+            control.job_provider = providers_for(url, None)["local"]
+            jobs = Jobs(ctx, control.job_provider)
 
             async def step() -> None:
                 leader = await lifecycle.run_once()
@@ -99,8 +103,9 @@ async def control_ctx(app: web.Application) -> AsyncIterator[None]:
     if control.lifecycle is not None and control.lifecycle.leader:
         with contextlib.suppress(Exception):
             await ctx.store.release_lease(LEASE, ctx.replica_id)
-    for provider in control.providers.values():
-        await provider.close()
+    for provider in [*control.providers.values(), control.job_provider]:
+        if provider is not None:
+            await provider.close()
 
 
 def add_routes(app: web.Application) -> None:
