@@ -93,7 +93,7 @@ def _status_word(status: int) -> str:
 @web.middleware
 async def avesha_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """This API's errors in its own envelope (the router's JSON errors elsewhere)."""
-    if not request.path.startswith(BASE):
+    if not request.path.startswith(BASE) and request.path != "/api/v1/auth":
         return await handler(request)  # type: ignore[no-any-return]
     try:
         return await handler(request)  # type: ignore[no-any-return]
@@ -253,6 +253,24 @@ def _autoscaling(doc: Any, base: Autoscaling) -> Autoscaling:
 
 
 # handlers ---------------------------------------------------------------------------------
+
+
+async def auth(request: web.Request) -> web.Response:
+    """`POST /api/v1/auth {apiKey}`: Avesha's SDK trades its key for an access token first.
+
+    Here the token is the key itself (sent back to the one who sent it): every other
+    call takes it as `Authorization: Bearer K`, so the SDK's flow works unchanged.
+    """
+    ctx = request.app[CTX]
+    body = await _body(request)
+    key = body.get("apiKey")
+    if not isinstance(key, str) or not key or len(key) > 4096:
+        raise Invalid("apiKey", "is required")
+    try:
+        ctx.auth.lookup(key)
+    except AuthError:
+        return failure(400, "INVALID_API_KEY", "the API key is not valid")
+    return envelope(200, {"accessToken": key})
 
 
 async def create(request: web.Request) -> web.Response:
@@ -464,6 +482,7 @@ def _is_ip(host: str) -> bool:
 
 
 def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/auth", auth)
     app.router.add_post(BASE, create)
     app.router.add_get(BASE, list_or_describe)
     app.router.add_get(f"{BASE}/list", list_or_describe)

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from router.config import Settings
 from router.context import RouterContext
+from router.signing import KeyRing
 from tests.router.helpers import router_client
 
 ADMIN = {"Authorization": "Bearer admin-key"}
@@ -87,7 +88,8 @@ def control_settings(
 
 @asynccontextmanager
 async def control_router(
-    settings: Settings,
+    settings: Settings, keyring: KeyRing | None = None
 ) -> AsyncIterator[tuple[TestClient[Any, Any], RouterContext]]:
-    async with router_client(settings) as (client, ctx):
+    """The router in process; replicas of one fleet share `keyring` (as they share keys)."""
+    async with router_client(settings, keyring) as (client, ctx):
         yield client, ctx

@@ -291,3 +291,17 @@ async def test_a_1mb_body_is_a_413_envelope(tmp_path: Path) -> None:
         doc = await resp.json()
         assert resp.status == doc["statusCode"] == 413
         assert ctx.registry.api_records() == []
+
+
+async def test_the_sdk_trades_its_key_for_a_token(tmp_path: Path) -> None:
+    async with control_router(control_settings(tmp_path)) as (client, _):
+        resp = await client.post("/api/v1/auth", json={"apiKey": "admin-key"})
+        doc = await resp.json()
+        assert resp.status == doc["statusCode"] == 200
+        token = doc["data"]["accessToken"]
+        resp = await client.get(
+            f"{BASE}?workspace=team-beta", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert resp.status == 200
+        resp = await client.post("/api/v1/auth", json={"apiKey": "nope"})
+        assert resp.status == (await resp.json())["statusCode"] == 400
