@@ -74,6 +74,9 @@ class StoreSettings:
     key_prefix: str = "ir:"
     timeout_s: float = 0.5  # per Redis command; a stalled Redis must fail fast, not pile up
     snapshot_interval_s: float = 0.1  # how often the local read snapshot is refreshed
+    # The memory store keeps control-plane documents here across restarts (relative to
+    # the config file's directory); None: in memory only. The Redis store ignores it.
+    state_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,12 +411,14 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
     s.done()
 
     st = top.table("store")
+    state_file = st.str_("state_file", "")
     store = StoreSettings(
         backend=st.choice("backend", "memory", get_args(StoreBackend)),  # type: ignore[arg-type]
         redis_url=st.str_("redis_url", "redis://127.0.0.1:6379/0"),
         key_prefix=st.str_("key_prefix", "ir:"),
         timeout_s=st.num("timeout_s", 0.5, positive=True),
         snapshot_interval_s=st.num("snapshot_interval_s", 0.1, positive=True),
+        state_file=(base / state_file) if state_file else None,
     )
     if store.backend == "redis" and not store.redis_url.startswith(
         ("redis://", "rediss://", "unix://")

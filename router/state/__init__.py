@@ -1,5 +1,6 @@
 """Shared router state: the `Store` interface (base), the embedded `MemoryStore` and the
-`RedisStore` for several replicas. `open_store` picks one from settings."""
+`RedisStore` for several replicas. `open_store` picks one from settings. The memory
+store keeps control-plane documents in a state file (statefile) when configured."""
 
 from __future__ import annotations
 
@@ -19,4 +20,4 @@ def open_store(settings: StoreSettings) -> Store:
         )
     from router.state.memory import MemoryStore
 
-    return MemoryStore()
+    return MemoryStore(settings.state_file)

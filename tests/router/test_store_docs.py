@@ -7,13 +7,16 @@ import asyncio
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from router.state import StateFileError, StoreUnavailable
+from router.config import Settings
+from router.state import StateFileError, StoreUnavailable, open_store
 from router.state import statefile as statefile_mod
 from router.state.base import Store
 from router.state.memory import MemoryStore
@@ -501,3 +504,27 @@ async def test_kind_version_never_behind_its_documents(tmp_path: Path) -> None:
     store = MemoryStore(path)
     assert await store.docs_version(KIND) == 7
     assert await store.put_doc(KIND, "b", b"{}", 0) == 8
+
+
+async def test_open_store_passes_the_state_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "router.toml"
+    cfg.write_text('[store]\nstate_file = "state.json"\n')
+    store = open_store(Settings.from_toml(cfg).store)
+    await store.put_doc(KIND, "a", doc(1), 0)
+    await store.close()
+    assert (tmp_path / "state.json").exists()
+
+
+def test_serve_refuses_a_torn_state_file(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_bytes(b'{"format": 1, "kin')
+    cfg = tmp_path / "router.toml"
+    cfg.write_text('[server]\nport = 0\n[store]\nstate_file = "state.json"\n')
+    # a process of its own: serving sets the event loop policy
+    done = subprocess.run(
+        [sys.executable, "-m", "router", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"error: state file {tmp_path / 'state.json'}: not valid JSON" in done.stderr
