@@ -49,6 +49,10 @@ RESERVED_NAMES = frozenset(
 )
 
 
+# Where the memory store keeps control-plane records, relative to the config file.
+DEFAULT_STATE_FILE = ".router-data/state.json"
+
+
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names it."""
 
@@ -411,7 +415,8 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
     s.done()
 
     st = top.table("store")
-    state_file = st.str_("state_file", "")
+    # on by default, in a data directory beside the config; "" turns it off
+    state_file = st.str_("state_file", DEFAULT_STATE_FILE)
     store = StoreSettings(
         backend=st.choice("backend", "memory", get_args(StoreBackend)),  # type: ignore[arg-type]
         redis_url=st.str_("redis_url", "redis://127.0.0.1:6379/0"),

@@ -78,13 +78,20 @@ def encode(state: State) -> bytes:
 
 
 def load(path: Path) -> State:
-    """Read the state file; a missing file is an empty store (its directory must exist)."""
+    """Read the state file; a missing file is an empty store.
+
+    Its directory (the router's data directory) is made if missing, but not the ones
+    above it: a path whose parent is gone (an unmounted volume, a typo) is an error, not
+    a silently empty fleet.
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        if not path.parent.is_dir():
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
             raise StateFileError(
-                f"state file {path}: directory {path.parent} does not exist"
+                f"state file {path}: cannot make its directory {path.parent}: {exc.strerror}"
             ) from None
         return State()
     except OSError as exc:
@@ -166,7 +173,8 @@ def _shape(top: Any) -> State:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` by `data`: all of it or none, even across a crash (mode 0600)."""
+    """Replace `path` by `data`: all of it or none, even across a crash (mode 0600).
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

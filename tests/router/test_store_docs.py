@@ -427,8 +427,11 @@ async def test_missing_state_file_is_an_empty_store(tmp_path: Path) -> None:
     assert not (tmp_path / "new.json").exists()
     assert await store.list_docs(KIND) == {}
     assert await store.docs_version(KIND) == 0
-    with pytest.raises(StateFileError, match="does not exist"):
-        MemoryStore(tmp_path / "nowhere" / "state.json")
+    # its own directory is made (the router's data directory), not the ones above it
+    MemoryStore(tmp_path / "data" / "state.json")
+    assert (tmp_path / "data").is_dir()
+    with pytest.raises(StateFileError, match="cannot make its directory"):
+        MemoryStore(tmp_path / "nowhere" / "deeper" / "state.json")
 
 
 async def test_torn_state_file_raises_naming_it(tmp_path: Path) -> None:
