@@ -15,44 +15,15 @@ import aiohttp
 import orjson
 import pytest
 
-from router.control.providers.base import ProvidedWorker, ProviderError
+from router.control.providers.base import ProviderError
 from router.control.providers.local import LocalProvider
 from router.control.spec import EndpointRecord, RuntimeSpec
 from tests.conftest import free_port
+from tests.control.helpers import alive, until_gone, until_states
 from tests.router.helpers import router_client, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SLEEPER = ("{python}", "-c", "import time; print('loading the model', flush=True); time.sleep(60)")
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
-
-
-async def until_gone(pids: list[int], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while any(alive(p) for p in pids):
-        assert time.monotonic() < deadline, f"still running: {[p for p in pids if alive(p)]}"
-        await asyncio.sleep(0.05)
-
-
-async def until_states(
-    provider: LocalProvider, want: dict[str, str], timeout_s: float = 30.0
-) -> dict[str, ProvidedWorker]:
-    """observe() until every worker in `want` is in its state; return what it saw."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        seen = {w.id: w for w in await provider.observe()}
-        if all(i in seen and seen[i].state == s for i, s in want.items()):
-            return seen
-        assert time.monotonic() < deadline, f"wanted {want}, saw {seen}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
