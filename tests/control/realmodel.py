@@ -10,8 +10,8 @@ poll of it waits, and by default (`interrupt_requests`) it cuts a running stream
 Readiness is therefore /openapi.json, which takes no lock. It serves one request at a
 time: a second one interrupts a running stream, and with `--interrupt_requests False`
 two concurrent streams crash it (segfault), so tests send one request at a time. With
-FastAPI/Starlette newer than it knew (0.111+ / 0.38+), streams end without their last
-chunk: .ci/run pins `fastapi==0.110.3` and `sse-starlette==2.1.0`.
+today's FastAPI and Starlette it sees a client disconnect that is not there and ends
+streams early: .ci/run pins `fastapi==0.110.3` and `sse-starlette==2.1.0`.
 `missing()` says what is not installed, for a clear skip.
 """
 
