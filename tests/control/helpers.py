@@ -1,7 +1,10 @@
-"""A router in process with the control plane on, from a TOML config like the demo's."""
+"""A router in process with the control plane on (from a TOML config like the demo's), and
+waiting on real processes: is a pid still running, observe() until a state."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from router.config import Settings
 from router.context import RouterContext
+from router.control.providers.base import ProvidedWorker, Provider
 from router.signing import KeyRing
 from tests.router.helpers import router_client
 
@@ -93,3 +97,41 @@ async def control_router(
     """The router in process; replicas of one fleet share `keyring` (as they share keys)."""
     async with router_client(settings, keyring) as (client, ctx):
         yield client, ctx
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
+
+
+async def until_gone(pids: list[int], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"still running: {[p for p in pids if alive(p)]}"
+        await asyncio.sleep(0.05)
+
+
+async def until_states(
+    provider: Provider, want: dict[str, str], timeout_s: float = 30.0
+) -> dict[str, ProvidedWorker]:
+    """observe() until every worker in `want` is in its state; return what it saw.
+
+    A worker that ends up exited or failed when that is not what was wanted fails at
+    once, with the provider's detail (exit code, last log lines).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = {w.id: w for w in await provider.observe()}
+        if all(i in seen and seen[i].state == s for i, s in want.items()):
+            return seen
+        for i, s in want.items():
+            w = seen.get(i)
+            if w is not None and w.state in ("exited", "failed") and w.state != s:
+                raise AssertionError(f"worker {i} is {w.state}, not {s}: {w.detail}")
+        assert time.monotonic() < deadline, f"wanted {want}, saw {seen}"
+        await asyncio.sleep(0.05)

@@ -13,9 +13,8 @@ from router.control.plane import CONTROL
 from router.control.providers.local import LocalProvider
 from router.signing import KeyRing
 from tests.conftest import RedisServer
-from tests.control.helpers import ADMIN, control_router, control_settings
+from tests.control.helpers import ADMIN, alive, control_router, control_settings, until_gone
 from tests.control.test_avesha import BASE, SEED_CREATE, state_of
-from tests.control.test_local_provider import alive, until_gone
 from tests.router.helpers import until
 
 NEVER_READY = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -10,49 +11,21 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
-from router.control.providers.base import ProvidedWorker, ProviderError
-from router.control.providers.local import LocalProvider
+from router.control.providers.base import ProviderError
+from router.control.providers.local import READY_POLL_INTERVAL_S, LocalProvider
 from router.control.spec import EndpointRecord, RuntimeSpec
 from tests.conftest import free_port
+from tests.control.helpers import alive, until_gone, until_states
 from tests.router.helpers import router_client, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SLEEPER = ("{python}", "-c", "import time; print('loading the model', flush=True); time.sleep(60)")
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
-
-
-async def until_gone(pids: list[int], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while any(alive(p) for p in pids):
-        assert time.monotonic() < deadline, f"still running: {[p for p in pids if alive(p)]}"
-        await asyncio.sleep(0.05)
-
-
-async def until_states(
-    provider: LocalProvider, want: dict[str, str], timeout_s: float = 30.0
-) -> dict[str, ProvidedWorker]:
-    """observe() until every worker in `want` is in its state; return what it saw."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        seen = {w.id: w for w in await provider.observe()}
-        if all(i in seen and seen[i].state == s for i, s in want.items()):
-            return seen
-        assert time.monotonic() < deadline, f"wanted {want}, saw {seen}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -95,6 +68,32 @@ async def test_two_synthetic_workers_start_then_run(provider: LocalProvider) -> 
     assert stopped.state == "stopping" and "worker exited with code 0" in stopped.detail
     await provider.forget(first.id)
     assert [w.id for w in await provider.observe()] == [started[1].id]
+
+
+async def test_a_starting_worker_is_polled_at_most_once_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no router: the worker never gets its keys, so it stays starting (503 on /readyz)
+    provider = LocalProvider(f"http://127.0.0.1:{free_port()}", tmp_path, grace_s=1.0)
+    polls: list[float] = []
+    poll = LocalProvider._poll
+
+    async def counted(self: LocalProvider, w: Any) -> None:
+        polls.append(time.monotonic())
+        await poll(self, w)
+
+    monkeypatch.setattr(LocalProvider, "_poll", counted)
+    try:
+        [w] = await provider.start(SYNTHETIC, 1)
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            [seen] = await provider.observe()
+            assert (seen.id, seen.state) == (w.id, "starting")
+            await asyncio.sleep(0.01)  # an eager caller: ~100 observe() a second
+    finally:
+        await provider.close()
+    assert 2 <= len(polls) <= 3
+    assert all(b - a >= READY_POLL_INTERVAL_S for a, b in itertools.pairwise(polls))
 
 
 async def test_a_killed_worker_is_exited_with_its_code_and_not_restarted(

@@ -245,6 +245,9 @@ class LocalProvider(Provider):
             async with self._session.get(w.url + "/readyz", allow_redirects=False) as resp:
                 ready = resp.status == 200
         except (aiohttp.ClientError, TimeoutError):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # a timeout racing our cancel
+                raise asyncio.CancelledError from None
             return  # not listening yet, or busy loading
         if ready and w.state == "starting":
             w.state = "running"
