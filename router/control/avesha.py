@@ -337,7 +337,7 @@ async def create(request: web.Request) -> web.Response:
         provider=control.default_provider,
         runtime=runtime,
         autoscaling=autoscaling,
-        settings={"models": [name]},
+        settings={**control.endpoint_settings(fmt), "models": [name]},
         state="Pending",
         created=now,
         modified=now,

@@ -264,7 +264,12 @@ async def ensure_loaded(
                 provider=ctx.settings.control.default_provider,
                 runtime=entry.runtime,
                 autoscaling=auto,
-                settings={"models": [entry.name], "default_cost": entry.default_cost},
+                storage_uri=entry.storage_uri,
+                settings={
+                    **ctx.settings.control.endpoint_settings(entry.runtime_format),
+                    "models": [entry.name],
+                    "default_cost": entry.default_cost,
+                },
                 created=now,
                 modified=now,
             )

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from router.control.spec import BACKENDS, Autoscaling, RuntimeSpec
 
@@ -49,8 +49,10 @@ class CatalogModel:
     name: str
     task: str = "text-generation"
     runtime: RuntimeSpec = SYNTHETIC
+    runtime_format: str = "synthetic"
     required_ram_gb: float | None = None  # shown until a job measures it
     default_cost: float = 100.0
+    storage_uri: str = ""  # where its runtime finds the weights ({model_path})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +66,14 @@ class ControlSettings:
     max_endpoints: int = 1000  # API-made endpoints, across workspaces
     max_spec_bytes: int = 64 * 1024  # a rawModelSpec larger than this is a 422
     runtimes: tuple[tuple[str, RuntimeSpec], ...] = ()
+    # per runtime format, endpoint settings its endpoints get (`[runtimes.endpoint]`)
+    runtime_settings: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     models: tuple[CatalogModel, ...] = ()
     catalog_by_name: dict[str, CatalogModel] = field(default_factory=dict, compare=False)
+
+    def endpoint_settings(self, fmt: str) -> dict[str, Any]:
+        """The endpoint settings table an endpoint of this format starts with."""
+        return dict(self.runtime_settings.get(fmt, {}))
 
     def runtime(self, fmt: str) -> RuntimeSpec | None:
         """The runtime for a model format; the synthetic one under "synthetic"; else None."""
@@ -144,7 +152,10 @@ def read_control(top: _Reader) -> ControlSettings:
     from router.config import ConfigError
 
     c = top.table("control")
+    from router.config import endpoint_from_table
+
     runtimes: list[tuple[str, RuntimeSpec]] = []
+    runtime_settings: dict[str, dict[str, Any]] = {}
     for rt in top.tables("runtimes"):
         fmt = rt.str_("format", "")
         if not _FORMAT_RE.match(fmt):
@@ -154,6 +165,13 @@ def read_control(top: _Reader) -> ControlSettings:
         if any(fmt == f for f, _ in runtimes):
             raise ConfigError(f"{rt.name('format')}: {fmt!r} is listed twice")
         runtimes.append((fmt, read_runtime(rt)))
+        table = rt.data.get("endpoint")
+        rt.seen.add("endpoint")
+        if table is not None:
+            if not isinstance(table, dict) or "name" in table or "workspace" in table:
+                raise ConfigError(f"{rt.name('endpoint')}: must be a table of endpoint settings")
+            endpoint_from_table({**table, "name": "check"}, rt.name("endpoint"))  # checked now
+            runtime_settings[fmt] = table
         rt.done()
     by_format = dict(runtimes)
     models: list[CatalogModel] = []
@@ -174,8 +192,10 @@ def read_control(top: _Reader) -> ControlSettings:
                 name=name,
                 task=m.str_("task", "text-generation"),
                 runtime=runtime,
+                runtime_format=fmt,
                 required_ram_gb=m.opt_num("required_ram_gb"),
                 default_cost=m.num("default_cost", 100.0, positive=True),
+                storage_uri=m.str_("storage_uri", ""),
             )
         )
         m.done()
@@ -192,6 +212,7 @@ def read_control(top: _Reader) -> ControlSettings:
         max_endpoints=c.int_("max_endpoints", 1000, min_=0),
         max_spec_bytes=c.int_("max_spec_bytes", 64 * 1024, min_=1024),
         runtimes=tuple(runtimes),
+        runtime_settings=runtime_settings,
         models=tuple(models),
         catalog_by_name={x.name: x for x in models},
     )
