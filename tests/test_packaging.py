@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -24,6 +25,17 @@ def test_dockerfile_runs_as_non_root_with_livez_healthcheck() -> None:
     )
     assert "/livez" in health
     assert any(ln.startswith("ENTRYPOINT") and "inference-router" in ln for ln in lines)
+
+
+def test_dockerfile_example_config_exists_and_loads() -> None:
+    """The `docker run` line in the Dockerfile's header names a config the image holds."""
+    from router.config import Settings
+
+    header = (ROOT / "Dockerfile").read_text().split("FROM ", 1)[0]
+    shipped = re.findall(r"--config /app/(configs/\S+\.toml)", header)
+    assert shipped, "the Dockerfile's example runs a config from configs/"
+    for rel in shipped:
+        assert Settings.from_toml(ROOT / rel, env={}).endpoints
 
 
 def test_console_scripts_declared() -> None:

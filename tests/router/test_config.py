@@ -19,7 +19,15 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    """Every config the repo ships (the README's, the Dockerfile's, the example) loads."""
+    assert Settings.from_toml(path, env={}).endpoints
+
+
 def test_shipped_configs_are_valid() -> None:
+    docker = Settings.from_toml(ROOT / "configs/docker.toml", env={})
+    assert docker.server.host == "0.0.0.0" and docker.server.port == 8080
     local = Settings.from_toml(ROOT / "configs/local.toml", env={})
     assert local.store.backend == "memory"
     assert local.endpoints[0].name == "demo" and local.endpoints[0].spawn[0].count == 2
