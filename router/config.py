@@ -211,8 +211,8 @@ class Settings:
             base = Path(path).resolve().parent
         else:
             base = Path.cwd()
-        apply_env(data, os.environ if env is None else env)
-        return _build(data, base)
+        origins = apply_env(data, os.environ if env is None else env)
+        return _build(data, base, origins)
 
 
 # --- environment overrides ---------------------------------------------------------------
@@ -221,14 +221,20 @@ class Settings:
 _ENV_SECTIONS = ("server", "store", "signing")
 
 
-def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Apply `ROUTER_SECTION_KEY=value` overrides (and `ROUTER_LOG_LEVEL`, `ROUTER_API_KEY`)."""
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Apply `ROUTER_SECTION_KEY=value` overrides (and `ROUTER_LOG_LEVEL`, `ROUTER_API_KEY`).
+
+    Returns where each overridden setting came from (`{"server.port": "ROUTER_SERVER_PORT"}`),
+    so an error about it names the variable the operator set, not a file line.
+    """
+    origins: dict[str, str] = {}
     for name, value in env.items():
         if not name.startswith("ROUTER_"):
             continue
         rest = name[len("ROUTER_") :].lower()
         if rest == "log_level":
             data["log_level"] = value
+            origins["log_level"] = name
             continue
         if rest == "api_key":  # one extra key from the environment, allowed everywhere
             data.setdefault("api_keys", []).append({"key": value, "name": "env"})
@@ -241,6 +247,8 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         section, _, key = rest.partition("_")
         if section in _ENV_SECTIONS and key:
             data.setdefault(section, {})[key] = _env_value(value, key)
+            origins[f"{section}.{key}"] = name
+    return origins
 
 
 def _env_value(value: str, key: str) -> Any:
@@ -255,19 +263,26 @@ def _env_value(value: str, key: str) -> Any:
 class _Reader:
     """Typed access to one TOML table, with errors that name `where.key`."""
 
-    def __init__(self, data: Any, where: str) -> None:
+    def __init__(self, data: Any, where: str, origins: Mapping[str, str] | None = None) -> None:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: must be a table")
         self.data = data
         self.where = where
+        self.origins = origins or {}  # settings set from the environment: their variable
         self.seen: set[str] = set()
 
     def _get(self, key: str) -> Any:
         self.seen.add(key)
         return self.data.get(key)
 
-    def name(self, key: str) -> str:
+    def path(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
+
+    def name(self, key: str) -> str:
+        """The setting as an error names it: with its environment variable if it came from one."""
+        path = self.path(key)
+        env = self.origins.get(path)
+        return f"{env} ({path})" if env else path
 
     def str_(self, key: str, default: str) -> str:
         v = self._get(key)
@@ -305,7 +320,8 @@ class _Reader:
         if isinstance(v, str) and v.strip().lstrip("-").isdigit():
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{self.name(key)}: must be an integer")
+            got = f", got {v!r}" if isinstance(v, str) else ""
+            raise ConfigError(f"{self.name(key)}: must be an integer{got}")
         if v < min_ or (max_ is not None and v > max_):
             raise ConfigError(f"{self.name(key)}: must be between {min_} and {max_}")
         return v
@@ -340,10 +356,10 @@ class _Reader:
             return []
         if not isinstance(v, list):
             raise ConfigError(f"{self.name(key)}: must be an array of tables ([[{key}]])")
-        return [_Reader(item, f"{self.name(key)}[{i}]") for i, item in enumerate(v)]
+        return [_Reader(item, f"{self.path(key)}[{i}]", self.origins) for i, item in enumerate(v)]
 
     def table(self, key: str) -> _Reader:
-        return _Reader(self._get(key) or {}, self.name(key))
+        return _Reader(self._get(key) or {}, self.path(key), self.origins)
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.seen)
@@ -369,8 +385,8 @@ def _cost(r: _Reader, key: str, default: float) -> float:
     return v
 
 
-def _build(data: dict[str, Any], base: Path) -> Settings:
-    top = _Reader(data, "")
+def _build(data: dict[str, Any], base: Path, origins: Mapping[str, str]) -> Settings:
+    top = _Reader(data, "", origins)
     s = top.table("server")
     server = ServerSettings(
         host=s.str_("host", "127.0.0.1"),
@@ -393,7 +409,7 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
     if store.backend == "redis" and not store.redis_url.startswith(
         ("redis://", "rediss://", "unix://")
     ):
-        raise ConfigError("store.redis_url: must start with redis://, rediss:// or unix://")
+        raise ConfigError(f"{st.name('redis_url')}: must start with redis://, rediss:// or unix://")
     st.done()
 
     sg = top.table("signing")

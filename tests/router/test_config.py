@@ -78,7 +78,19 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
     [
         ('[server]\nport = "x"', {}, "server.port: must be an integer"),
         ("[server]\nport = 70000", {}, "server.port: must be between"),
-        ("", {"ROUTER_SERVER_PORT": "eighty"}, "server.port: must be an integer"),
+        (
+            "",
+            {"ROUTER_SERVER_PORT": "abc"},
+            "ROUTER_SERVER_PORT (server.port): must be an integer, got 'abc'",
+        ),
+        ("", {"ROUTER_STORE_TIMEOUT_S": "-1"}, "ROUTER_STORE_TIMEOUT_S (store.timeout_s): must be"),
+        ("", {"ROUTER_SERVER_PROT": "1"}, "ROUTER_SERVER_PROT (server.prot): unknown setting"),
+        ("", {"ROUTER_LOG_LEVEL": "loud"}, "ROUTER_LOG_LEVEL (log_level): must be one of"),
+        (
+            '[store]\nbackend = "redis"',
+            {"ROUTER_STORE_REDIS_URL": "http://x"},
+            "ROUTER_STORE_REDIS_URL (store.redis_url): must start with redis://",
+        ),
         ('[store]\nbackend = "mongo"', {}, "store.backend: must be one of memory, redis"),
         ('[store]\nbackend = "redis"\nredis_url = "http://x"', {}, "store.redis_url"),
         ('[signing]\nalgorithm = "dsa"', {}, "signing.algorithm: must be one of"),
