@@ -75,6 +75,14 @@ async def route(request: web.Request) -> web.Response:
     return json_response(answer, headers=headers)
 
 
+async def post_only(request: web.Request) -> web.Response:
+    """Any method but POST on `/route`: 405 with `Allow: POST`, so a client that GETs it
+    learns the method is wrong rather than that the route does not exist."""
+    raise ApiError(
+        405, "method_not_allowed", "/route takes POST with a JSON body", headers={"Allow": "POST"}
+    )
+
+
 async def route_answer(
     ctx: RouterContext,
     body: dict[str, Any],
