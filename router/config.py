@@ -162,6 +162,9 @@ class EndpointSettings:
     max_queue_time_s: float = 30.0
     retry_after_s: float = 1.0
     models: tuple[str, ...] = ()  # OpenAI `model` names that select this endpoint
+    # The model name the workers' server answers to (vLLM's --served-model-name): set,
+    # proxy mode writes it into the `model` of OpenAI request bodies before forwarding.
+    served_model_name: str | None = None
     # The most a request may weigh: /route's `cost`, X-Cost or the body's estimate above
     # it is a 400. Bounded so one ticket cannot pin a worker (and sums stay exact).
     max_cost: float = 1e9
@@ -502,6 +505,15 @@ def check_processes(settings: Settings) -> None:
         raise ConfigError("server.port: must be fixed (not 0) with several processes")
 
 
+def _served_model_name(r: _Reader) -> str | None:
+    name = r.str_("served_model_name", "")
+    if r.data.get("served_model_name") is None:
+        return None
+    if not name or name != name.strip():
+        raise ConfigError(f"{r.name('served_model_name')}: must be a non-empty model name")
+    return name
+
+
 def _endpoint(r: _Reader) -> EndpointSettings:
     name = r.str_("name", "")
     if not _NAME_RE.match(name):
@@ -551,6 +563,7 @@ def _endpoint(r: _Reader) -> EndpointSettings:
         max_queue_time_s=r.num("max_queue_time_s", 30.0),
         retry_after_s=r.num("retry_after_s", 1.0, positive=True),
         models=r.str_list("models", ()),
+        served_model_name=_served_model_name(r),
         max_cost=r.num("max_cost", 1e9, positive=True),
         expose_worker_routes=r.bool_("expose_worker_routes", False),
         retries=r.int_("retries", 2, min_=0, max_=10),

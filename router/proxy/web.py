@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from router.auth import key_from_header
+from router.config import EndpointSettings
 from router.context import CTX
 from router.errors import ApiError, Handler, json_response, read_within
 from router.proxy.core import ProxyCore
@@ -223,9 +224,17 @@ async def list_models(request: web.Request) -> web.Response:
         {"id": m, "object": "model", "created": 0, "owned_by": "inference-router"}
         for ep in ctx.endpoints.values()
         if key.allows(ep.name)
-        for m in (ep.name, *ep.models)
+        for m in _model_names(ep)
     ]
     return json_response({"object": "list", "data": data})
+
+
+def _model_names(ep: EndpointSettings) -> list[str]:
+    """Every `model` that selects `ep`: its name, its `models`, the served name."""
+    names = [ep.name, *ep.models]
+    if ep.served_model_name is not None and ep.served_model_name not in names:
+        names.append(ep.served_model_name)
+    return names
 
 
 def add_routes(app: web.Application) -> None:

@@ -144,6 +144,11 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
             {},
             "server.processes: several processes need signing.key_files",
         ),
+        (
+            '[[endpoints]]\nname = "a"\nserved_model_name = ""',
+            {},
+            "endpoints[0].served_model_name: must be a non-empty model name",
+        ),
         ("[server]\nprot = 1", {}, "server.prot: unknown setting"),
         ("[server\n", {}, "invalid TOML"),
     ],

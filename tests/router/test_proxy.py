@@ -377,6 +377,35 @@ async def test_openai_paths_pick_the_endpoint_by_model(ups: list[Upstream]) -> N
         assert (await client.get("/v1/models")).status == 401
 
 
+async def test_served_model_name_is_written_into_openai_bodies(ups: list[Upstream]) -> None:
+    """vLLM answers only to its --served-model-name: the router writes it in for the client."""
+    served = "meta-llama/Llama-3.1-8B-Instruct"
+    async with router_client(proxy_settings(ups[:1], served_model_name=served)) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        chat = {"messages": [{"role": "user", "content": "hï"}], "max_tokens": 5}
+        for path, model in [
+            ("/v1/chat/completions", "demo-model"),  # the endpoint picked by `model`
+            ("/v1/completions", "demo"),
+            ("/demo/v1/chat/completions", "anything"),  # a base URL of /demo/v1
+            ("/v1/embeddings", served),  # already the served name: forwarded as sent
+        ]:
+            resp = await client.post(path, headers=AUTH, json={"model": model, **chat})
+            assert resp.status == 200, (path, await resp.text())
+            seen = orjson.loads(ups[0].seen[-1]["body"])
+            assert seen == {"model": served, **chat}, path
+        # other paths, and OpenAI bodies with no model, are forwarded as they came
+        for path, body in [
+            ("/demo/generate", b'{"model": "demo", "inputs": "hi"}'),
+            ("/demo/v1/completions", b'{"prompt": "hi"}'),
+        ]:
+            resp = await client.post(
+                path, headers={**AUTH, "Content-Type": "application/json"}, data=body
+            )
+            assert resp.status == 200 and ups[0].seen[-1]["body"] == body
+        models = await (await client.get("/v1/models", headers=AUTH)).json()
+        assert [m["id"] for m in models["data"]] == ["demo", "demo-model", served]
+
+
 async def test_real_worker_behind_the_proxy_accepts_the_ticket(tmp_path: Any) -> None:
     """The reference worker verifies X-Route-Ticket on proxied traffic."""
     from workers.app import build_app as build_worker
