@@ -21,16 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-# TGI's error_type for each status the worker answers with.
-TGI_ERROR_TYPES: dict[int, str] = {
-    400: "validation",  # bad JSON, a payload the backend cannot read
-    401: "validation",  # the ticket: missing, forged, expired, replayed, too cheap
-    413: "validation",  # body too large
-    429: "overloaded",  # this worker's queue is full
-    503: "overloaded",  # this worker is draining
-    500: "generation",  # the worker failed
-    502: "generation",  # the model server did not answer
-}
+from router.tgi import TGI_ERROR_TYPES  # one table for the worker and the router
 
 
 def error_body(status: int, code: str, message: str, **extra: Any) -> dict[str, Any]:

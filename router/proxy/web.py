@@ -28,6 +28,7 @@ from router.proxy.message import (
     Request,
     bad_path,
     duplicate_header,
+    error_answer,
 )
 from router.upstream import Conn
 
@@ -79,9 +80,13 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         # a key first, as for an endpoint that exists: a 404 says nothing to a stranger
         request.app[CTX].auth.lookup(key_from_header(request.headers.get("Authorization")))
         raise core.not_found(request.match_info.get("endpoint", ""))
-    req.body = await _read_body(request, core.body_limit(req))
     sink = WebSink(request)
     try:
+        try:
+            req.body = await _read_body(request, core.body_limit(req))
+        except ApiError as e:  # answered by the core's rule, as the fast path answers it
+            error_answer(sink, req, e.status, e.code, e.message, headers=e.headers, **e.extra)
+            return sink.result()
         await core.serve(req, sink)
         return sink.result()
     finally:
