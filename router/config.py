@@ -24,7 +24,7 @@ Algorithm = Literal["rsa", "ed25519"]
 SpawnBackend = Literal["synthetic"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# First path segments that proxy mode cannot use as endpoint names (DESIGN §7).
+# First path segments that proxy mode cannot use as endpoint names (docs/protocol.md, "Proxy mode").
 RESERVED_NAMES = frozenset(
     {
         "route",
@@ -374,7 +374,7 @@ def _url(r: _Reader, key: str) -> str:
     url = r.str_(key, "")
     if not re.match(r"^https?://[^/\s]+", url):
         raise ConfigError(f"{r.name(key)}: must be an http(s) URL, got {url!r}")
-    if not is_plain_string(url):  # tickets carry it, signed as served (DESIGN §3.2)
+    if not is_plain_string(url):  # tickets carry it, signed as served (docs/protocol.md)
         raise ConfigError(
             f'{r.name(key)}: must be printable ASCII without "\\<>& (percent-encode the rest)'
         )

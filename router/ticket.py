@@ -1,4 +1,4 @@
-"""Ticket mode (DESIGN §3.1): `POST /route` picks a worker and returns a signed ticket."""
+"""Ticket mode: `POST /route` picks a worker and returns a signed ticket (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     {"error": {"code": "ticket_replayed", "message": "reqnum was already used"},
      "error_type": "validation"}
 
-`error.code` and `error.message` are the project's shape (DESIGN §3.1, §3.3). TGI's own
+`error.code` and `error.message` are the project's shape (docs/protocol.md, "Errors"). TGI's own
 errors are `{"error": "<message>", "error_type": "<type>"}`; the two cannot share the key
 `error`, so the object stays and `error_type` joins it. That is all TGI clients need:
 Hugging Face's `text-generation` package (`errors.parse_error`) and `huggingface_hub`
@@ -11,7 +11,8 @@ pick the exception class from `error_type` and pass the `error` value to it, so 
 refused ticket raises `ValidationError` whose `args[0]["code"]` names the check that
 failed, a full queue or a draining worker raises `OverloadedError` (route again), and a
 worker or model server failure `GenerationError`. Without an `error_type` (404, 405)
-they fall back on the status: 404 is `NotFoundError`.
+they fall back on the status: 404 is `NotFoundError`. The table of types is
+`router/tgi.py`'s, which the router's own errors on TGI's paths use too.
 """
 
 from __future__ import annotations
