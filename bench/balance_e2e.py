@@ -246,7 +246,9 @@ def workload(seed: int, n: int, mean_cost: float) -> Workload:
 
 
 def payload(cost: int) -> dict[str, Any]:
-    return {"inputs": "route me", "parameters": {"max_new_tokens": cost}}
+    # No prompt: the body's own cost (router/cost.py) is then exactly the tokens asked
+    # for, the cost each ticket is bought at, so the worker's cost floor never trips.
+    return {"inputs": "", "parameters": {"max_new_tokens": cost}}
 
 
 # --- measuring -----------------------------------------------------------------------------

@@ -94,13 +94,16 @@ def _owner(key: ApiKeySettings) -> str:
 
 
 async def list_workers(request: web.Request) -> web.Response:
+    """The workers as this replica sees them (its snapshot)."""
     ctx = request.app[CTX]
     ctx.auth.require_admin(key_from_header(request.headers.get("Authorization")))
     endpoint = request.query.get("endpoint")
     if endpoint is not None and endpoint not in ctx.endpoints:
         raise ApiError(404, "unknown_endpoint", f"no endpoint named {endpoint!r}")
-    workers = await ctx.store.list_workers()
-    rows = [w.public() for w in workers if endpoint is None or w.endpoint == endpoint]
+    # this replica's snapshot: what its /route and proxy decide on (at most one refresh
+    # behind other replicas' writes), with no store read per listing
+    workers = ctx.snapshot.endpoint(endpoint) if endpoint is not None else ctx.snapshot.workers()
+    rows = [w.public() for w in workers]
     rows.sort(key=lambda w: (w["endpoint"], w["url"]))
     return json_response({"workers": rows})
 

@@ -3,7 +3,8 @@
 Resources live in `cleanup_ctx` generators, set up in order and torn down in reverse,
 each reached through its own typed `web.AppKey`: the context (store, snapshot and fleet,
 keys, metrics), the upstream connection pool, the health poller and the proxy core that
-reports passive signals to it, spawned local workers, then the snapshot refresh loop.
+reports passive signals to it, the control plane (router/control/plane.py: providers,
+the lifecycle loop, jobs), then the snapshot and registry refresh loops.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from router import admin, openapi, ticket
 from router.auth import KeyRingAuth
 from router.config import ApiKeySettings, Settings
 from router.context import CTX, RouterContext
+from router.control.plane import CONTROL_ENABLED, control_ctx
+from router.control.plane import MIDDLEWARES as CONTROL_MIDDLEWARES
+from router.control.plane import add_routes as control_routes
+from router.control.registry import Registry
 from router.errors import error_middleware, json_response
 from router.fleet import Fleet
 from router.health import HealthPoller
@@ -36,20 +41,19 @@ from router.proxy.core import ProxyCore
 from router.proxy.web import PROXY, guard
 from router.signing import KeyRing
 from router.snapshot import Snapshot
-from router.spawner import SpawnedWorker, Spawner, plan
 from router.state import StoreUnavailable, open_store
 from router.state.base import Source, worker_id
 from router.upstream import Pool
 
 log = logging.getLogger(__name__)
 
-SPAWNED = web.AppKey("spawned_workers", list[SpawnedWorker])
 POOL = web.AppKey("upstream_pool", Pool)
 HEALTH = web.AppKey("health_poller", HealthPoller)
 # A snapshot refresh reads every worker: at most this many per second, so 10,000 workers
 # on Redis are re-read every 10 s (the issue step still checks status and scores its
 # shortlist with fresh values), and a tenth as many on the memory store.
 _REFRESH_WORKERS_PER_S = 1000.0
+_REGISTRY_POLL_S = 0.25  # one small read (the store's version counter) per poll
 
 
 def load_keyring(settings: Settings) -> KeyRing:
@@ -81,29 +85,24 @@ def api_keys(settings: Settings) -> list[ApiKeySettings]:
     ]
 
 
-def configured_workers(
-    settings: Settings, spawned: list[SpawnedWorker]
-) -> list[tuple[str, str, float, float | None, Source]]:
+def configured_workers(settings: Settings) -> list[tuple[str, str, float, float | None, Source]]:
     out: list[tuple[str, str, float, float | None, Source]] = []
     for ep in settings.endpoints:
         out += [(ep.name, w.url, w.perf, w.max_load, "static") for w in ep.workers]
-    out += [(w.endpoint, w.url, w.spec.perf, w.spec.max_load, "spawned") for w in spawned]
     return out
 
 
 class Refresher:
     """The snapshot refresh loop's state: when it next re-reads, and what config lists."""
 
-    def __init__(self, ctx: RouterContext, spawned: list[SpawnedWorker]) -> None:
+    def __init__(self, ctx: RouterContext) -> None:
         self.ctx = ctx
         self.next_refresh = 0.0  # monotonic time the snapshot is next re-read
         # configured workers with their ids, computed once: reconcile runs every refresh
-        self.configured = [
-            (worker_id(w[0], w[1]), w) for w in configured_workers(ctx.settings, spawned)
-        ]
+        self.configured = [(worker_id(w[0], w[1]), w) for w in configured_workers(ctx.settings)]
 
     async def reconcile(self) -> int:
-        """Make sure every worker from config (and every spawned one) is in the store.
+        """Make sure every worker from config is in the store.
 
         After Redis lost its data this brings configured workers back (as `loading`,
         until their next health check). Returns how many were added.
@@ -137,30 +136,26 @@ class Refresher:
         await self.reconcile()
 
 
-def _router_url(settings: Settings) -> str:
-    host = settings.server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return f"http://{host}:{settings.server.port}"
-
-
 def build_app(
     settings: Settings, *, keyring: KeyRing | None = None, spawn_workers: bool = True
 ) -> web.Application:
     """The router app; `keyring` overrides the configured keys (tests, benchmarks).
 
-    `spawn_workers` False: leave `[[endpoints.spawn]]` workers to another process.
+    `spawn_workers` False: run no control-plane loops here (another process of
+    `serve --processes N` does), so this process starts no workers.
     """
     app = web.Application(
-        middlewares=[error_middleware, guard], client_max_size=ticket.MAX_JSON_BODY_BYTES
+        middlewares=[error_middleware, guard, *CONTROL_MIDDLEWARES],
+        client_max_size=ticket.MAX_JSON_BODY_BYTES,
     )
-    app[SPAWNED] = []
+    app[CONTROL_ENABLED] = spawn_workers
     keys = keyring or load_keyring(settings)  # fail before listening on a bad key file
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()
         store = open_store(settings.store)
-        snapshot = Snapshot(store, metrics, (e.name for e in settings.endpoints))
+        registry = Registry(store, settings.endpoints)
+        snapshot = Snapshot(store, metrics, registry.endpoints)
         threads = settings.signing.sign_threads(
             keys.signer.verify_key.algorithm, len(os.sched_getaffinity(0))
         )
@@ -169,7 +164,8 @@ def build_app(
             log.info("signing tickets on %d thread(s)", threads)
         ctx = app[CTX] = RouterContext(
             settings=settings,
-            endpoints={e.name: e for e in settings.endpoints},
+            endpoints=registry.endpoints,
+            registry=registry,
             auth=KeyRingAuth(api_keys(settings)),
             keyring=keys,
             metrics=metrics,
@@ -180,8 +176,9 @@ def build_app(
             sign_pool=sign_pool,
         )
         try:
+            await registry.refresh()
             await ctx.fleet.refresh()
-            await Refresher(ctx, []).reconcile()
+            await Refresher(ctx).reconcile()
         except StoreUnavailable as exc:
             log.error(
                 "state store unreachable at start (%s); /route answers 503 until it is back", exc
@@ -207,27 +204,21 @@ def build_app(
         yield
         await _stop(task)
 
-    async def spawn(app: web.Application) -> AsyncIterator[None]:
-        spawned = plan(list(settings.endpoints)) if spawn_workers else []
-        if not spawned:
-            yield
-            return
-        app[SPAWNED] = spawned
-        spawner = Spawner(spawned, _router_url(settings))
-        spawner.start()
-        yield
-        await spawner.stop()
-
     async def refresh(app: web.Application) -> AsyncIterator[None]:
-        refresher = Refresher(app[CTX], app[SPAWNED])
-        task = _task(
-            repeat(refresher.run_once, settings.store.snapshot_interval_s, "snapshot refresh"),
-            "snapshot-refresh",
-        )
+        refresher = Refresher(app[CTX])
+        tasks = [
+            _task(
+                repeat(refresher.run_once, settings.store.snapshot_interval_s, "snapshot refresh"),
+                "snapshot-refresh",
+            ),
+            # every replica sees an endpoint created or deleted elsewhere within this
+            _task(repeat(app[CTX].registry.refresh, _REGISTRY_POLL_S, "registry"), "registry"),
+        ]
         yield
-        await _stop(task)
+        for task in tasks:
+            await _stop(task)
 
-    app.cleanup_ctx.extend([context, upstream, health, spawn, refresh])
+    app.cleanup_ctx.extend([context, upstream, health, control_ctx, refresh])
     for path in ("/route", "/route/"):
         app.router.add_post(path, ticket.route)
         app.router.add_route("*", path, ticket.post_only)  # not the proxy's 404
@@ -239,6 +230,7 @@ def build_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi.openapi)
     admin.add_routes(app)
+    control_routes(app)
     web_proxy.add_routes(app)  # last: its /{endpoint}/{path} catches what nothing else did
     return app
 

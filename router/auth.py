@@ -58,12 +58,6 @@ class KeyRingAuth:
             raise AuthError(401, "invalid_api_key", "the API key is not valid")
         return found
 
-    def require_endpoint(self, presented: str | None, endpoint: str) -> ApiKeySettings:
-        key = self.lookup(presented)
-        if not key.allows(endpoint):
-            raise AuthError(403, "forbidden", f"this API key may not use endpoint {endpoint!r}")
-        return key
-
     def require_admin(self, presented: str | None) -> ApiKeySettings:
         key = self.lookup(presented)
         if not key.admin:

@@ -203,7 +203,8 @@ def finalize(candidates: Sequence[Worker], cost: float, mode: Mode) -> int | Non
     """Pick among `candidates` (fresh loads) the index to issue to, or None if none fits.
 
     `ordered`: the first ready one that fits. `rescore`: the ready one that fits with the
-    least work score, earlier index on ties. Mirrored by the Lua in state/redis.py.
+    least work score, earlier index on ties. Its Lua twin is FINALIZE_LUA in
+    state/redis_scripts.py.
     """
     best: int | None = None
     best_score = 0.0

@@ -276,6 +276,7 @@ def serve(settings: Settings, index: int = 0) -> int:
     from router.app import build_app
     from router.proxy.site import listen_socket
     from router.signing import SigningKeyError
+    from router.state import StateFileError
 
     try:
         import uvloop
@@ -311,6 +312,9 @@ def serve(settings: Settings, index: int = 0) -> int:
         sock.close()
         print(f"config error: signing.key_files: {exc}", file=sys.stderr)
         return 2
+    except StateFileError as exc:  # a torn state file: refuse rather than start empty
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(
             f"error: cannot serve on {settings.server.host}:{settings.server.port}: {exc}",

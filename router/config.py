@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from router.control.settings import (
+    ControlSettings,
+    read_autoscaling,
+    read_control,
+    read_runtime,
+)
+from router.control.spec import Autoscaling, RuntimeSpec
 from router.signing import MAX_SAFE_INTEGER, is_plain_string
 
 Policy = Literal["least_work", "round_robin", "random", "least_requests", "p2c"]
@@ -40,6 +47,10 @@ RESERVED_NAMES = frozenset(
         "openapi.json",
     }
 )
+
+
+# Where the memory store keeps control-plane records, relative to the config file.
+DEFAULT_STATE_FILE = ".router-data/state.json"
 
 
 class ConfigError(ValueError):
@@ -67,6 +78,9 @@ class StoreSettings:
     key_prefix: str = "ir:"
     timeout_s: float = 0.5  # per Redis command; a stalled Redis must fail fast, not pile up
     snapshot_interval_s: float = 0.1  # how often the local read snapshot is refreshed
+    # The memory store keeps control-plane documents here across restarts (relative to
+    # the config file's directory); None: in memory only. The Redis store ignores it.
+    state_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +120,9 @@ class ApiKeySettings:
     key_sha256: str = field(repr=False)
     name: str = ""
     endpoints: tuple[str, ...] = ("*",)
+    # tenants: the key uses (and, through the control-plane APIs, manages) the endpoints
+    # of these workspaces; others are 404 to it, as if they did not exist
+    workspaces: tuple[str, ...] = ()
     admin: bool = False
     register_workers: bool = False  # a worker token: may register/drain/remove workers
     # Limits, shared by every replica through the store; None = unlimited. The rate
@@ -123,8 +140,17 @@ class ApiKeySettings:
     def bucket(self) -> float:
         return self.burst if self.burst is not None else max(1.0, self.rate_per_s or 1.0)
 
-    def allows(self, endpoint: str) -> bool:
-        return self.admin or "*" in self.endpoints or endpoint in self.endpoints
+    def allows(self, endpoint: str, workspace: str = "default") -> bool:
+        return (
+            self.admin
+            or "*" in self.endpoints
+            or endpoint in self.endpoints
+            or workspace in self.workspaces
+        )
+
+    def manages(self, workspace: str) -> bool:
+        """May create and delete endpoints in `workspace` (control-plane APIs)."""
+        return self.admin or workspace in self.workspaces
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +182,7 @@ class SpawnSettings:
 @dataclass(frozen=True, slots=True)
 class EndpointSettings:
     name: str
+    workspace: str = "default"
     default_cost: float = 100.0
     policy: Policy = "least_work"
     health_path: str = "/readyz"
@@ -181,6 +208,10 @@ class EndpointSettings:
     health: HealthSettings = HealthSettings()
     workers: tuple[StaticWorker, ...] = ()
     spawn: tuple[SpawnSettings, ...] = ()
+    # control plane: how many workers (router/control/autoscaler.py), and how the local
+    # provider runs one (`[endpoints.local]`; `[[endpoints.spawn]]` is read as one)
+    autoscaling: Autoscaling = field(default_factory=Autoscaling)
+    local: RuntimeSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +223,7 @@ class Settings:
     api_keys: tuple[ApiKeySettings, ...] = ()
     endpoints: tuple[EndpointSettings, ...] = ()
     log_level: str = "info"
+    control: ControlSettings = field(default_factory=ControlSettings)
 
     def endpoint(self, name: str) -> EndpointSettings | None:
         for ep in self.endpoints:
@@ -402,12 +434,15 @@ def _build(data: dict[str, Any], base: Path, origins: Mapping[str, str]) -> Sett
     s.done()
 
     st = top.table("store")
+    # on by default, in a data directory beside the config; "" turns it off
+    state_file = st.str_("state_file", DEFAULT_STATE_FILE)
     store = StoreSettings(
         backend=st.choice("backend", "memory", get_args(StoreBackend)),  # type: ignore[arg-type]
         redis_url=st.str_("redis_url", "redis://127.0.0.1:6379/0"),
         key_prefix=st.str_("key_prefix", "ir:"),
         timeout_s=st.num("timeout_s", 0.5, positive=True),
         snapshot_interval_s=st.num("snapshot_interval_s", 0.1, positive=True),
+        state_file=(base / state_file) if state_file else None,
     )
     if store.backend == "redis" and not store.redis_url.startswith(
         ("redis://", "rediss://", "unix://")
@@ -450,7 +485,9 @@ def _build(data: dict[str, Any], base: Path, origins: Mapping[str, str]) -> Sett
             ApiKeySettings(
                 key_sha256=digest or hashlib.sha256(key.encode()).hexdigest(),
                 name=r.str_("name", f"key{len(api_keys)}"),
-                endpoints=r.str_list("endpoints", ("*",)),
+                # a workspace key sees its workspaces only, unless it names endpoints too
+                endpoints=r.str_list("endpoints", () if r.data.get("workspaces") else ("*",)),
+                workspaces=r.str_list("workspaces", ()),
                 admin=r.bool_("admin", False),
                 register_workers=r.bool_("register_workers", False),
                 rate_per_s=r.opt_num("rate_per_s"),
@@ -472,9 +509,10 @@ def _build(data: dict[str, Any], base: Path, origins: Mapping[str, str]) -> Sett
         if names.count(n) > 1:
             raise ConfigError(f"endpoints: duplicate endpoint name {n!r}")
     level = top.choice("log_level", "info", ("debug", "info", "warning", "error"))
+    control = read_control(top)
     top.done()
     settings = Settings(
-        server, store, signing, registration, tuple(api_keys), tuple(endpoints), level
+        server, store, signing, registration, tuple(api_keys), tuple(endpoints), level, control
     )
     check_processes(settings)
     return settings
@@ -512,6 +550,13 @@ def _served_model_name(r: _Reader) -> str | None:
     if not name or name != name.strip():
         raise ConfigError(f"{r.name('served_model_name')}: must be a non-empty model name")
     return name
+
+
+def endpoint_from_table(table: dict[str, Any], where: str) -> EndpointSettings:
+    """An endpoint's settings from a config-shaped table (what the control-plane APIs
+    store), validated exactly as `[[endpoints]]` in a config file; ConfigError names the
+    field as `where.field`."""
+    return _endpoint(_Reader(table, where))
 
 
 def _endpoint(r: _Reader) -> EndpointSettings:
@@ -555,8 +600,32 @@ def _endpoint(r: _Reader) -> EndpointSettings:
             )
         )
         sp.done()
+    local = read_runtime(r.table("local")) if r.data.get("local") is not None else None
+    if local is not None:
+        r.table("local").done()
+    autoscaling = Autoscaling()
+    if spawn:
+        if local is not None:
+            raise ConfigError(f"{r.name('spawn')}: use either [[spawn]] or [local], not both")
+        first = spawn[0]
+        local = RuntimeSpec(
+            perf=first.perf,
+            max_load=first.max_load,
+            ttft_ms=first.ttft_ms,
+            tokens_per_s=first.tokens_per_s,
+        )
+        count = sum(sp.count for sp in spawn)
+        autoscaling = Autoscaling(min_workers=count, max_workers=count)
+    if r.data.get("autoscaling") is not None:
+        a = r.table("autoscaling")
+        autoscaling = read_autoscaling(a, autoscaling)
+        a.done()
+    workspace = r.str_("workspace", "default")
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", workspace):
+        raise ConfigError(f"{r.name('workspace')}: must be a DNS label (a-z, 0-9, '-')")
     ep = EndpointSettings(
         name=name,
+        workspace=workspace,
         default_cost=_cost(r, "default_cost", 100.0),
         policy=r.choice("policy", "least_work", get_args(Policy)),  # type: ignore[arg-type]
         health_path=health_path,
@@ -575,6 +644,8 @@ def _endpoint(r: _Reader) -> EndpointSettings:
         health=health,
         workers=tuple(workers),
         spawn=tuple(spawn),
+        autoscaling=autoscaling,
+        local=local,
     )
     r.done()
     return ep

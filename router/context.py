@@ -15,6 +15,8 @@ from aiohttp import web
 
 from router.auth import KeyRingAuth
 from router.config import EndpointSettings, Settings
+from router.control.activity import Activity
+from router.control.registry import Registry
 from router.fleet import Fleet
 from router.metrics import Metrics
 from router.signing import KeyRing
@@ -25,7 +27,8 @@ from router.state.base import Store
 @dataclass(slots=True)
 class RouterContext:
     settings: Settings
-    endpoints: dict[str, EndpointSettings]
+    endpoints: dict[str, EndpointSettings]  # the registry's live view (changes in place)
+    registry: Registry
     auth: KeyRingAuth
     keyring: KeyRing
     metrics: Metrics
@@ -34,8 +37,10 @@ class RouterContext:
     fleet: Fleet
     replica_id: str
     sign_pool: ThreadPoolExecutor | None = None  # None: tickets are signed on the loop
+    activity: Activity = field(default_factory=Activity)  # inferences per endpoint
     rng: random.Random = field(default_factory=random.Random)
     tick: int = 0  # round-robin position
+    listen_url: str = ""  # the router's own base URL, once its socket is bound (the site)
 
 
 CTX = web.AppKey("router_context", RouterContext)

@@ -1,15 +1,26 @@
-"""What a proxied request weighs (DESIGN §7), as a pure function of its header and body."""
+"""What a request weighs (DESIGN §7), as a pure function of its header and body.
+
+`estimate` is what the router balances a proxied request by; `payload_cost` is the part
+that reads the body, which the worker also uses to refuse a ticket bought too cheaply
+for its payload (DESIGN §3.3). Both walk the body without recursion: a client's JSON
+must not be able to raise RecursionError (a 500) however deeply it nests.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-_MAX_COST = 1e12
+DEFAULT_MAX_COST = 1e9  # any single request costlier than this is refused (400)
+# Text nested in more lists/objects than this (the body itself counts as one) counts for
+# nothing; the router refuses JSON nested deeper anyway, so this only bounds the walk.
+MAX_DEPTH = 64
+_CHARS_PER_TOKEN = 4
+_TEXT_FIELDS = ("prompt", "inputs", "messages", "input")
 
 
 class BadCost(ValueError):
-    """The client's X-Cost header is not a usable number."""
+    """The X-Cost header is not a usable number, or the request costs more than allowed."""
 
 
 def _num(v: Any) -> float | None:
@@ -18,38 +29,37 @@ def _num(v: Any) -> float | None:
     return float(v) if math.isfinite(v) and v >= 0 else None
 
 
-def _text_len(v: Any) -> int:
-    if isinstance(v, str):
-        return len(v)
-    if isinstance(v, list):
-        return sum(_text_len(x) for x in v)
-    if isinstance(v, dict):
-        return _text_len(v.get("content"))
-    return 0
+def _text_len(value: Any) -> int:
+    """Characters in a prompt, a list of prompts or chat messages (their `content`)."""
+    if isinstance(value, str):
+        return len(value)
+    if not isinstance(value, list | dict):
+        return 0
+    total = 0
+    stack = [(value, 1)]  # (a list or object, how many enclose it, the body included)
+    while stack:
+        v, depth = stack.pop()
+        for x in v if isinstance(v, list) else (v.get("content"),):
+            if isinstance(x, str):
+                total += len(x)
+            elif isinstance(x, list | dict) and depth + 1 < MAX_DEPTH:
+                stack.append((x, depth + 1))
+    return total
 
 
-def estimate(header: str | None, body: Any, default: float, max_cost: float = _MAX_COST) -> float:
-    """`X-Cost` if given; else tokens or pixels asked for in the body; else `default`.
+def payload_cost(body: Any) -> float | None:
+    """The cost the body itself asks for, or None when it says nothing about it.
 
-    Tokens: max_tokens / max_completion_tokens / max_new_tokens / parameters.max_new_tokens,
-    plus prompt length / 4. Images: width * height * num_inference_steps.
+    Images (width and height): width * height * num_inference_steps (1 if absent).
+    Text: max_tokens / max_completion_tokens / max_new_tokens / parameters.max_new_tokens
+    (the first given), plus prompt length / 4 (prompt, inputs, messages, input).
     """
-    if header is not None:
-        try:
-            value = float(header)
-        except ValueError:
-            raise BadCost("X-Cost must be a number") from None
-        if not math.isfinite(value) or value < 0:
-            raise BadCost("X-Cost must be a finite number >= 0")
-        if value > max_cost:
-            raise BadCost(f"X-Cost must be at most {max_cost:g} (the endpoint's max_cost)")
-        return value
     if not isinstance(body, dict):
-        return default
+        return None
     width, height = _num(body.get("width")), _num(body.get("height"))
     if width is not None and height is not None:
         steps = _num(body.get("num_inference_steps")) or 1.0
-        return min(width * height * steps, _MAX_COST)
+        return width * height * steps
     params = body.get("parameters")
     out = None
     for v in (
@@ -61,12 +71,31 @@ def estimate(header: str | None, body: Any, default: float, max_cost: float = _M
         out = _num(v)
         if out is not None:
             break
-    prompt = (
-        _text_len(body.get("prompt"))
-        + _text_len(body.get("inputs"))
-        + _text_len(body.get("messages"))
-        + _text_len(body.get("input"))
-    )
+    prompt = sum(_text_len(body[k]) for k in _TEXT_FIELDS if k in body)
     if out is None and prompt == 0:
+        return None
+    return (out or 0.0) + prompt / _CHARS_PER_TOKEN
+
+
+def estimate(
+    header: str | None, body: Any, default: float, max_cost: float = DEFAULT_MAX_COST
+) -> float:
+    """`X-Cost` if given; else `payload_cost(body)`; else `default`.
+
+    Raises BadCost for an X-Cost that is not a finite number in [0, max_cost], and for a
+    body whose own cost is above `max_cost` (the router answers 400).
+    """
+    if header is not None:
+        try:
+            value = float(header)
+        except ValueError:
+            raise BadCost("X-Cost must be a number") from None
+        if not math.isfinite(value) or value < 0 or value > max_cost:
+            raise BadCost(f"X-Cost must be a finite number between 0 and {max_cost:g}")
+        return value
+    cost = payload_cost(body)
+    if cost is None:
         return default
-    return min((out or 0.0) + prompt / 4, _MAX_COST)
+    if not cost <= max_cost:  # inf from width * height * steps included
+        raise BadCost(f"this request would cost {cost:g}, above the limit of {max_cost:g}")
+    return cost

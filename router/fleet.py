@@ -9,6 +9,7 @@ at once, and other replicas' changes arrive with the next `refresh`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from router.balancer import Mode
@@ -20,10 +21,41 @@ class Fleet:
     def __init__(self, store: Store, snapshot: Snapshot) -> None:
         self.store = store
         self.snapshot = snapshot
+        # per endpoint, an event set (and replaced) when one of its workers may be ready
+        self._ready: dict[str, asyncio.Event] = {}
+
+    async def until_ready(self, endpoint: str, timeout_s: float) -> bool:
+        """Wait until the snapshot has a ready worker of `endpoint`; False after `timeout_s`.
+
+        Woken by what changes the snapshot (this replica's health results, a refresh
+        with other replicas' writes), never by polling.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self._has_ready(endpoint):
+            event = self._ready.setdefault(endpoint, asyncio.Event())
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await event.wait()
+            except TimeoutError:
+                return self._has_ready(endpoint)
+        return True
+
+    def _has_ready(self, endpoint: str) -> bool:
+        return any(w.ready for w in self.snapshot.endpoint(endpoint))
+
+    def _wake(self, endpoint: str | None = None) -> None:
+        names = [endpoint] if endpoint is not None else list(self._ready)
+        for name in names:
+            event = self._ready.pop(name, None)
+            if event is not None:
+                event.set()  # its waiters look again; later ones wait on a new event
 
     async def refresh(self) -> None:
         """Re-read every worker from the store into the snapshot."""
         await self.snapshot.refresh()
+        if self._ready:
+            self._wake()
 
     async def issue(
         self,
@@ -51,6 +83,10 @@ class Fleet:
         written = await self.store.record_health(wid, update)
         if written:
             self.snapshot.apply_health(wid, update)
+            if update.status == "ready" and self._ready:
+                w = self.snapshot.get(wid)
+                if w is not None:
+                    self._wake(w.endpoint)
         return written
 
     async def upsert(

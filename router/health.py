@@ -142,7 +142,6 @@ class HealthPoller:
         self._last_poll: dict[str, float] = {}
         self._sem = asyncio.Semaphore(_MAX_CONCURRENT_POLLS)
         self._writes = asyncio.Semaphore(_MAX_CONCURRENT_WRITES)
-        self._paths = {name: e.health_path.encode() for name, e in endpoints.items()}
         self.tick_s = min((e.health.interval_s for e in endpoints.values()), default=1.0)
 
     async def run_once(self, now: float | None = None) -> int:
@@ -182,7 +181,7 @@ class HealthPoller:
     async def _check(self, w: WorkerRecord) -> None:
         ep = self.endpoints[w.endpoint]
         async with self._sem:
-            result = await poll(self.pool, w.url, self._paths[w.endpoint], ep.health.timeout_s)
+            result = await poll(self.pool, w.url, ep.health_path.encode(), ep.health.timeout_s)
         now = time.time()
         m = self.metrics
         m.child(m.health_checks, w.endpoint, "ok" if result.ok else "fail").inc()

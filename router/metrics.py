@@ -211,6 +211,37 @@ class Metrics:
             "Store operations that failed (store unreachable).",
             registry=r,
         )
+        # control plane (router/control/)
+        self.endpoint_state = Gauge(
+            "router_endpoint_state",
+            "1 for each endpoint's current lifecycle state.",
+            ["endpoint", "state"],
+            registry=r,
+        )
+        self.desired_workers = Gauge(
+            "router_autoscaler_desired_workers",
+            "Workers the autoscaler wants for the endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.decisions = _counter(
+            "router_autoscaler_decisions_total",
+            "Autoscaler decisions that changed the fleet.",
+            ["endpoint", "direction", "reason"],
+            registry=r,
+        )
+        self.cold_starts = _counter(
+            "router_cold_starts_total",
+            "Requests that found no ready worker and set a worker starting.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.held = Gauge(
+            "router_held_requests",
+            "Requests held while no worker can take them (cold start).",
+            ["endpoint"],
+            registry=r,
+        )
 
         self._children: dict[tuple[object, ...], Any] = {}
 

@@ -20,6 +20,7 @@ from router.state.base import (
     Store,
     StoreUnavailable,
     WorkerRecord,
+    quantize,
 )
 
 
@@ -27,7 +28,7 @@ class Snapshot:
     def __init__(self, store: Store, metrics: Metrics, endpoints: Iterable[str]) -> None:
         self.store = store
         self.metrics = metrics
-        self.endpoint_names = list(endpoints)
+        self.endpoint_names = endpoints  # may be live (the registry's dict): read when used
         self._by_id: dict[str, WorkerRecord] = {}
         self._by_endpoint: dict[str, list[WorkerRecord]] = {}
         self.ok = False  # last refresh reached the store
@@ -64,7 +65,7 @@ class Snapshot:
     def apply_issue(self, issued: Issued, cost: float) -> None:
         w = self._by_id.get(issued.worker_id)
         if w is not None:
-            w.pending_cost = issued.load - w.reported_cost
+            w.pending_mcost = issued.pending_mcost  # the store's, fresh: exact
             w.pending_requests += 1
 
     def apply_release(self, wid: str, cost: float, where: Released) -> None:
@@ -72,7 +73,7 @@ class Snapshot:
         if w is None:
             return
         if where == "pending":
-            w.pending_cost = max(0.0, w.pending_cost - cost)
+            w.pending_mcost = max(0, w.pending_mcost - quantize(cost))
             w.pending_requests = max(0, w.pending_requests - 1)
         elif where == "reported":
             w.reported_cost = max(0.0, w.reported_cost - cost)

@@ -96,7 +96,7 @@ async def route_answer(
     presented = _optional_str(body, "api_key", 4096) or key_from_header(authorization)
     key = ctx.auth.lookup(presented)
     ep = ctx.endpoints.get(endpoint)
-    if ep is None or not key.allows(endpoint):
+    if ep is None or not key.allows(endpoint, ep.workspace):
         # the same answer either way: a key cannot learn which endpoints exist
         raise ApiError(404, "unknown_endpoint", f"no endpoint named {endpoint!r}")
     if key.limited:
@@ -155,6 +155,7 @@ async def issue_ticket(
         )
     if issued is None:
         return None, request_idx, ""
+    ctx.activity.note(endpoint, now)
     ticket: dict[str, Any] = {
         "cost": cost,
         "endpoint": endpoint,

@@ -1,7 +1,8 @@
 """The worker's aiohttp app: check the ticket, admit by load, call the backend, report.
 
-Inference requests go: parse JSON -> find and verify the ticket (docs/protocol.md) -> admit
-if the queue allows (workers/load.py) -> record the reqnum -> account the cost while the
+Inference requests go: parse JSON -> find and verify the ticket (docs/protocol.md; its
+cost must cover the payload's own, `Backend.payload_cost`) -> admit if the queue allows
+(workers/load.py) -> record the reqnum -> account the cost while the
 backend serves only the model payload. `/readyz` reports the load the router balances
 on; `/metrics` exports it. Keys and registration run as resources of the app.
 """
@@ -28,11 +29,18 @@ from workers.load import Load, admission_delay
 from workers.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
 from workers.registration import Registrar
 from workers.settings import WorkerSettings
-from workers.verify import ReplayWindow, TicketRejected, TicketVerifier, extract_ticket
+from workers.verify import (
+    ReplayMemory,
+    ReplayMemoryFull,
+    TicketRejected,
+    TicketVerifier,
+    extract_ticket,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+_REPLAY_FULL_RETRY_S = 1  # s; the replay memory is pruned about once a second
 _ERROR_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -48,14 +56,15 @@ class WorkerState:
         self.settings = settings
         self.backend = backend
         self.load = Load()
-        self.metrics = WorkerMetrics(self.load)
         self.verifier = TicketVerifier(
             {},
             settings.public_url,
             settings.endpoint,
             settings.clock_skew_s,
-            ReplayWindow(settings.replay_window),
+            settings.cost_tolerance,
+            ReplayMemory(settings.replay_max_segments),
         )
+        self.metrics = WorkerMetrics(self.load, self.verifier.replay)
         static: dict[str, VerifyKey] = {}
         if settings.pubkey_file is not None:
             key = load_pubkey_file(settings.pubkey_file)
@@ -94,7 +103,7 @@ class WorkerState:
         return {
             "inflight_cost": self.load.cost,
             "inflight_requests": self.load.requests,
-            "max_reqnum_seen": self.verifier.window.max_seen,
+            "max_reqnum_seen": self.verifier.replay.max_seen,
             "perf": self.perf,
         }
 
@@ -260,14 +269,23 @@ async def _infer(request: web.Request, state: WorkerState, path: str) -> web.Str
         except orjson.JSONDecodeError as exc:
             return _error(400, "bad_json", f"request body is not valid JSON: {exc}")
     header = request.headers.get("X-Route-Ticket")
-    reqnum: int | None = None
+    ticket: dict[str, Any] | None = None
     if state.settings.verify:
         try:
             ticket, payload = extract_ticket(body, header)
-            reqnum = await _check(state, ticket)
+            await _check(state, ticket, state.backend.payload_cost(path, payload))
         except TicketRejected as exc:
             state.metrics.rejections.labels(exc.reason).inc()
             return _error(401, exc.code, exc.message)
+        except ReplayMemoryFull as exc:
+            state.metrics.rejections.labels("replay_memory_full").inc()
+            return _error(
+                503,
+                "replay_memory_full",
+                str(exc),
+                headers={"Retry-After": str(_REPLAY_FULL_RETRY_S)},
+                retry_after_s=_REPLAY_FULL_RETRY_S,
+            )
         cost = float(ticket["cost"])
     else:
         try:
@@ -292,8 +310,8 @@ async def _infer(request: web.Request, state: WorkerState, path: str) -> web.Str
             headers={"Retry-After": str(retry_after_s)},
             retry_after_s=retry_after_s,
         )
-    if reqnum is not None:
-        state.verifier.window.record(reqnum)
+    if ticket is not None:
+        state.verifier.record(ticket)
     state.load.add(cost)
     request[_BACKEND_STARTED] = time.perf_counter()
     try:
@@ -302,12 +320,12 @@ async def _infer(request: web.Request, state: WorkerState, path: str) -> web.Str
         state.load.release(cost)
 
 
-async def _check(state: WorkerState, ticket: dict[str, Any]) -> int:
+async def _check(state: WorkerState, ticket: dict[str, Any], payload_cost: float | None) -> int:
     """Check a ticket, refetching the router's keys once for an unknown key_id."""
     now = time.time()
     try:
-        return state.verifier.check(ticket, now)
+        return state.verifier.check(ticket, now, payload_cost)
     except TicketRejected as exc:
         if exc.reason != "unknown_key" or not await state.keys.refetch():
             raise
-    return state.verifier.check(ticket, now)
+    return state.verifier.check(ticket, now, payload_cost)

@@ -22,6 +22,7 @@ from workers.backends import Backend
 from workers.keys import load_pubkey_file
 from workers.settings import BACKEND_NAMES, SettingsError, WorkerSettings
 from workers.tasks import cancel_and_wait
+from workers.verify import DEFAULT_MAX_SEGMENTS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,13 @@ def _non_negative(text: str) -> float:
     return _number(text, allow_zero=True)
 
 
+def _fraction(text: str) -> float:
+    v = _number(text, allow_zero=True)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return v
+
+
 def _port(text: str) -> int:
     try:
         v = int(text)
@@ -75,7 +83,7 @@ def _port(text: str) -> int:
     return v
 
 
-def _window(text: str) -> int:
+def _count(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -104,6 +112,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the model server's base URL, required with --backend tgi, openai "
         "or bentoml (e.g. http://127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--backend-health-path",
+        metavar="PATH",
+        help="the model server's path that answers 200 once it can serve (default: the "
+        "backend's own: /health for tgi and openai, /readyz for bentoml); e.g. /v1/models "
+        "for servers without /health, such as llama-cpp-python's",
     )
     p.add_argument(
         "--host",
@@ -168,11 +183,20 @@ def parser() -> argparse.ArgumentParser:
         help="answer 429 when queued work would take longer than this (default 30)",
     )
     p.add_argument(
-        "--replay-window",
-        type=_window,
-        default=1024,
+        "--replay-max-segments",
+        type=_count,
+        default=DEFAULT_MAX_SEGMENTS,
         metavar="N",
-        help="reqnums accepted out of order below the highest seen (default 1024)",
+        help="used reqnums are kept until their tickets expire, 64 to a segment of "
+        "~200 bytes; past N segments new tickets get 503 replay_memory_full rather "
+        f"than forgetting (default {DEFAULT_MAX_SEGMENTS:,}, ~100 MB)",
+    )
+    p.add_argument(
+        "--replay-window",
+        type=_count,
+        metavar="N",
+        help="deprecated and ignored: used reqnums are now kept until their tickets "
+        "expire, however many come after them",
     )
     p.add_argument(
         "--clock-skew-s",
@@ -180,6 +204,16 @@ def parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="S",
         help="clock difference allowed when checking ticket expiry (default 5)",
+    )
+    p.add_argument(
+        "--cost-tolerance",
+        type=_fraction,
+        default=0.5,
+        metavar="F",
+        help="refuse a ticket (401 ticket_cost_too_low) whose cost is below the "
+        "request's own cost (tokens asked for + prompt length / 4, or width x height x "
+        "steps) by more than this fraction, so a client cannot buy a cheap ticket for "
+        "an expensive request; 0: the ticket must cover it all, 1: no check (default 0.5)",
     )
     p.add_argument(
         "--jwks-refresh-s",
@@ -238,6 +272,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     return WorkerSettings(
         backend=args.backend,
         backend_url=args.backend_url,
+        backend_health_path=args.backend_health_path,
         host=args.host,
         port=args.port,
         public_url=args.public_url or "",
@@ -249,8 +284,9 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_queue_time_s=args.max_queue_time_s,
         register_interval_s=args.register_interval_s,
         jwks_refresh_s=args.jwks_refresh_s,
-        replay_window=args.replay_window,
+        replay_max_segments=args.replay_max_segments,
         clock_skew_s=args.clock_skew_s,
+        cost_tolerance=args.cost_tolerance,
         pubkey_file=args.pubkey_file,
         verify=not args.no_verify,
         grace_s=args.grace_s,
@@ -280,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         except SigningKeyError as exc:
             p.error(f"--pubkey-file: {exc}")
     configure_logging(args.log_level)
+    if args.replay_window is not None:
+        log.warning(
+            "--replay-window is deprecated and ignored: used reqnums are kept until their "
+            "tickets expire (see --replay-max-segments)"
+        )
     warn_about(settings)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

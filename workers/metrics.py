@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from workers.load import Load
+from workers.verify import ReplayMemory
 
 __all__ = ["CONTENT_TYPE_LATEST", "WorkerMetrics"]
 
@@ -16,7 +17,7 @@ _TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 
 
 class WorkerMetrics:
-    def __init__(self, load: Load) -> None:
+    def __init__(self, load: Load, replay: ReplayMemory) -> None:
         self._load = load
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -33,6 +34,13 @@ class WorkerMetrics:
         inflight_cost.set_function(lambda: load.cost)
         inflight_requests = Gauge("worker_inflight_requests", "Requests in flight.", registry=r)
         inflight_requests.set_function(lambda: load.requests)
+        replay_segments = Gauge(
+            "worker_replay_segments",
+            "Segments of used reqnums held until their tickets expire "
+            "(64 reqnums, ~200 bytes each; new tickets get 503 at --replay-max-segments).",
+            registry=r,
+        )
+        replay_segments.set_function(lambda: replay.segments)
         self.ttfb = Histogram(
             "worker_backend_ttfb_seconds",
             "Time from handing a request to the backend until its response started.",

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from workers.verify import DEFAULT_MAX_SEGMENTS
+
 BackendName = Literal["synthetic", "tgi", "openai", "bentoml"]
 BACKEND_NAMES: tuple[BackendName, ...] = ("synthetic", "tgi", "openai", "bentoml")
 # Backends that forward to a model server at `backend_url`.
@@ -24,6 +26,7 @@ class WorkerSettings:
 
     backend: BackendName = "synthetic"
     backend_url: str | None = None  # the model server (tgi, openai, bentoml backends)
+    backend_health_path: str | None = None  # its readiness path; None: the backend's own
     host: str = "127.0.0.1"
     port: int = 3000
     public_url: str = ""
@@ -33,8 +36,11 @@ class WorkerSettings:
     perf: float | None = None  # cost units/s; None: the backend's own figure
     max_load: float | None = None  # most in-flight cost accepted; None: no limit
     max_queue_time_s: float = 30.0
-    replay_window: int = 1024
+    # used reqnums kept until their tickets expire: a cap, ~200 bytes a segment of 64
+    replay_max_segments: int = DEFAULT_MAX_SEGMENTS
     clock_skew_s: float = 5.0
+    # refuse a ticket whose cost < the payload's own cost x (1 - this); 1: never
+    cost_tolerance: float = 0.5
     pubkey_file: Path | None = None
     verify: bool = True
     grace_s: float = 30.0
@@ -83,8 +89,10 @@ class WorkerSettings:
         ):
             if not _non_negative(getattr(self, name)):
                 raise SettingsError(f"{name}: must be a finite number >= 0")
-        if self.replay_window < 1:
-            raise SettingsError("replay_window: must be >= 1")
+        if not (math.isfinite(self.cost_tolerance) and 0 <= self.cost_tolerance <= 1):
+            raise SettingsError("cost_tolerance: must be between 0 and 1")
+        if self.replay_max_segments < 1:
+            raise SettingsError("replay_max_segments: must be >= 1")
         if self.verify and self.router_url is None and self.pubkey_file is None:
             raise SettingsError(
                 "verify: needs router_url or pubkey_file to get the router's "
@@ -95,6 +103,8 @@ class WorkerSettings:
 
     def _validate_backend(self) -> None:
         if self.backend not in HTTP_BACKENDS:
+            if self.backend_health_path is not None:
+                raise SettingsError(f"backend_health_path: not for the {self.backend} backend")
             if self.backend_url is not None:
                 raise SettingsError(
                     f"backend_url: only for the {', '.join(sorted(HTTP_BACKENDS))} "
@@ -108,6 +118,8 @@ class WorkerSettings:
             )
         if not _is_http_url(self.backend_url):
             raise SettingsError(f"backend_url: must be an http(s) URL, got {self.backend_url!r}")
+        if self.backend_health_path is not None and not self.backend_health_path.startswith("/"):
+            raise SettingsError("backend_health_path: must be a path starting with /")
         # A BentoML service's cost unit is its own (pixels x steps, requests, ...): no
         # default figure would be right, and a wrong one makes admission refuse or flood.
         if self.backend == "bentoml" and self.perf is None:

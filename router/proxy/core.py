@@ -125,10 +125,19 @@ class ProxyCore:
         self.ctx = ctx
         self.pool = pool
         self.health = health
-        self.endpoints = {
-            name.encode(): ep for name, ep in ctx.endpoints.items() if name not in RESERVED_NAMES
-        }
-        self.openai_limit = max((e.max_body_bytes for e in ctx.endpoints.values()), default=1)
+        self._seen = -1  # the registry version `_by_name` was built at
+        self._by_name: dict[bytes, EndpointSettings] = {}
+        self.openai_limit = 1
+
+    def _names(self) -> dict[bytes, EndpointSettings]:
+        """Endpoints by raw name, rebuilt when the registry changed (endpoints come and go)."""
+        registry = self.ctx.registry
+        if registry.version != self._seen:
+            eps = self.ctx.endpoints
+            self._by_name = {n.encode(): ep for n, ep in eps.items() if n not in RESERVED_NAMES}
+            self.openai_limit = max((e.max_body_bytes for e in eps.values()), default=1)
+            self._seen = registry.version
+        return self._by_name
 
     # what a request is
     def match(
@@ -142,13 +151,16 @@ class ProxyCore:
         if path in OPENAI_PATHS:
             return (OPENAI, None, path) if method == b"POST" else None
         name, _, rest = path[1:].partition(b"/")
-        ep = self.endpoints.get(name)
+        ep = self._names().get(name)
         if ep is None:
             return None
         return PROXY, ep, b"/" + rest
 
     def body_limit(self, req: Request) -> int:
-        return req.ep.max_body_bytes if req.ep is not None else self.openai_limit
+        if req.ep is not None:
+            return req.ep.max_body_bytes
+        self._names()
+        return self.openai_limit
 
     def not_found(self, name: str) -> ApiError:
         """The answer for an endpoint that does not exist or that the key may not use:
@@ -189,7 +201,7 @@ class ProxyCore:
             if not isinstance(model, str) or not model:
                 raise ApiError(400, "bad_request", "the body must be a JSON object with a 'model'")
             ep = self.model_endpoint(model)
-            if ep is None or not key.allows(ep.name):
+            if ep is None or not key.allows(ep.name, ep.workspace):
                 raise ApiError(404, "model_not_found", f"no endpoint serves model {model!r}")
             if len(body) > ep.max_body_bytes:
                 raise ApiError(
@@ -200,7 +212,7 @@ class ProxyCore:
             return ep, key, doc
         ep = req.ep
         key = auth.lookup(presented)
-        if not key.allows(ep.name):
+        if not key.allows(ep.name, ep.workspace):
             raise self.not_found(ep.name)
         if not ep.expose_worker_routes:
             first = req.upstream_path[1:].partition(b"/")[0]

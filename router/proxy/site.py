@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from router.context import CTX
+from router.control.plane import listening
 from router.proxy.server import Front
 from router.proxy.web import PROXY
 
@@ -93,6 +94,11 @@ class FrontSite(web.BaseSite):
                 backlog=1024,
                 reuse_port=self._reuse_port or None,
             )
+        host = self._host if self._host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+        if self._sock is not None:
+            host = self._sock.getsockname()[0]
+        named = f"[{host}]" if ":" in host else host
+        listening(self._runner.app, f"http://{named}:{self.port}")  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
         """Stop listening; let requests in flight on fast connections finish (bounded)."""

@@ -228,7 +228,7 @@ async def list_models(request: web.Request) -> web.Response:
     data = [
         {"id": m, "object": "model", "created": 0, "owned_by": "inference-router"}
         for ep in ctx.endpoints.values()
-        if key.allows(ep.name)
+        if key.allows(ep.name, ep.workspace)
         for m in _model_names(ep)
     ]
     return json_response({"object": "list", "data": data})

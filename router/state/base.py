@@ -1,13 +1,16 @@
 """The store interface shared by the memory and Redis implementations (DESIGN §6).
 
 The store owns everything replicas must agree on: worker records and health, reqnum
-counters, outstanding tickets (ticket-mode load) and health-poll leases. The router reads
-worker records through a local snapshot and writes through these methods.
+counters, outstanding tickets (ticket-mode load) and health-poll leases; and for the
+control plane (DESIGN §10) versioned documents, the leader lease and endpoint activity.
+The router reads worker records through a local snapshot and writes through these
+methods.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -30,6 +33,23 @@ def worker_id(endpoint: str, url: str) -> str:
     return hashlib.sha256(f"{endpoint}\0{url}".encode()).hexdigest()[:16]
 
 
+# A ticket's cost is counted in integer milli-units (quantize), so that a worker's pending
+# load is an exact integer sum: adding and removing costs brings it back to exactly 0
+# (with floats, 1e308 + 100 - 1e308 == 0 loses the 100). Redis sums it with HINCRBY, and
+# its Lua scripts read it as a double, exact to 2**53 milli-units: ~9e12 cost units
+# outstanding per worker (with costs <= 1e9, ~9,000 max-cost tickets; at the per-ticket
+# ceiling MAX_TICKET_MCOST, 9).
+MCOST_PER_COST = 1000
+MAX_TICKET_MCOST = 10**15  # a ticket counts at most 1e12 cost units (router/cost.py's bound)
+
+
+def quantize(cost: float) -> int:
+    """A ticket's cost in integer milli-units, at most MAX_TICKET_MCOST (cost >= 0, finite)."""
+    if cost * MCOST_PER_COST >= MAX_TICKET_MCOST:
+        return MAX_TICKET_MCOST
+    return round(cost * MCOST_PER_COST)
+
+
 @dataclass(slots=True)
 class WorkerRecord:
     """One worker as stored. `load`/`requests` include outstanding tickets (ticket mode)."""
@@ -40,6 +60,7 @@ class WorkerRecord:
     perf: float
     max_load: float | None = None
     source: Source = "static"
+    owner: str = ""  # who registered it (a digest of its token); "" for config workers
     status: Status = "loading"
     admin_drain: bool = False
     ok_streak: int = 0
@@ -48,7 +69,7 @@ class WorkerRecord:
     reported_cost: float = 0.0
     reported_requests: int = 0
     max_reqnum_seen: int = 0
-    pending_cost: float = 0.0  # tickets issued above max_reqnum_seen, not yet expired
+    pending_mcost: int = 0  # tickets issued above max_reqnum_seen, not yet expired (quantize)
     pending_requests: int = 0
     registered_at: float = 0.0
 
@@ -58,8 +79,17 @@ class WorkerRecord:
         return WorkerRecord(*_record_fields(self))
 
     @property
+    def pending_cost(self) -> float:
+        """The outstanding tickets' cost in cost units: the nearest float to the exact sum."""
+        return self.pending_mcost / MCOST_PER_COST
+
+    @pending_cost.setter
+    def pending_cost(self, cost: float) -> None:
+        self.pending_mcost = quantize(cost)
+
+    @property
     def load(self) -> float:
-        return self.reported_cost + self.pending_cost
+        return self.reported_cost + self.pending_mcost / MCOST_PER_COST
 
     @property
     def requests(self) -> int:
@@ -98,6 +128,7 @@ class Issued:
     reqnum: int
     request_idx: int
     load: float  # the worker's load after this ticket
+    pending_mcost: int  # the worker's pending load after this ticket (WorkerRecord's)
 
 
 # Where a finished proxied request's cost was taken from (see Store.release).
@@ -133,8 +164,14 @@ class Store(ABC):
         max_load: float | None,
         source: Source,
         now: float,
+        owner: str = "",
     ) -> WorkerRecord:
-        """Add a worker (status loading) or update perf/max_load of a known one."""
+        """Add a worker (status loading), or update perf/max_load of a known one that has
+        the same `source` and `owner` (else leave it as it is); return it as stored.
+
+        A record whose source or owner differs from the caller's is a refusal: a
+        registration cannot change a configured worker, nor one another token registered.
+        """
 
     @abstractmethod
     async def remove_worker(self, wid: str) -> bool:
@@ -170,7 +207,8 @@ class Store(ABC):
         Returns the ticket numbers (None if no candidate is ready and fits) and the
         request_idx: the one given, or a new one when `request_idx` <= 0. A missing reqnum
         counter starts at unix_time_ms * 1000, so reqnums keep growing even after the store
-        lost its data.
+        lost its data. The ticket counts `quantize(cost)` milli-units, and the choice is
+        made with that cost.
         """
 
     @abstractmethod
@@ -203,8 +241,81 @@ class Store(ABC):
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
         """Take or renew the health-poll lease of each worker; return those `holder` holds."""
 
+    # Control-plane documents: JSON bytes, each with a version for compare-and-set. A
+    # version comes from its kind's counter (docs_version): versions of a kind never
+    # repeat, so a name deleted and created again never matches a stale expect_version.
+    @abstractmethod
+    async def put_doc(self, kind: str, name: str, doc: bytes, expect_version: int) -> int | None:
+        """Write `doc` if the stored version is `expect_version` (0: only if absent).
+        Return the new version (>= 1), or None when the stored version differs (someone
+        else wrote first): two replicas creating one name at once, exactly one wins.
+
+        `kind` is a short identifier without ':'; `doc` is UTF-8 (JSON): ValueError else.
+        """
+
+    @abstractmethod
+    async def get_doc(self, kind: str, name: str) -> tuple[int, bytes] | None: ...
+
+    @abstractmethod
+    async def delete_doc(self, kind: str, name: str, expect_version: int | None = None) -> bool:
+        """Delete (only at `expect_version` when given); True if it was deleted."""
+
+    @abstractmethod
+    async def list_docs(self, kind: str) -> dict[str, tuple[int, bytes]]:
+        """Every document of `kind`: name -> (version, doc).
+
+        Read `docs_version` first: a write after it shows as a change on the next poll.
+        """
+
+    @abstractmethod
+    async def docs_version(self, kind: str) -> int:
+        """A number that changes whenever any document of `kind` is written or deleted
+        (replicas poll it a few times a second and re-read on change); 0 when the store
+        holds no record of it (a new store, or a Redis that lost its data)."""
+
+    @abstractmethod
+    async def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the named lease (one leader across replicas); True if `holder`
+        holds it now. Another holder's lease is taken only once it expired."""
+
+    @abstractmethod
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up if `holder` holds it (a clean shutdown hands over at once)."""
+
+    @abstractmethod
+    async def add_activity(self, counts: dict[str, tuple[int, float]]) -> None:
+        """Per endpoint: add `n` to its inference count and keep the latest activity time
+        (max of stored and given). Replicas flush batched counts every second or so."""
+
+    @abstractmethod
+    async def activity(self) -> dict[str, tuple[int, float]]:
+        """Per endpoint: (inferences so far, last activity unix time)."""
+
+    @abstractmethod
+    async def forget_activity(self, name: str) -> None: ...
+
     @abstractmethod
     async def close(self) -> None: ...
+
+
+def check_doc(kind: str, doc: bytes | None = None) -> None:
+    """Refuse what one store would keep and the other could not (Store.put_doc)."""
+    if not kind or ":" in kind:
+        raise ValueError(f"document kind must be non-empty without ':', got {kind!r}")
+    if doc is not None:
+        try:
+            doc.decode()
+        except UnicodeDecodeError:
+            raise ValueError(f"{kind} document must be UTF-8 (JSON)") from None
+
+
+def check_activity(counts: dict[str, tuple[int, float]]) -> None:
+    """Refuse counts that cannot be summed and stored exactly (Store.add_activity)."""
+    for name, (n, at) in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"activity of {name!r}: count must be an integer >= 0, got {n!r}")
+        if not math.isfinite(at):
+            raise ValueError(f"activity of {name!r}: time must be finite, got {at!r}")
 
 
 def reqnum_floor(now: float) -> int:
@@ -218,7 +329,7 @@ def gcra(tat: float | None, now: float, rate_per_s: float, burst: float) -> tupl
     `tat` is the stored theoretical arrival time (None: unused, full allowance). A request
     is allowed while the allowance is at most `burst - 1` requests ahead of `now`; then
     retry after is 0.0 and the returned time is one interval later. Otherwise `tat` comes
-    back unchanged with the seconds to wait. The Redis store's script does the same sums.
+    back unchanged with the seconds to wait. Its Lua twin is GCRA_LUA in redis_scripts.py.
     """
     interval = 1.0 / rate_per_s
     t = now if tat is None or tat < now else tat

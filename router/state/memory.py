@@ -1,36 +1,77 @@
-"""The embedded store: one process, no Redis, the same contract as the Redis store."""
+"""The embedded store: one process, no Redis, the same contract as the Redis store.
+
+With a state file (statefile.py) its control-plane documents and activity outlive a
+restart: a document is written to the file before the call returns, activity at most
+once every `activity_save_interval_s` by a timer, and at close.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from router.balancer import Mode, finalize
 from router.state.base import (
+    MCOST_PER_COST,
     HealthUpdate,
     Issued,
     Released,
     Source,
     Store,
+    StoreUnavailable,
     WorkerRecord,
+    check_activity,
+    check_doc,
     gcra,
+    quantize,
     reqnum_floor,
     worker_id,
 )
+from router.state.ledger import Tickets, add_ticket, expire_tickets, fold_report, release_ticket
+from router.state.statefile import THREAD_ABOVE_BYTES, State, encode, load, write_atomic
+
+log = logging.getLogger(__name__)
+
+_NO_TICKETS: Tickets = deque(maxlen=0)  # a worker's outstanding tickets before its first
+
+
+def _claim(leases: dict[str, tuple[str, float]], key: str, holder: str, ttl_s: float) -> bool:
+    """Take or renew one lease unless another holder's is still running."""
+    now = time.monotonic()
+    cur = leases.get(key)
+    if cur is None or cur[0] == holder or cur[1] < now:
+        leases[key] = (holder, now + ttl_s)
+        return True
+    return False
 
 
 class MemoryStore(Store):
-    def __init__(self) -> None:
+    def __init__(
+        self, state_file: Path | None = None, *, activity_save_interval_s: float = 1.0
+    ) -> None:
+        """`state_file`: where documents and activity are kept across restarts (None:
+        nowhere); read now, so a torn or corrupt one raises StateFileError here."""
         self._workers: dict[str, WorkerRecord] = {}
         self._reqnums: dict[str, int] = {}
-        # outstanding tickets per worker, in reqnum order: (reqnum, cost, expires_at)
-        self._pending: dict[str, deque[tuple[int, float, float]]] = {}
+        self._pending: dict[str, Tickets] = {}  # outstanding tickets per worker, oldest first
         self._leases: dict[str, tuple[str, float]] = {}
         self._request_idx = 0
         self._rates: dict[str, float] = {}  # GCRA theoretical arrival time per key
         self._slots: dict[str, dict[str, float]] = {}  # key -> token -> lease expiry
+        self._named_leases: dict[str, tuple[str, float]] = {}  # take_lease: not persisted
+        self._file = state_file
+        self._control = load(state_file) if state_file is not None else State()
+        self._write_lock = asyncio.Lock()  # one file write at a time, docs changed in turn
+        self._activity_interval_s = activity_save_interval_s
+        self._activity_rev = self._activity_saved_rev = 0  # changes made / written
+        self._saved_at = -float("inf")  # monotonic time of the last write attempt
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_task: asyncio.Task[None] | None = None
 
     async def ping(self) -> None:
         return None
@@ -43,15 +84,16 @@ class MemoryStore(Store):
         max_load: float | None,
         source: Source,
         now: float,
+        owner: str = "",
     ) -> WorkerRecord:
         wid = worker_id(endpoint, url)
         w = self._workers.get(wid)
         if w is None:
             w = WorkerRecord(
-                wid, endpoint, url, perf, max_load, source, last_ok=now, registered_at=now
+                wid, endpoint, url, perf, max_load, source, owner, last_ok=now, registered_at=now
             )
             self._workers[wid] = w
-        else:
+        elif (w.source, w.owner) == (source, owner):
             w.perf, w.max_load = perf, max_load
         return replace(w)
 
@@ -84,20 +126,8 @@ class MemoryStore(Store):
         if update.perf is not None:
             w.perf = update.perf
         if update.report is not None:
-            w.reported_cost, w.reported_requests, seen = update.report
-            w.max_reqnum_seen = max(w.max_reqnum_seen, seen)
-            self._drop_pending(w, lambda r, e: r <= w.max_reqnum_seen)
+            fold_report(w, self._pending.get(wid, _NO_TICKETS), update.report)
         return True
-
-    def _drop_pending(self, w: WorkerRecord, done: Callable[[int, float], bool]) -> None:
-        """Forget outstanding tickets from the oldest while `done(reqnum, expires_at)`."""
-        q = self._pending.get(w.id)
-        while q and done(q[0][0], q[0][2]):
-            _, cost, _ = q.popleft()
-            w.pending_cost -= cost
-            w.pending_requests -= 1
-        if not q:
-            w.pending_cost, w.pending_requests = 0.0, 0
 
     async def issue(
         self,
@@ -113,38 +143,25 @@ class MemoryStore(Store):
             request_idx = self._request_idx
         records = [self._workers.get(wid) for wid in candidates]
         live = [w for w in records if w is not None]
-        for w in live:  # tickets issued in reqnum order expire in that order too
-            self._drop_pending(w, lambda r, e: e < now)
-        i = finalize(live, cost, mode)
+        for w in live:
+            expire_tickets(w, self._pending.get(w.id, _NO_TICKETS), now)
+        mcost = quantize(cost)
+        i = finalize(live, mcost / MCOST_PER_COST, mode)
         if i is None:
             return None, request_idx
         w = live[i]
         prev = self._reqnums.get(w.id)
         reqnum = reqnum_floor(now) if prev is None else prev + 1
         self._reqnums[w.id] = reqnum
-        self._pending.setdefault(w.id, deque()).append((reqnum, cost, now + ttl_s))
-        w.pending_cost += cost
-        w.pending_requests += 1
-        return Issued(w.id, w.url, reqnum, request_idx, w.load), request_idx
+        add_ticket(w, self._pending.setdefault(w.id, deque()), reqnum, mcost, now + ttl_s)
+        issued = Issued(w.id, w.url, reqnum, request_idx, w.load, w.pending_mcost)
+        return issued, request_idx
 
     async def release(self, wid: str, reqnum: int, cost: float) -> Released:
-        w, q = self._workers.get(wid), self._pending.get(wid)
+        w = self._workers.get(wid)
         if w is None:
             return None
-        for i, (r, c, _) in enumerate(q or ()):
-            if r == reqnum:
-                assert q is not None
-                del q[i]
-                w.pending_cost -= c
-                w.pending_requests -= 1
-                if not q:
-                    w.pending_cost, w.pending_requests = 0.0, 0
-                return "pending"
-        if reqnum <= w.max_reqnum_seen:
-            w.reported_cost = max(0.0, w.reported_cost - cost)
-            w.reported_requests = max(0, w.reported_requests - 1)
-            return "reported"
-        return None
+        return release_ticket(w, self._pending.get(wid, _NO_TICKETS), reqnum, cost)
 
     async def take_rate(self, key_id: str, rate_per_s: float, burst: float, now: float) -> float:
         tat, retry = gcra(self._rates.get(key_id), now, rate_per_s, burst)
@@ -171,14 +188,135 @@ class MemoryStore(Store):
                 del self._slots[key_id]
 
     async def claim_leases(self, wids: Sequence[str], holder: str, ttl_s: float) -> set[str]:
-        now = time.monotonic()
-        held = set()
-        for wid in wids:
-            cur = self._leases.get(wid)
-            if cur is None or cur[0] == holder or cur[1] < now:
-                self._leases[wid] = (holder, now + ttl_s)
-                held.add(wid)
-        return held
+        return {wid for wid in wids if _claim(self._leases, wid, holder, ttl_s)}
+
+    # --- control plane -------------------------------------------------------------------
+
+    async def put_doc(self, kind: str, name: str, doc: bytes, expect_version: int) -> int | None:
+        check_doc(kind, doc)
+        async with self._write_lock:  # compare, write the file, then set: in turn
+            cur = self._control.docs.get(kind, {}).get(name)
+            cur_v = cur[0] if cur else 0
+            if cur_v != expect_version:
+                return None
+            v = max(self._control.kinds.get(kind, 0), cur_v) + 1
+            await self._commit(self._control.with_doc(kind, name, (v, bytes(doc))))
+            return v
+
+    async def get_doc(self, kind: str, name: str) -> tuple[int, bytes] | None:
+        check_doc(kind)
+        return self._control.docs.get(kind, {}).get(name)
+
+    async def delete_doc(self, kind: str, name: str, expect_version: int | None = None) -> bool:
+        check_doc(kind)
+        async with self._write_lock:
+            cur = self._control.docs.get(kind, {}).get(name)
+            if cur is None or (expect_version is not None and cur[0] != expect_version):
+                return False
+            await self._commit(self._control.with_doc(kind, name, None))
+            return True
+
+    async def list_docs(self, kind: str) -> dict[str, tuple[int, bytes]]:
+        check_doc(kind)
+        return dict(self._control.docs.get(kind, {}))
+
+    async def docs_version(self, kind: str) -> int:
+        check_doc(kind)
+        return self._control.kinds.get(kind, 0)
+
+    async def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        return _claim(self._named_leases, name, holder, ttl_s)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        cur = self._named_leases.get(name)
+        if cur is not None and cur[0] == holder:
+            del self._named_leases[name]
+
+    async def add_activity(self, counts: dict[str, tuple[int, float]]) -> None:
+        check_activity(counts)
+        act = self._control.activity
+        for name, (n, at) in counts.items():
+            c, t = act.get(name, (0, 0.0))
+            act[name] = (c + n, max(t, float(at)))
+        if counts:
+            self._activity_changed()
+
+    async def activity(self) -> dict[str, tuple[int, float]]:
+        return dict(self._control.activity)
+
+    async def forget_activity(self, name: str) -> None:
+        if self._control.activity.pop(name, None) is not None:
+            self._activity_changed()
+
+    # --- the state file --------------------------------------------------------------------
+
+    async def _commit(self, state: State) -> None:
+        """Write `state` to the file, then make it the store's; StoreUnavailable if the
+        write failed (the store is as it was). Call it holding the write lock."""
+        if self._file is None:
+            self._control = state
+            return
+        rev = self._activity_rev
+        data = encode(state)
+        self._saved_at = time.monotonic()
+        if len(data) <= THREAD_ABOVE_BYTES:
+            self._write(data)
+        else:
+            write = asyncio.create_task(asyncio.to_thread(self._write, data), name="state-write")
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # A thread cannot be stopped: wait for it, so that file and store agree
+                # on whether this write happened, then let the cancellation through.
+                await asyncio.wait([write])
+                if not write.cancelled() and write.exception() is None:
+                    self._control, self._activity_saved_rev = state, rev
+                raise
+        self._control, self._activity_saved_rev = state, rev
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        try:
+            write_atomic(self._file, data)
+        except OSError as exc:
+            raise StoreUnavailable(f"state file {self._file}: cannot write: {exc}") from exc
+
+    def _activity_changed(self) -> None:
+        self._activity_rev += 1
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._file is None or self._flush_timer is not None or self._flush_task is not None:
+            return  # a flush to come writes this change too
+        delay = max(0.0, self._saved_at + self._activity_interval_s - time.monotonic())
+        self._flush_timer = asyncio.get_running_loop().call_later(delay, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_timer = None
+        self._flush_task = asyncio.create_task(self._flush(), name="state-activity-flush")
+
+    async def _flush(self) -> None:
+        try:
+            async with self._write_lock:
+                if self._activity_rev != self._activity_saved_rev:
+                    await self._commit(self._control)
+        except StoreUnavailable as exc:
+            # the counts stay in memory; the next flush (or document write) retries
+            log.warning("%s; activity kept in memory, retrying", exc)
+        finally:
+            self._flush_task = None
+        if self._activity_rev != self._activity_saved_rev:
+            self._schedule_flush()
 
     async def close(self) -> None:
-        return None
+        if self._flush_task is not None:
+            await self._flush_task
+        if self._flush_timer is not None:  # (the flush may have set one to retry)
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._file is not None and self._activity_rev != self._activity_saved_rev:
+            async with self._write_lock:
+                try:
+                    await self._commit(self._control)
+                except StoreUnavailable as exc:
+                    log.error("%s; the last activity counts are lost", exc)

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Hash per worker: endpoint, url, perf, max_load, source, status, admin_drain, streaks,
-# last_ok, reported_*, max_reqnum_seen, pending_cost, pending_requests and the reqnum
-# counter. Refreshed by every write; a worker nobody writes for a day is garbage.
+# Hash per worker: endpoint, url, perf, max_load, source, owner (who registered it; ""
+# where absent, as in hashes older than the field), status, admin_drain, streaks, last_ok,
+# reported_*, max_reqnum_seen, pending_mcost, pending_requests and the reqnum counter.
+# Refreshed by every write; a worker nobody writes for a day is garbage.
+# pending_mcost is an integer of milli-units (HINCRBY; base.quantize); it replaced the
+# float pending_cost (HINCRBYFLOAT), renamed because its type changed: a replica of the
+# old version and one of this reads and writes a different field, neither misreads the
+# other's (each sees the other's outstanding tickets as absent until they expire).
 WORKER_TTL_S = 86_400
 # Set of worker ids of one endpoint.
 ENDPOINT_SET = "ep:"
 # Set of endpoint names that have workers.
 ENDPOINTS = "eps"
-# Sorted set per worker of outstanding tickets: score reqnum, member "reqnum:cost:expires".
-PENDING = "pend:"
+# Sorted set per worker of outstanding tickets: score reqnum, member
+# "reqnum:mcost:expires" with mcost an integer of milli-units. Was "pend:", whose members
+# held a float cost: renamed with the type change, as pending_mcost above.
+PENDING = "pendm:"
 # Counter handing out request_idx values.
 REQUEST_IDX = "ridx"
 # Health-poll lease per worker (SET NX PX): value is the holding replica's id.
@@ -30,6 +37,24 @@ RATE = "rate:"
 # lease outlives any request (the endpoint's total timeout), so a crashed replica's
 # slots free themselves.
 SLOTS = "slots:"
+
+# Control plane (DESIGN §10). None of these expire: a document lives until deleted, and
+# activity until its endpoint is forgotten.
+# Hash per document, "doc:{kind}:{name}" (kinds have no ':'): `version` (an integer from
+# the kind's counter) and `doc` (the JSON bytes as written).
+DOC = "doc:"
+# Set per kind of its document names, so listing needs no SCAN.
+DOC_NAMES = "docs:"
+# Counter per kind (INCR), bumped by every write and delete of one of its documents:
+# replicas poll it to notice changes. Missing (0): no write since Redis lost its data.
+DOCS_VERSION = "docsv:"
+# Named lease (one leader across replicas; SET PX, renewed by its holder): the value is
+# the holder's id; its TTL is the caller's ttl_s.
+LEADER = "leader:"
+# Hash of endpoint -> inferences so far (HINCRBY).
+ACTIVITY_COUNT = "act:n"
+# Hash of endpoint -> last activity unix time, as the replica wrote it (kept as a max).
+ACTIVITY_AT = "act:t"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +86,23 @@ class Keys:
 
     def slots(self, key_id: str) -> str:
         return f"{self.prefix}{SLOTS}{key_id}"
+
+    def doc(self, kind: str, name: str) -> str:
+        return f"{self.prefix}{DOC}{kind}:{name}"
+
+    def doc_names(self, kind: str) -> str:
+        return f"{self.prefix}{DOC_NAMES}{kind}"
+
+    def docs_version(self, kind: str) -> str:
+        return f"{self.prefix}{DOCS_VERSION}{kind}"
+
+    def leader(self, name: str) -> str:
+        return f"{self.prefix}{LEADER}{name}"
+
+    @property
+    def activity_count(self) -> str:
+        return f"{self.prefix}{ACTIVITY_COUNT}"
+
+    @property
+    def activity_at(self) -> str:
+        return f"{self.prefix}{ACTIVITY_AT}"

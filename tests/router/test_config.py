@@ -206,3 +206,16 @@ def test_api_key_limits(tmp_path: Path) -> None:
     assert (a.rate_per_s, a.bucket, a.max_concurrent, a.limited) == (2.5, 2.5, 4, True)
     assert (b.bucket, b.max_concurrent) == (40.0, None)
     assert not c.limited and c.rate_per_s is None
+
+
+def test_store_state_file(tmp_path: Path) -> None:
+    """Relative to the config file's directory, like key files; "" or absent: none."""
+    cfg = write(tmp_path, '[store]\nstate_file = "var/state.json"\n')
+    assert Settings.from_toml(cfg).store.state_file == tmp_path / "var" / "state.json"
+    cfg = write(tmp_path, '[store]\nstate_file = ""\n')
+    assert Settings.from_toml(cfg).store.state_file is None
+    assert Settings.from_toml(None, {}).store.state_file is None
+    env = {"ROUTER_STORE_STATE_FILE": str(tmp_path / "s.json")}
+    assert Settings.from_toml(None, env).store.state_file == tmp_path / "s.json"
+    with pytest.raises(ConfigError, match=r"store\.state_file: must be a string"):
+        Settings.from_toml(write(tmp_path, "[store]\nstate_file = 1\n"))

@@ -4,44 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import time
-from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import pytest
 
 from router.state.base import (
+    MAX_TICKET_MCOST,
+    MCOST_PER_COST,
     HealthUpdate,
     Issued,
     Store,
     StoreUnavailable,
     WorkerRecord,
+    quantize,
     reqnum_floor,
     worker_id,
 )
-from router.state.memory import MemoryStore
 from router.state.redis import RedisStore
 from tests.conftest import RedisServer
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        s: Store = MemoryStore()
-    else:
-        url = request.getfixturevalue("redis_url")
-        s = RedisStore(url)
-    yield s
-    await s.close()
-
-
-async def ready(
-    store: Store, endpoint: str, url: str, perf: float = 100.0, max_load: float | None = None
-) -> str:
-    now = time.time()
-    w = await store.upsert_worker(endpoint, url, perf, max_load, "static", now)
-    assert w.status == "loading"
-    assert await store.record_health(w.id, HealthUpdate("loading", "ready", 1, 0, now, None))
-    return w.id
+from tests.router.stores import ready
 
 
 async def test_upsert_is_idempotent_and_keeps_health(store: Store) -> None:
@@ -384,5 +367,117 @@ def test_a_record_copy_has_every_field_and_is_its_own() -> None:
     c = w.copy()
     assert c == w and c is not w
     assert dataclasses.asdict(c) == values
-    c.pending_cost = -1.0
-    assert w.pending_cost == values["pending_cost"]
+    c.pending_mcost = -1
+    assert w.pending_mcost == values["pending_mcost"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_pending_load_sums_stay_exact(store: Store, seed: int) -> None:
+    """Issue, release and expiry in any order keep a worker's load the exact decimal sum
+    of its outstanding tickets (floats would leave 1e9 + 0.1 - 1e9 = 0.10000002384)."""
+    rng = random.Random(seed)
+    wid = await ready(store, "demo", "http://127.0.0.1:1")
+    ttl, now = 10.0, time.time()
+    out: dict[int, tuple[float, float]] = {}  # reqnum -> (cost, expires_at)
+
+    def exact() -> float:
+        return float(sum((Decimal(repr(c)) for c, _ in out.values()), Decimal(0)))
+
+    async def check() -> None:
+        w = await store.get_worker(wid)
+        assert w is not None
+        assert (w.pending_cost, w.load, w.pending_requests) == (exact(), exact(), len(out))
+
+    for _ in range(120):
+        op = rng.random()
+        if op < 0.5 or not out:
+            cost = rng.choice([0.1, 0.2, 1e9, 3.3])
+            got, _ = await store.issue([wid], "ordered", cost, now, ttl, 1)
+            assert got is not None
+            for r in sorted(out):  # the issue step swept the expired ones, oldest first
+                if out[r][1] < now:
+                    del out[r]
+            out[got.reqnum] = (cost, now + ttl)
+            assert got.load == exact()
+        elif op < 0.8:
+            r = rng.choice(sorted(out))
+            assert await store.release(wid, r, out.pop(r)[0]) == "pending"
+        else:
+            now += rng.uniform(0, 6)
+            continue
+        await check()
+    # everything expires: the next ticket is all that is left, then nothing
+    now += 2 * ttl
+    got, _ = await store.issue([wid], "ordered", 0.1, now, ttl, 1)
+    assert got is not None and got.load == 0.1
+    out = {got.reqnum: (0.1, now + ttl)}
+    await check()
+    assert await store.release(wid, got.reqnum, 0.1) == "pending"
+    out = {}
+    await check()
+    w = await store.get_worker(wid)
+    assert w is not None and w.load == 0.0 and w.pending_mcost == 0
+
+
+async def test_a_huge_cost_leaves_other_tickets_load_intact(store: Store) -> None:
+    wid = await ready(store, "demo", "http://127.0.0.1:1")
+    now = time.time()
+    small = (await store.issue([wid], "ordered", 100, now, 60, 1))[0]
+    huge = (await store.issue([wid], "ordered", 1e308, now, 60, 1))[0]
+    assert small and huge and huge.load == 100 + MAX_TICKET_MCOST / MCOST_PER_COST
+    assert await store.release(wid, huge.reqnum, 1e308) == "pending"
+    w = await store.get_worker(wid)
+    assert w is not None and w.load == 100.0
+
+
+def test_quantize_counts_milli_units_up_to_a_ceiling() -> None:
+    assert [quantize(c) for c in (0.0, 0.0004, 0.1, 3.3, 1e9)] == [0, 0, 100, 3300, 10**12]
+    assert quantize(1e12) == quantize(1e308) == MAX_TICKET_MCOST
+    w = WorkerRecord("id", "demo", "http://w", 100.0, pending_mcost=300)
+    assert (w.pending_cost, w.load) == (0.3, 0.3)
+    w.pending_cost = 0.2  # older callers set the float
+    assert w.pending_mcost == 200
+
+
+async def test_a_lease_expires_and_another_holder_takes_it(store: Store) -> None:
+    assert await store.claim_leases(["a", "b"], "r1", 0.2) == {"a", "b"}
+    assert await store.claim_leases(["a"], "r2", 0.2) == set()
+    await asyncio.sleep(0.3)  # a real lease runs on the store's clock: nothing to await
+    assert await store.claim_leases(["a"], "r2", 5.0) == {"a"}
+    assert await store.claim_leases(["a", "b"], "r1", 5.0) == {"b"}  # r1 renews nothing it lost
+
+
+async def test_upsert_changes_only_a_worker_of_the_same_source_and_owner(store: Store) -> None:
+    now = time.time()
+    static = await ready(store, "demo", "http://127.0.0.1:1", perf=100.0, max_load=None)
+    # a registration cannot change a configured worker; it gets the record as stored
+    got = await store.upsert_worker("demo", "http://127.0.0.1:1", 1.0, 5.0, "registered", now, "a")
+    assert (got.id, got.source, got.owner, got.perf, got.max_load) == (
+        static,
+        "static",
+        "",
+        100.0,
+        None,
+    )
+    assert got.status == "ready"
+    # token A registers a worker; token B cannot change it, A can
+    url = "http://127.0.0.1:2"
+    a = await store.upsert_worker("demo", url, 200.0, 50.0, "registered", now, "a")
+    assert (a.source, a.owner, a.perf, a.max_load, a.status) == (
+        "registered",
+        "a",
+        200.0,
+        50.0,
+        "loading",
+    )
+    b = await store.upsert_worker("demo", url, 1.0, None, "registered", now, "b")
+    assert (b.owner, b.perf, b.max_load) == ("a", 200.0, 50.0)
+    a2 = await store.upsert_worker("demo", url, 300.0, None, "registered", now + 1, "a")
+    assert (a2.owner, a2.perf, a2.max_load, a2.registered_at) == ("a", 300.0, None, now)
+    # the config (source static, no owner) cannot take it over either
+    c = await store.upsert_worker("demo", url, 9.0, 9.0, "static", now)
+    assert (c.source, c.owner, c.perf) == ("registered", "a", 300.0)
+    stored = {w.id: w for w in await store.list_workers()}
+    assert (stored[a.id].owner, stored[a.id].perf) == ("a", 300.0)
+    assert (stored[static].owner, stored[static].perf) == ("", 100.0)
+    assert await store.get_worker(a.id) == stored[a.id]

@@ -119,7 +119,11 @@ async def test_router_issued_tickets_verify_with_plain_json_dumps(
     worker = FakeWorker()
     await worker.start()
     s = router_settings([worker.url])
-    s = replace(s, server=replace(s.server, fast_proxy=fast_proxy))
+    # the endpoint's max_cost up to the largest cost the rule serves exactly
+    demo = replace(s.endpoints[0], max_cost=float(2**53 - 1))
+    s = replace(
+        s, server=replace(s.server, fast_proxy=fast_proxy), endpoints=(demo, *s.endpoints[1:])
+    )
     try:
         async with router_client(s, KeyRing.ephemeral(algorithm)) as (client, ctx):  # type: ignore[arg-type]
             await until(lambda: ready_count(ctx) == 1)

@@ -217,6 +217,82 @@ async def test_rejections_are_401_and_counted(
     assert 'worker_requests_total{code="401",route="/generate"} 8.0' in lines
 
 
+async def test_newer_tickets_never_push_out_an_unused_one(client: Client, tickets: Tickets) -> None:
+    # The attack on the old 1024-wide window: one client routes 1,100 times and uses only
+    # the newest tickets; another client's older, unexpired, unused ticket still works.
+    victim = tickets.issue()
+    one_token = {"inputs": "x", "parameters": {"max_new_tokens": 1}}
+    for _ in range(1_100):
+        resp = await post(client, "/generate", tickets.issue(), one_token, header_shape)
+        assert resp.status == 200
+        await resp.read()
+    resp = await post(client, "/generate", victim, PAYLOAD)
+    assert resp.status == 200, await resp.text()
+    resp = await post(client, "/generate", victim, PAYLOAD)
+    assert resp.status == 401 and await error_code(resp) == "ticket_replayed"
+    _, doc = await readyz(client)
+    assert doc["max_reqnum_seen"] == victim["reqnum"] + 1_100
+    segments = (tickets.reqnum >> 6) - (victim["reqnum"] >> 6) + 1  # dense: 64 to a segment
+    assert f"worker_replay_segments {segments:.1f}" in await metric_lines(client)
+
+
+async def test_full_replay_memory_answers_503_and_forgets_nothing(
+    pubkey_file: Path, tickets: Tickets
+) -> None:
+    async with worker(settings(pubkey_file, replay_max_segments=1)) as client:
+        used = tickets.issue()
+        assert (await post(client, "/generate", used, PAYLOAD)).status == 200
+        tickets.reqnum += 64  # the next ticket needs a second segment
+        fresh = tickets.issue()
+        resp = await post(client, "/generate", fresh, PAYLOAD)
+        assert resp.status == 503 and await error_code(resp) == "replay_memory_full"
+        assert resp.headers["Retry-After"] == "1"
+        resp = await post(client, "/generate", used, PAYLOAD)
+        assert resp.status == 401 and await error_code(resp) == "ticket_replayed"
+        lines = await metric_lines(client)
+        assert 'worker_ticket_rejections_total{reason="replay_memory_full"} 1.0' in lines
+        assert "worker_replay_segments 1.0" in lines
+
+
+LONG = {"inputs": "What is deep learning?", "parameters": {"max_new_tokens": 400}}
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+async def test_a_ticket_cheaper_than_its_payload_is_refused(
+    client: Client, backend: RecordingBackend, tickets: Tickets, shape: Any
+) -> None:
+    resp = await post(client, "/generate", tickets.issue(cost=0), LONG, shape)
+    assert resp.status == 401 and await error_code(resp) == "ticket_cost_too_low"
+    resp = await post(client, "/generate", tickets.issue(cost=150.0), LONG, shape)
+    assert resp.status == 401  # 405.5 less half is 202.75
+    fair = tickets.issue(cost=203.0)
+    resp = await post(client, "/generate", fair, LONG, shape)
+    assert resp.status == 200, await resp.text()
+    # the README's demo: cost 16 for 16 new tokens plus a 22-character prompt (21.5)
+    readme = {"inputs": "What is deep learning?", "parameters": {"max_new_tokens": 16}}
+    resp = await post(client, "/generate", tickets.issue(cost=16), readme, shape)
+    assert resp.status == 200, await resp.text()
+    assert backend.payloads == [LONG, readme]
+    lines = await metric_lines(client)
+    assert 'worker_ticket_rejections_total{reason="cost_too_low"} 2.0' in lines
+    # a refused ticket was not burnt, and a replay is told it is one before its cost
+    resp = await post(client, "/generate", fair, LONG, shape)
+    assert resp.status == 401 and await error_code(resp) == "ticket_replayed"
+
+
+async def test_cost_tolerance_1_turns_the_check_off(
+    pubkey_file: Path, backend: RecordingBackend, tickets: Tickets
+) -> None:
+    async with worker(settings(pubkey_file, cost_tolerance=1.0), backend) as client:
+        resp = await post(client, "/generate", tickets.issue(cost=0), LONG)
+        assert resp.status == 200, await resp.text()
+    async with worker(settings(pubkey_file, cost_tolerance=0.0), backend) as client:
+        resp = await post(client, "/generate", tickets.issue(cost=405), LONG)
+        assert resp.status == 401 and await error_code(resp) == "ticket_cost_too_low"
+        resp = await post(client, "/generate", tickets.issue(cost=405.5), LONG)
+        assert resp.status == 200
+
+
 async def test_queue_limit_answers_429_without_burning_the_ticket(
     pubkey_file: Path, backend: RecordingBackend, tickets: Tickets
 ) -> None:
@@ -251,7 +327,8 @@ async def test_max_load_answers_429(
         backend.gate.clear()
         slow = await post(client, "/generate_stream", tickets.issue(cost=8.0), PAYLOAD)
         await next_event(slow)
-        resp = await post(client, "/generate", tickets.issue(cost=3.0), PAYLOAD)
+        one_token = {"inputs": "x", "parameters": {"max_new_tokens": 1}}
+        resp = await post(client, "/generate", tickets.issue(cost=3.0), one_token)
         assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
         backend.gate.set()
         await sse_events(slow)
@@ -300,7 +377,7 @@ async def test_client_disconnect_mid_stream_releases_load(
     slow = await post(
         client,
         "/v1/chat/completions",
-        tickets.issue(cost=5.0),
+        tickets.issue(cost=50.0),
         {"messages": [{"role": "user", "content": "x"}], "max_tokens": 50, "stream": True},
     )
     await next_event(slow)

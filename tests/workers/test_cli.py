@@ -28,7 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
         (["--perf", "-1", "--no-verify"], "--perf"),
         (["--perf", "nan", "--no-verify"], "--perf"),
         (["--max-queue-time-s", "0", "--no-verify"], "--max-queue-time-s"),
-        (["--replay-window", "0", "--no-verify"], "--replay-window"),
+        (["--replay-max-segments", "0", "--no-verify"], "--replay-max-segments"),
+        (["--cost-tolerance", "1.5", "--no-verify"], "--cost-tolerance"),
+        (["--cost-tolerance", "-0.1", "--no-verify"], "--cost-tolerance"),
+        (["--cost-tolerance", "nan", "--no-verify"], "--cost-tolerance"),
         (["--backend", "nope", "--no-verify"], "--backend"),
         (["--public-url", "ftp://x", "--no-verify"], "--public-url"),
         ([], "give --router-url or --pubkey-file"),
@@ -72,6 +75,15 @@ def test_a_worker_that_will_not_register_says_what_to_do(
     assert caplog.records == []
 
 
+def test_replay_window_is_still_accepted_and_ignored() -> None:
+    # Deprecated: start scripts that pass it keep working (main logs a warning).
+    s = settings_from_args(parser().parse_args(["--no-verify", "--replay-window", "1024"]))
+    default = settings_from_args(parser().parse_args(["--no-verify"]))
+    assert s == default and s.replay_max_segments == 500_000
+    s = settings_from_args(parser().parse_args(["--no-verify", "--replay-max-segments", "9"]))
+    assert s.replay_max_segments == 9
+
+
 def test_pubkey_file_must_be_a_public_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -108,11 +120,33 @@ def test_backend_url_flag() -> None:
     assert (s.backend, s.backend_url, s.perf) == ("openai", "http://127.0.0.1:8000", None)
 
 
+def test_backend_health_path_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--backend", "openai", "--backend-url", "http://127.0.0.1:8000", "--no-verify"]
+    assert settings_from_args(parser().parse_args(base)).backend_health_path is None
+    s = settings_from_args(parser().parse_args([*base, "--backend-health-path", "/v1/models"]))
+    assert s.backend_health_path == "/v1/models"
+    for argv, message in [
+        ([*base, "--backend-health-path", "v1/models"], "must be a path starting with /"),
+        (["--no-verify", "--backend-health-path", "/h"], "not for the synthetic backend"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert f"--backend-health-path: {message}" in capsys.readouterr().err
+
+
 def test_settings_validate_once() -> None:
     with pytest.raises(SettingsError, match="grace_s"):
         WorkerSettings(verify=False, grace_s=-1)
     with pytest.raises(SettingsError, match="verify"):
         WorkerSettings()
+    for bad in (-0.01, 1.01, float("nan"), float("inf")):
+        with pytest.raises(SettingsError, match="cost_tolerance"):
+            WorkerSettings(verify=False, cost_tolerance=bad)
+    assert WorkerSettings(verify=False, cost_tolerance=1).cost_tolerance == 1
+    s = settings_from_args(parser().parse_args(["--no-verify", "--cost-tolerance", "0"]))
+    assert s.cost_tolerance == 0.0
+    assert settings_from_args(parser().parse_args(["--no-verify"])).cost_tolerance == 0.5
     assert WorkerSettings(verify=False, public_url="http://x:1/").public_url == "http://x:1"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -186,7 +187,7 @@ async def test_bentoml_forwards_any_path_and_binary_answers(
     async with fronting("bentoml", url, pubkey_file) as client:
         payload = {"prompt": "a red fox", "width": 16, "height": 8, "num_inference_steps": 4}
         resp = await post(
-            client, "/txt2img", tickets.issue(), payload, headers={"Accept": "image/png"}
+            client, "/txt2img", tickets.issue(cost=512.0), payload, headers={"Accept": "image/png"}
         )
         assert resp.status == 200 and resp.content_type == "image/png"
         assert await resp.read() == PNG and resp.content_length == len(PNG)
@@ -205,6 +206,19 @@ async def test_bentoml_forwards_any_path_and_binary_answers(
     assert model.headers[0]["Accept"] == "image/png"
     assert 'worker_requests_total{code="200",route="other"} 2.0' in text
     assert "/txt2img" not in text  # user-defined paths never become label values
+
+
+async def test_bentoml_floors_only_pixel_costs(
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, tickets: Tickets
+) -> None:
+    # A service's cost unit is its own: a long prompt is not known to cost tokens there.
+    _, url = fake
+    async with fronting("bentoml", url, pubkey_file) as client:
+        resp = await post(client, "/jsonl", tickets.issue(cost=1.0), {"n": 1, "prompt": "x" * 4000})
+        assert resp.status == 200
+        payload = {"prompt": "a red fox", "width": 16, "height": 8, "num_inference_steps": 4}
+        resp = await post(client, "/txt2img", tickets.issue(cost=100.0), payload)
+        assert resp.status == 401 and await error_code(resp) == "ticket_cost_too_low"
 
 
 async def test_tgi_unknown_path_is_404(
@@ -230,6 +244,24 @@ async def test_readyz_follows_the_model_servers_health(
         assert status == 503 and doc["reason"] == "backend not ready"
         model.healthy = True
         assert (await readyz(client))[0] == 200
+
+
+async def test_backend_health_path_replaces_the_backends_own(
+    fake: tuple[FakeModelServer, str], pubkey_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, url = fake
+    async with fronting("openai", url, pubkey_file, backend_health_path="/v1/models") as client:
+        model.healthy = False  # only /health follows it: /v1/models still answers
+        assert (await readyz(client))[0] == 200
+    with caplog.at_level(logging.WARNING, logger="workers.backends.http"):
+        async with fronting("openai", url, pubkey_file, backend_health_path="/nope") as client:
+            for _ in range(3):
+                status, doc = await readyz(client)
+                assert status == 503 and doc["reason"] == "backend not ready"
+    # a 404 is said once, for what it is: no such path, not "still loading"
+    [record] = [r for r in caplog.records if "/nope" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "404" in record.getMessage() and "--backend-health-path" in record.getMessage()
 
 
 @pytest.mark.parametrize(

@@ -35,18 +35,20 @@ def make_backend(settings: WorkerSettings) -> Backend:
         raise ValueError(f"backend {settings.backend} needs backend_url")
     from workers.backends.http import DEFAULT_PERF_TOKENS_S
 
+    health = settings.backend_health_path
+
     if settings.backend == "tgi":
         from workers.backends.tgi import TgiBackend
 
-        return TgiBackend(url, settings.perf or DEFAULT_PERF_TOKENS_S)
+        return TgiBackend(url, settings.perf or DEFAULT_PERF_TOKENS_S, health)
     if settings.backend == "openai":
         from workers.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(url, settings.perf or DEFAULT_PERF_TOKENS_S)
+        return OpenAIBackend(url, settings.perf or DEFAULT_PERF_TOKENS_S, health)
     if settings.backend == "bentoml":
         from workers.backends.bentoml import BentoMLBackend
 
         if settings.perf is None:  # settings validation makes this unreachable
             raise ValueError("backend bentoml needs perf")
-        return BentoMLBackend(url, settings.perf)
+        return BentoMLBackend(url, settings.perf, health_path=health)
     raise ValueError(f"unknown backend {settings.backend!r}")

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from router.cost import payload_cost
+
 
 class BackendFailed(Exception):
     """The model server failed after the response started: the worker cuts the connection."""
@@ -46,6 +48,14 @@ class Backend(ABC):
     @abstractmethod
     def workload(self, path: str, payload: Any) -> float:
         """Estimated cost of a request in the endpoint's units (tokens, pixels, ...)."""
+
+    def payload_cost(self, path: str, payload: Any) -> float | None:
+        """The least a ticket for this request should cost, before the tolerance.
+
+        The router's own estimate of the body (router/cost.py), so both sides agree on
+        units; None (no floor) when the payload says nothing about its size.
+        """
+        return payload_cost(payload)
 
     @abstractmethod
     def perf(self) -> float:

@@ -19,8 +19,14 @@ class BentoMLBackend(HttpBackend):
     name = "bentoml"
     health_path = "/readyz"
 
-    def __init__(self, base_url: str, perf: float, routes: tuple[str, ...] = ()) -> None:
-        super().__init__(base_url, perf)
+    def __init__(
+        self,
+        base_url: str,
+        perf: float,
+        routes: tuple[str, ...] = (),
+        health_path: str | None = None,
+    ) -> None:
+        super().__init__(base_url, perf, health_path)
         self.routes = routes  # only for metrics labels: every path is served
 
     def serves(self, path: str) -> bool:
@@ -28,3 +34,10 @@ class BentoMLBackend(HttpBackend):
 
     def workload(self, path: str, payload: Any) -> float:
         return image_workload(payload)
+
+    def payload_cost(self, path: str, payload: Any) -> float | None:
+        # The service's cost unit is its own: only pixel-steps are known to be in it,
+        # a prompt's tokens are not (a text API may well cost 1 a request).
+        if isinstance(payload, dict) and "width" in payload and "height" in payload:
+            return super().payload_cost(path, payload)
+        return None

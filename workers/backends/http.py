@@ -78,10 +78,15 @@ class HttpBackend(Backend):
 
     name = "http"
 
-    def __init__(self, base_url: str, perf: float = DEFAULT_PERF_TOKENS_S) -> None:
+    def __init__(
+        self, base_url: str, perf: float = DEFAULT_PERF_TOKENS_S, health_path: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._perf = perf
+        if health_path is not None:
+            self.health_path = health_path
         self._session: aiohttp.ClientSession | None = None
+        self._warned_no_health_path = False
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -112,10 +117,21 @@ class HttpBackend(Backend):
                 timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT_S),
                 allow_redirects=False,
             ) as resp:
-                return resp.status == 200
+                status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.debug("model server health check failed: %r", exc)
             return False
+        if status == 404 and not self._warned_no_health_path:
+            # not "still loading": this server has no such path, and never will be ready
+            self._warned_no_health_path = True
+            log.warning(
+                "the model server at %s has no %s (404), so this worker never reports "
+                "ready; give --backend-health-path a path it answers with 200 once it "
+                "can serve (e.g. /v1/models)",
+                self.base_url,
+                self.health_path,
+            )
+        return status == 200
 
     async def serve(self, request: web.Request, path: str, payload: Any) -> web.StreamResponse:
         if self._session is None:

@@ -1,0 +1,135 @@
+"""The control plane under faults: workers killed or never ready, Redis lost, restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import orjson
+import pytest
+
+from router.control.plane import CONTROL
+from router.control.providers.local import LocalProvider
+from router.signing import KeyRing
+from tests.conftest import RedisServer
+from tests.control.helpers import ADMIN, control_router, control_settings
+from tests.control.test_avesha import BASE, SEED_CREATE, state_of
+from tests.control.test_local_provider import alive, until_gone
+from tests.router.helpers import until
+
+NEVER_READY = """
+[[runtimes]]
+format = "stuck"
+backend = "openai"
+command = ["{python}", "-c", "import time; print('loading weights...', flush=True); time.sleep(60)"]
+ready_timeout_s = 2
+"""
+
+
+def provider(client: object) -> LocalProvider:
+    p = client.app[CONTROL].providers["local"]  # type: ignore[attr-defined]
+    assert isinstance(p, LocalProvider)
+    return p
+
+
+async def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
+    async with control_router(control_settings(tmp_path)) as (client, ctx):
+        resp = await client.post(BASE, data=orjson.dumps(SEED_CREATE), headers=ADMIN)
+        assert resp.status == 200
+        await until(lambda: state_of(ctx, "sklearn-iris") == "Running", timeout_s=30)
+        (first,) = await provider(client).observe()
+        pids = provider(client).pids(first.id)
+        os.kill(pids[0], signal.SIGKILL)
+        # the lifecycle sees it exit, takes it out of rotation, starts another
+        await until(
+            lambda: (
+                all(w.url != first.url for w in ctx.snapshot.endpoint("sklearn-iris"))
+                and state_of(ctx, "sklearn-iris") == "Running"
+            ),
+            timeout_s=30,
+        )
+        (second,) = await provider(client).observe()
+        assert second.id != first.id
+        resp = await client.post(
+            "/sklearn-iris/generate",
+            headers=ADMIN,
+            json={"inputs": "hi", "parameters": {"max_new_tokens": 2}},
+        )
+        assert resp.status == 200
+    await until_gone(provider_pids := [p for p in pids if alive(p)])
+    assert provider_pids == [] or not any(alive(p) for p in provider_pids)
+
+
+async def test_a_worker_never_ready_fails_the_endpoint_with_its_last_lines(
+    tmp_path: Path,
+) -> None:
+    settings = control_settings(tmp_path, extra=NEVER_READY)
+    async with control_router(settings) as (client, ctx):
+        body = {**SEED_CREATE, "modelSpec": {"modelName": "stuck", "storageURI": "gs://x/y"}}
+        resp = await client.post(BASE, data=orjson.dumps(body), headers=ADMIN)
+        assert resp.status == 200, await resp.text()
+        await until(lambda: state_of(ctx, "sklearn-iris") == "Failed", timeout_s=30)
+        reason = ctx.registry.records["sklearn-iris"].reason
+        assert "loading weights..." in reason and "2" in reason, reason
+        resp = await client.get(f"{BASE}?workspace=team-beta&endpoint=sklearn-iris", headers=ADMIN)
+        doc = await resp.json()
+        assert doc["data"]["endpoint"]["status"] == "Failed"
+        assert doc["data"]["endpoint"]["predictStatus"] == "Failed"
+        assert await provider(client).observe() == []  # nothing left running
+
+
+async def test_the_memory_store_keeps_endpoints_across_a_restart(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    settings = control_settings(tmp_path, state_file=state)
+    ring = KeyRing.ephemeral("ed25519")
+    async with control_router(settings, ring) as (client, ctx):
+        resp = await client.post(BASE, data=orjson.dumps(SEED_CREATE), headers=ADMIN)
+        assert resp.status == 200
+        await until(lambda: state_of(ctx, "sklearn-iris") == "Running", timeout_s=30)
+        pids = provider(client).pids((await provider(client).observe())[0].id)
+    await until_gone(pids)  # stopping the router stops its workers: no orphans
+    async with control_router(settings, ring) as (client, ctx):
+        assert "sklearn-iris" in ctx.registry.records  # read back from the state file
+        # the lifecycle starts its workers again; wait on what the data plane reads
+        assert await ctx.fleet.until_ready("sklearn-iris", 30)
+        resp = await client.post(
+            "/sklearn-iris/generate",
+            headers=ADMIN,
+            json={"inputs": "hi", "parameters": {"max_new_tokens": 2}},
+        )
+        assert resp.status == 200
+
+
+@pytest.mark.redis
+async def test_redis_lost_its_data_and_no_endpoint_is_lost(
+    tmp_path: Path, redis_url: str, redis_server: RedisServer
+) -> None:
+    settings = control_settings(tmp_path, store="redis", redis_url=redis_url)
+    async with control_router(settings) as (client, ctx):
+        resp = await client.post(BASE, data=orjson.dumps(SEED_CREATE), headers=ADMIN)
+        assert resp.status == 200
+        await until(lambda: state_of(ctx, "sklearn-iris") == "Running", timeout_s=30)
+        redis_server.restart_empty()
+        # the replica still knows it; the leader writes it back into the new Redis
+        await until(lambda: _in_redis(redis_server, "sklearn-iris"), timeout_s=15)
+        assert "sklearn-iris" in ctx.registry.records
+        assert await ctx.fleet.until_ready("sklearn-iris", 30)
+        resp = await client.post(
+            "/sklearn-iris/generate",
+            headers=ADMIN,
+            json={"inputs": "hi", "parameters": {"max_new_tokens": 2}},
+        )
+        assert resp.status == 200, await resp.text()
+
+
+def _in_redis(server: RedisServer, name: str) -> bool:
+    import redis
+
+    r = redis.Redis(port=server.port)
+    try:
+        return any(name.encode() in k for k in r.keys("*doc*"))
+    except redis.RedisError:
+        return False
+    finally:
+        r.close()
