@@ -28,6 +28,8 @@ def test_every_shipped_config_loads(path: Path) -> None:
 def test_shipped_configs_are_valid() -> None:
     docker = Settings.from_toml(ROOT / "configs/docker.toml", env={})
     assert docker.server.host == "0.0.0.0" and docker.server.port == 8080
+    # the image's user (Dockerfile) can write there, not in /app/configs
+    assert docker.store.state_file == Path("/home/router/router-data/state.json")
     local = Settings.from_toml(ROOT / "configs/local.toml", env={})
     assert local.store.backend == "memory"
     assert local.endpoints[0].name == "demo" and local.endpoints[0].spawn[0].count == 2
