@@ -33,7 +33,7 @@ def test_a_taken_port_fails_before_anything_starts_and_suggests_port(tmp_path: P
     assert out.returncode == 1, out.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
     assert "--port" in out.stderr
-    assert "started synthetic worker" not in out.stderr
+    assert "started worker" not in out.stderr  # the local provider logs each start
     assert "starting router" not in out.stderr
     assert "Traceback" not in out.stderr
 
