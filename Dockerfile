@@ -1,6 +1,8 @@
 # The router image. Build:  docker build -t inference-router .
-# Run:    docker run -p 8080:8080 -v $PWD/configs:/etc/router:ro inference-router \
-#             serve --config /etc/router/router.toml
+# Run:    docker run -p 8080:8080 -e ROUTER_API_KEY=sk-... -e ROUTER_ADMIN_KEY=sk-admin-... \
+#             inference-router serve --config /app/configs/docker.toml
+# Your own config: add -v $PWD/my-configs:/etc/router:ro and --config /etc/router/router.toml
+# (tests/test_packaging.py checks that the config of the first example exists).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

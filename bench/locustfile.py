@@ -123,7 +123,11 @@ class ProxyJsonUser(_RouterUser):
 
 
 class ProxyStreamUser(_RouterUser):
-    """Proxy mode, streamed: the OpenAI chat path with stream=true, read to [DONE]."""
+    """Proxy mode, streamed: the OpenAI chat path with stream=true, read to [DONE].
+
+    Its row times the whole stream, to `[DONE]` (locust alone would time the response
+    headers, which a streaming server sends at once), and counts the bytes read.
+    """
 
     @task
     def chat_stream(self) -> None:
@@ -133,6 +137,7 @@ class ProxyStreamUser(_RouterUser):
             "max_tokens": MAX_NEW_TOKENS,
             "messages": [{"role": "user", "content": random.choice(PROMPTS)}],
         }
+        started = time.perf_counter()
         with self.client.post(
             "/v1/chat/completions",
             name="proxy: stream /v1/chat/completions",
@@ -146,9 +151,10 @@ class ProxyStreamUser(_RouterUser):
             if kind:
                 resp.failure(kind)
                 return
-            chunks, done = 0, False
+            chunks, done, size = 0, False, 0
             try:
                 for line in resp.iter_lines():
+                    size += len(line)
                     if line.startswith(b"event: error"):
                         break
                     if not line.startswith(b"data:"):
@@ -162,5 +168,9 @@ class ProxyStreamUser(_RouterUser):
             except (requests.RequestException, orjson.JSONDecodeError) as exc:
                 resp.failure(f"stream cut: {type(exc).__name__}")
                 return
+            finally:
+                # reported when the `with` exits: the time to [DONE] (or to the cut)
+                resp.request_meta["response_time"] = (time.perf_counter() - started) * 1000
+                resp.request_meta["response_length"] = size
             if not done or chunks == 0:
                 resp.failure("stream cut: ended without [DONE]")

@@ -219,8 +219,9 @@ def build_app(
             await _stop(task)
 
     app.cleanup_ctx.extend([context, upstream, health, control_ctx, refresh])
-    app.router.add_post("/route", ticket.route)
-    app.router.add_post("/route/", ticket.route)
+    for path in ("/route", "/route/"):
+        app.router.add_post(path, ticket.route)
+        app.router.add_route("*", path, ticket.post_only)  # not the proxy's 404
     app.router.add_get("/pubkey", pubkey)
     app.router.add_get("/pubkey/", pubkey)
     app.router.add_get("/.well-known/jwks.json", jwks)

@@ -1,4 +1,4 @@
-"""API keys (DESIGN §8): stored as SHA-256 digests, compared in constant time, never logged.
+"""API keys (docs/protocol.md): stored as SHA-256 digests, compared in constant time, never logged.
 
 A key arrives as `Authorization: Bearer K`, `Authorization: Key K` (Bytez) or the `api_key`
 field of a `/route` body (Vast). What a key may do is its scope: endpoints, admin, and

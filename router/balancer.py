@@ -1,4 +1,6 @@
-"""Selection policies as pure functions over a snapshot of workers (DESIGN §4).
+"""Selection policies as pure functions over a snapshot of workers.
+
+The policies are described in docs/architecture.md, "Balancing".
 
 A choice has two steps so that it stays correct with several router replicas:
 `shortlist()` ranks a few candidates from the local snapshot (any policy, any fleet size),

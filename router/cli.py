@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -179,8 +181,8 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def _run(app: Any, settings: Settings) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then shut down within the grace period.
+def _run(app: Any, settings: Settings, sock: socket.socket) -> None:
+    """Serve `app` on `sock` until SIGINT or SIGTERM, then shut down within the grace period.
 
     Like aiohttp's `run_app`, but the listening socket is a `FrontSite`: proxied requests
     take the fast path (router/proxy/server.py), everything else aiohttp's server.
@@ -207,12 +209,11 @@ def _run(app: Any, settings: Settings) -> None:
         )
         await runner.setup()
         try:
-            # several processes accept on one port, the kernel spreads connections
             site = FrontSite(
                 runner,
                 server.host,
                 server.port,
-                reuse_port=server.processes > 1,
+                sock=sock,
                 fast=server.fast_proxy,
                 grace_s=server.shutdown_grace_s,
             )
@@ -228,7 +229,10 @@ def _run(app: Any, settings: Settings) -> None:
     try:
         loop.run_until_complete(task)
     except (GracefulExit, KeyboardInterrupt):
-        pass
+        log.info(
+            "draining: no new connections; requests in flight get up to %gs",
+            server.shutdown_grace_s,
+        )
     finally:
         if not task.done():
             task.cancel()  # runs the runner's cleanup: the graceful part of the shutdown
@@ -240,6 +244,8 @@ def _run(app: Any, settings: Settings) -> None:
                 loop.run_until_complete(task)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        sock.close()
+    log.info("stopped")
 
 
 def _override(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -268,6 +274,7 @@ def serve(settings: Settings, index: int = 0) -> int:
     """Serve until a signal; `index` > 0: a child of `--processes` beside child 0."""
 
     from router.app import build_app
+    from router.proxy.site import listen_socket
     from router.signing import SigningKeyError
     from router.state import StateFileError
 
@@ -277,18 +284,32 @@ def serve(settings: Settings, index: int = 0) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         log.info("uvloop not installed; using the default event loop")
+    server = settings.server
+    try:
+        # the port first: a router that cannot listen must start nothing (no workers)
+        sock = listen_socket(server.host, server.port, reuse_port=server.processes > 1)
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = "; another process holds it: choose another port with --port N"
+        print(
+            f"error: cannot listen on {server.host}:{server.port}: {exc.strerror or exc}{hint}",
+            file=sys.stderr,
+        )
+        return 1
     try:
         # spawned demo workers belong to child 0 only: the others would start them again
         app = build_app(settings, spawn_workers=index == 0)
         log.info(
             "starting router on http://%s:%d (store: %s; endpoints: %s)",
-            settings.server.host,
-            settings.server.port,
+            server.host,
+            sock.getsockname()[1],
             settings.store.backend,
             ", ".join(e.name for e in settings.endpoints) or "none",
         )
-        _run(app, settings)
+        _run(app, settings, sock)
     except SigningKeyError as exc:
+        sock.close()
         print(f"config error: signing.key_files: {exc}", file=sys.stderr)
         return 2
     except StateFileError as exc:  # a torn state file: refuse rather than start empty

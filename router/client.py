@@ -11,12 +11,13 @@ loop, no extra dependency); both behave alike::
     for chunk in client.stream(client.route("demo", cost=16), "/generate_stream", payload):
         ...
 
-`route` keeps asking while the router answers 200 without `url` (no worker ready yet,
-DESIGN §3.1), 429 or 503, sleeping what the answer says (`retry_after_s`, else
-`Retry-After`) and sending back the `request_idx` it was assigned, until `timeout_s`;
-then it raises `NoWorkerReady`. `call` and `stream` send the ticket in one of the three
-shapes a worker accepts (DESIGN §3.3). A ticket serves one request: route again for the
-next. Decisions (what an answer means, what to send) are pure functions shared by both.
+`route` keeps asking while the router answers 200 without `url` (no worker ready yet:
+docs/protocol.md, "Answer: no worker ready"), 429 or 503, sleeping what the answer says
+(`retry_after_s`, else `Retry-After`) and sending back the `request_idx` it was
+assigned, until `timeout_s`; then it raises `NoWorkerReady`. `call` and `stream` send
+the ticket in one of the three shapes a worker accepts (docs/protocol.md, "Three
+shapes"). A ticket serves one request: route again for the next. Decisions (what an
+answer means, what to send) are pure functions shared by both.
 """
 
 from __future__ import annotations

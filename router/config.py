@@ -31,7 +31,7 @@ Algorithm = Literal["rsa", "ed25519"]
 SpawnBackend = Literal["synthetic"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# First path segments that proxy mode cannot use as endpoint names (DESIGN §7).
+# First path segments that proxy mode cannot use as endpoint names (docs/protocol.md, "Proxy mode").
 RESERVED_NAMES = frozenset(
     {
         "route",
@@ -189,6 +189,9 @@ class EndpointSettings:
     max_queue_time_s: float = 30.0
     retry_after_s: float = 1.0
     models: tuple[str, ...] = ()  # OpenAI `model` names that select this endpoint
+    # The model name the workers' server answers to (vLLM's --served-model-name): set,
+    # proxy mode writes it into the `model` of OpenAI request bodies before forwarding.
+    served_model_name: str | None = None
     # The most a request may weigh: /route's `cost`, X-Cost or the body's estimate above
     # it is a 400. Bounded so one ticket cannot pin a worker (and sums stay exact).
     max_cost: float = 1e9
@@ -243,8 +246,8 @@ class Settings:
             base = Path(path).resolve().parent
         else:
             base = Path.cwd()
-        apply_env(data, os.environ if env is None else env)
-        return _build(data, base)
+        origins = apply_env(data, os.environ if env is None else env)
+        return _build(data, base, origins)
 
 
 # --- environment overrides ---------------------------------------------------------------
@@ -253,14 +256,20 @@ class Settings:
 _ENV_SECTIONS = ("server", "store", "signing")
 
 
-def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Apply `ROUTER_SECTION_KEY=value` overrides (and `ROUTER_LOG_LEVEL`, `ROUTER_API_KEY`)."""
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Apply `ROUTER_SECTION_KEY=value` overrides (and `ROUTER_LOG_LEVEL`, `ROUTER_API_KEY`).
+
+    Returns where each overridden setting came from (`{"server.port": "ROUTER_SERVER_PORT"}`),
+    so an error about it names the variable the operator set, not a file line.
+    """
+    origins: dict[str, str] = {}
     for name, value in env.items():
         if not name.startswith("ROUTER_"):
             continue
         rest = name[len("ROUTER_") :].lower()
         if rest == "log_level":
             data["log_level"] = value
+            origins["log_level"] = name
             continue
         if rest == "api_key":  # one extra key from the environment, allowed everywhere
             data.setdefault("api_keys", []).append({"key": value, "name": "env"})
@@ -273,6 +282,8 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         section, _, key = rest.partition("_")
         if section in _ENV_SECTIONS and key:
             data.setdefault(section, {})[key] = _env_value(value, key)
+            origins[f"{section}.{key}"] = name
+    return origins
 
 
 def _env_value(value: str, key: str) -> Any:
@@ -287,19 +298,26 @@ def _env_value(value: str, key: str) -> Any:
 class _Reader:
     """Typed access to one TOML table, with errors that name `where.key`."""
 
-    def __init__(self, data: Any, where: str) -> None:
+    def __init__(self, data: Any, where: str, origins: Mapping[str, str] | None = None) -> None:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: must be a table")
         self.data = data
         self.where = where
+        self.origins = origins or {}  # settings set from the environment: their variable
         self.seen: set[str] = set()
 
     def _get(self, key: str) -> Any:
         self.seen.add(key)
         return self.data.get(key)
 
-    def name(self, key: str) -> str:
+    def path(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
+
+    def name(self, key: str) -> str:
+        """The setting as an error names it: with its environment variable if it came from one."""
+        path = self.path(key)
+        env = self.origins.get(path)
+        return f"{env} ({path})" if env else path
 
     def str_(self, key: str, default: str) -> str:
         v = self._get(key)
@@ -337,7 +355,8 @@ class _Reader:
         if isinstance(v, str) and v.strip().lstrip("-").isdigit():
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{self.name(key)}: must be an integer")
+            got = f", got {v!r}" if isinstance(v, str) else ""
+            raise ConfigError(f"{self.name(key)}: must be an integer{got}")
         if v < min_ or (max_ is not None and v > max_):
             raise ConfigError(f"{self.name(key)}: must be between {min_} and {max_}")
         return v
@@ -372,10 +391,10 @@ class _Reader:
             return []
         if not isinstance(v, list):
             raise ConfigError(f"{self.name(key)}: must be an array of tables ([[{key}]])")
-        return [_Reader(item, f"{self.name(key)}[{i}]") for i, item in enumerate(v)]
+        return [_Reader(item, f"{self.path(key)}[{i}]", self.origins) for i, item in enumerate(v)]
 
     def table(self, key: str) -> _Reader:
-        return _Reader(self._get(key) or {}, self.name(key))
+        return _Reader(self._get(key) or {}, self.path(key), self.origins)
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.seen)
@@ -387,7 +406,7 @@ def _url(r: _Reader, key: str) -> str:
     url = r.str_(key, "")
     if not re.match(r"^https?://[^/\s]+", url):
         raise ConfigError(f"{r.name(key)}: must be an http(s) URL, got {url!r}")
-    if not is_plain_string(url):  # tickets carry it, signed as served (DESIGN §3.2)
+    if not is_plain_string(url):  # tickets carry it, signed as served (docs/protocol.md)
         raise ConfigError(
             f'{r.name(key)}: must be printable ASCII without "\\<>& (percent-encode the rest)'
         )
@@ -401,8 +420,8 @@ def _cost(r: _Reader, key: str, default: float) -> float:
     return v
 
 
-def _build(data: dict[str, Any], base: Path) -> Settings:
-    top = _Reader(data, "")
+def _build(data: dict[str, Any], base: Path, origins: Mapping[str, str]) -> Settings:
+    top = _Reader(data, "", origins)
     s = top.table("server")
     server = ServerSettings(
         host=s.str_("host", "127.0.0.1"),
@@ -428,7 +447,7 @@ def _build(data: dict[str, Any], base: Path) -> Settings:
     if store.backend == "redis" and not store.redis_url.startswith(
         ("redis://", "rediss://", "unix://")
     ):
-        raise ConfigError("store.redis_url: must start with redis://, rediss:// or unix://")
+        raise ConfigError(f"{st.name('redis_url')}: must start with redis://, rediss:// or unix://")
     st.done()
 
     sg = top.table("signing")
@@ -524,6 +543,15 @@ def check_processes(settings: Settings) -> None:
         raise ConfigError("server.port: must be fixed (not 0) with several processes")
 
 
+def _served_model_name(r: _Reader) -> str | None:
+    name = r.str_("served_model_name", "")
+    if r.data.get("served_model_name") is None:
+        return None
+    if not name or name != name.strip():
+        raise ConfigError(f"{r.name('served_model_name')}: must be a non-empty model name")
+    return name
+
+
 def endpoint_from_table(table: dict[str, Any], where: str) -> EndpointSettings:
     """An endpoint's settings from a config-shaped table (what the control-plane APIs
     store), validated exactly as `[[endpoints]]` in a config file; ConfigError names the
@@ -604,6 +632,7 @@ def _endpoint(r: _Reader) -> EndpointSettings:
         max_queue_time_s=r.num("max_queue_time_s", 30.0),
         retry_after_s=r.num("retry_after_s", 1.0, positive=True),
         models=r.str_list("models", ()),
+        served_model_name=_served_model_name(r),
         max_cost=r.num("max_cost", 1e9, positive=True),
         expose_worker_routes=r.bool_("expose_worker_routes", False),
         retries=r.int_("retries", 2, min_=0, max_=10),

@@ -1,4 +1,4 @@
-"""Worker health (DESIGN §5): a pure state machine and the poller that feeds it.
+"""Worker health: a pure state machine and the poller that feeds it (docs/architecture.md).
 
 States: loading (never ready yet) -> ready <-> unhealthy, draining (admin, or the worker
 answering 503 `{"draining": true}`), removed (registered workers with no success for

@@ -1,4 +1,4 @@
-"""Prometheus collectors of the router (DESIGN §9), one registry per app.
+"""Prometheus collectors of the router (docs/architecture.md, "Metrics"), one registry per app.
 
 Labels never carry unbounded values: no worker URLs on request counters, no keys, no ids.
 """

@@ -1,6 +1,9 @@
 """The OpenAPI 3 document of every public route, served at `GET /openapi.json`.
 
-Kept true by tests/router/test_openapi.py, which calls each documented operation.
+Every operation has an `operationId` and an explicit `security` (`[]` on the public
+ones); `/route`'s 200 answer is a `Ticket` or a `NoWorker` breakdown (docs/protocol.md).
+Kept true by tests/router/test_openapi.py, which calls each documented operation and
+checks answers against these schemas, and by tests/security/test_schemathesis.py.
 """
 
 from __future__ import annotations
@@ -12,34 +15,41 @@ from aiohttp import web
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _BEARER: list[dict[str, list[str]]] = [{"apiKey": []}]
+_PUBLIC: list[dict[str, list[str]]] = []  # explicit: no key, whatever the global default
+# 2**53 - 1: the largest number every JSON reader holds exactly (docs/protocol.md)
+_MAX_SAFE = 9007199254740991
 
 
 def _op(
     summary: str,
     *,
+    op_id: str,
     tag: str,
     body: dict[str, Any] | None = None,
     responses: dict[str, str] | None = None,
     secure: bool = True,
     params: list[dict[str, Any]] | None = None,
+    ok_schema: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     # every route of both servers refuses a bad path or an ambiguous head (docs/protocol.md)
     responses = {"400": "Bad path or duplicated header", **(responses or {"200": "OK"})}
+
+    def content(code: str) -> dict[str, Any]:
+        if code[0] in "45":
+            return {"content": {"application/json": {"schema": _ERROR}}}
+        if code == "200" and ok_schema is not None:
+            return {"content": {"application/json": {"schema": ok_schema}}}
+        return {}
+
     op: dict[str, Any] = {
+        "operationId": op_id,
         "summary": summary,
         "tags": [tag],
         "responses": {
-            code: {
-                "description": text,
-                **(
-                    {"content": {"application/json": {"schema": _ERROR}}} if code[0] in "45" else {}
-                ),
-            }
-            for code, text in sorted(responses.items())
+            code: {"description": text, **content(code)} for code, text in sorted(responses.items())
         },
+        "security": _BEARER if secure else _PUBLIC,
     }
-    if secure:
-        op["security"] = _BEARER
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     if params:
@@ -52,30 +62,96 @@ _ROUTE_BODY = {
     "required": ["endpoint"],
     "properties": {
         "endpoint": {"type": "string"},
-        # 2**53 - 1: the largest number every JSON reader holds exactly (DESIGN §3.2)
-        "cost": {"type": "number", "minimum": 0, "maximum": 9007199254740991},
+        "cost": {"type": "number", "minimum": 0, "maximum": _MAX_SAFE},
         "api_key": {"type": "string"},
-        "request_idx": {"type": "integer", "minimum": 0, "maximum": 9007199254740991},
-        "replay_timeout": {"type": "number", "minimum": 0, "maximum": 9007199254740991},
+        "request_idx": {"type": "integer", "minimum": 0, "maximum": _MAX_SAFE},
+        "replay_timeout": {"type": "number", "minimum": 0, "maximum": _MAX_SAFE},
         "session_id": {"type": "string"},
     },
 }
-_ROUTE = _op(
-    "Pick a worker and get a signed ticket (ticket mode)",
-    tag="ticket",
-    body=_ROUTE_BODY,
-    secure=False,
-    responses={
-        "200": "A ticket, or (no `url`) the worker status breakdown to poll on",
-        "400": "Bad input",
-        "401": "Missing or invalid API key",
-        "404": "Unknown endpoint, or one this key may not use",
-        "408": "Body too slow to arrive",
-        "413": "Body too large",
-        "429": "Over the key's rate limit",
-        "503": "State store unreachable",
+_SAFE_NUMBER = {"type": "number", "minimum": -_MAX_SAFE, "maximum": _MAX_SAFE}
+_SAFE_INTEGER = {"type": "integer", "minimum": 0, "maximum": _MAX_SAFE}
+# Printable ASCII without "\<>&: what every JSON encoder writes as itself (signed as served).
+_PLAIN = {"type": "string", "pattern": r"^[ !#-%'-;=?-\[\]-~]*$"}
+_TICKET = {
+    "type": "object",
+    "description": "A signed ticket: the worker to call and what it may serve. The signature "
+    "covers every field but `signature` and `__request_id` (docs/protocol.md).",
+    "required": [
+        "cost",
+        "endpoint",
+        "expires_at",
+        "key_id",
+        "reqnum",
+        "request_idx",
+        "url",
+        "signature",
+        "__request_id",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "cost": _SAFE_NUMBER,
+        "endpoint": _PLAIN,
+        "expires_at": _SAFE_NUMBER,
+        "key_id": _PLAIN,
+        "reqnum": _SAFE_INTEGER,
+        "request_idx": _SAFE_INTEGER,
+        "url": _PLAIN,
+        "signature": {"type": "string", "description": "standard base64"},
+        "__request_id": {"type": "string"},
     },
-)
+}
+_STATUS_COUNTS = {
+    "type": "object",
+    "required": ["ready", "loading", "unhealthy", "draining"],
+    "properties": {
+        k: {"type": "integer", "minimum": 0} for k in ("ready", "loading", "unhealthy", "draining")
+    },
+}
+_NO_WORKER = {
+    "type": "object",
+    "description": "No worker can take the request now: no `url`; poll again after "
+    "`retry_after_s` (also the Retry-After header), sending `request_idx` back.",
+    "required": ["endpoint", "status", "retry_after_s", "reason", "request_idx"],
+    "not": {"required": ["url"]},
+    "properties": {
+        "endpoint": {"type": "string"},
+        "status": {"$ref": "#/components/schemas/WorkerStatus"},
+        "retry_after_s": {"type": "number", "minimum": 0},
+        "reason": {"type": "string", "enum": ["no_ready_worker", "all_workers_busy"]},
+        "request_idx": _SAFE_INTEGER,
+    },
+}
+_ROUTE_ANSWER = {
+    "oneOf": [{"$ref": "#/components/schemas/Ticket"}, {"$ref": "#/components/schemas/NoWorker"}]
+}
+
+
+def _route(op_id: str) -> dict[str, Any]:
+    return _op(
+        "Pick a worker and get a signed ticket (ticket mode)",
+        op_id=op_id,
+        tag="ticket",
+        body=_ROUTE_BODY,
+        secure=False,
+        ok_schema=_ROUTE_ANSWER,
+        responses={
+            "200": "A ticket, or (no `url`) the worker status breakdown to poll on",
+            "400": "Bad input",
+            "401": "Missing or invalid API key",
+            "404": "Unknown endpoint, or one this key may not use",
+            "408": "Body too slow to arrive",
+            "413": "Body too large",
+            "429": "Over the key's rate limit",
+            "503": "State store unreachable",
+        },
+    )
+
+
+def _pubkey(op_id: str) -> dict[str, Any]:
+    return _op("The signing public key (PEM)", op_id=op_id, tag="keys", secure=False)
+
+
 _WORKER_ID = [{"name": "worker_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 _PROXY_PARAMS = [
     {"name": "endpoint", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -108,12 +184,15 @@ _OPENAI_BODY = {
 
 
 def document() -> dict[str, Any]:
-    proxy_op = _op(
-        "Forward to a worker of the endpoint (proxy mode)",
-        tag="proxy",
-        params=_PROXY_PARAMS,
-        responses=_PROXY_RESPONSES,
-    )
+    def proxy_op(method: str) -> dict[str, Any]:
+        return _op(
+            "Forward to a worker of the endpoint (proxy mode)",
+            op_id=f"proxy{method.capitalize()}",
+            tag="proxy",
+            params=_PROXY_PARAMS,
+            responses=_PROXY_RESPONSES,
+        )
+
     return {
         "openapi": "3.0.3",
         "info": {
@@ -137,37 +216,47 @@ def document() -> dict[str, Any]:
                             },
                         }
                     },
-                }
+                },
+                "Ticket": _TICKET,
+                "NoWorker": _NO_WORKER,
+                "WorkerStatus": _STATUS_COUNTS,
             },
         },
         "paths": {
-            "/route": {"post": _ROUTE},
-            "/route/": {"post": _ROUTE},
-            "/pubkey": {"get": _op("The signing public key (PEM)", tag="keys", secure=False)},
-            "/pubkey/": {"get": _op("The signing public key (PEM)", tag="keys", secure=False)},
+            "/route": {"post": _route("route")},
+            "/route/": {"post": _route("routeSlash")},
+            "/pubkey": {"get": _pubkey("pubkey")},
+            "/pubkey/": {"get": _pubkey("pubkeySlash")},
             "/.well-known/jwks.json": {
-                "get": _op("Every verifying key (JWKS)", tag="keys", secure=False)
+                "get": _op("Every verifying key (JWKS)", op_id="jwks", tag="keys", secure=False)
             },
-            "/livez": {"get": _op("The process serves", tag="health", secure=False)},
+            "/livez": {"get": _op("The process serves", op_id="livez", tag="health", secure=False)},
             "/readyz": {
                 "get": _op(
                     "Store reachable and key loaded",
+                    op_id="readyz",
                     tag="health",
                     secure=False,
                     responses={"200": "Ready", "503": "Not ready"},
                 )
             },
-            "/metrics": {"get": _op("Prometheus metrics", tag="health", secure=False)},
-            "/openapi.json": {"get": _op("This document", tag="health", secure=False)},
+            "/metrics": {
+                "get": _op("Prometheus metrics", op_id="metrics", tag="health", secure=False)
+            },
+            "/openapi.json": {
+                "get": _op("This document", op_id="openapi", tag="health", secure=False)
+            },
             "/api/v1/workers": {
                 "get": _op(
                     "List workers (admin)",
+                    op_id="listWorkers",
                     tag="admin",
                     params=[{"name": "endpoint", "in": "query", "schema": {"type": "string"}}],
                     responses={"200": "Workers", "401": "No key", "403": "Not admin"},
                 ),
                 "post": _op(
                     "Register a worker (admin or worker token)",
+                    op_id="registerWorker",
                     tag="admin",
                     body={
                         "type": "object",
@@ -192,6 +281,7 @@ def document() -> dict[str, Any]:
             "/api/v1/workers/{worker_id}/drain": {
                 "post": _op(
                     "Stop sending new work to a worker",
+                    op_id="drainWorker",
                     tag="admin",
                     params=_WORKER_ID,
                     responses={
@@ -205,6 +295,7 @@ def document() -> dict[str, Any]:
             "/api/v1/workers/{worker_id}": {
                 "delete": _op(
                     "Forget a registered worker",
+                    op_id="removeWorker",
                     tag="admin",
                     params=_WORKER_ID,
                     responses={
@@ -219,6 +310,7 @@ def document() -> dict[str, Any]:
             "/v1/chat/completions": {
                 "post": _op(
                     "OpenAI chat completions, routed by `model`",
+                    op_id="chatCompletions",
                     tag="proxy",
                     body=_OPENAI_BODY,
                     responses={**_PROXY_RESPONSES, "400": "Bad JSON or no model"},
@@ -227,6 +319,7 @@ def document() -> dict[str, Any]:
             "/v1/completions": {
                 "post": _op(
                     "OpenAI completions, routed by `model`",
+                    op_id="completions",
                     tag="proxy",
                     body=_OPENAI_BODY,
                     responses={**_PROXY_RESPONSES, "400": "Bad JSON or no model"},
@@ -235,6 +328,7 @@ def document() -> dict[str, Any]:
             "/v1/embeddings": {
                 "post": _op(
                     "OpenAI embeddings, routed by `model`",
+                    op_id="embeddings",
                     tag="proxy",
                     body=_OPENAI_BODY,
                     responses={**_PROXY_RESPONSES, "400": "Bad JSON or no model"},
@@ -243,14 +337,16 @@ def document() -> dict[str, Any]:
             "/v1/models": {
                 "get": _op(
                     "Endpoints this key may use, as models",
+                    op_id="listModels",
                     tag="proxy",
                     responses={"200": "Models", "401": "Missing or invalid API key"},
                 )
             },
-            "/{endpoint}/{path}": {op: proxy_op for op in ("get", "post", "put", "delete")},
+            "/{endpoint}/{path}": {m: proxy_op(m) for m in ("get", "post", "put", "delete")},
             "/{endpoint}": {
                 "post": _op(
                     "Forward to the worker's `/` (TGI compat route)",
+                    op_id="proxyRoot",
                     tag="proxy",
                     params=_PROXY_PARAMS[:1],
                     responses=_PROXY_RESPONSES,

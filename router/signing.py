@@ -3,10 +3,11 @@
 Both the router (which signs) and the reference worker (which verifies) use this module,
 so the signed bytes are defined in exactly one place.
 
-What is served is what is signed (DESIGN §3.2): `KeyRing.sign_ticket` first puts every
-field in the one form that Python's `json.dumps(t, sort_keys=True, separators=(",", ":"))`,
-JavaScript's `JSON.stringify` and Go's `encoding/json` all write back byte for byte, so a
-verifier rebuilds the signed bytes from the ticket it received with its standard encoder:
+What is served is what is signed (docs/protocol.md, "The signature"):
+`KeyRing.sign_ticket` first puts every field in the one form that Python's
+`json.dumps(t, sort_keys=True, separators=(",", ":"))`, JavaScript's `JSON.stringify`
+and Go's `encoding/json` all write back byte for byte, so a verifier rebuilds the signed
+bytes from the ticket it received with its standard encoder:
 
 * numbers: an integral value is an integer (`16`, never `16.0`); any other is rounded to
   3 decimals (`16.5`, `1763800030.123`). Both stay within +-(2**53 - 1), JavaScript's

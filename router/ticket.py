@@ -1,4 +1,4 @@
-"""Ticket mode (DESIGN §3.1): `POST /route` picks a worker and returns a signed ticket."""
+"""Ticket mode: `POST /route` picks a worker and returns a signed ticket (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,14 @@ async def route(request: web.Request) -> web.Response:
         request.app[CTX], body, request.headers.get("Authorization")
     )
     return json_response(answer, headers=headers)
+
+
+async def post_only(request: web.Request) -> web.Response:
+    """Any method but POST on `/route`: 405 with `Allow: POST`, so a client that GETs it
+    learns the method is wrong rather than that the route does not exist."""
+    raise ApiError(
+        405, "method_not_allowed", "/route takes POST with a JSON body", headers={"Allow": "POST"}
+    )
 
 
 async def route_answer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -24,6 +25,17 @@ def test_dockerfile_runs_as_non_root_with_livez_healthcheck() -> None:
     )
     assert "/livez" in health
     assert any(ln.startswith("ENTRYPOINT") and "inference-router" in ln for ln in lines)
+
+
+def test_dockerfile_example_config_exists_and_loads() -> None:
+    """The `docker run` line in the Dockerfile's header names a config the image holds."""
+    from router.config import Settings
+
+    header = (ROOT / "Dockerfile").read_text().split("FROM ", 1)[0]
+    shipped = re.findall(r"--config /app/(configs/\S+\.toml)", header)
+    assert shipped, "the Dockerfile's example runs a config from configs/"
+    for rel in shipped:
+        assert Settings.from_toml(ROOT / rel, env={}).endpoints
 
 
 def test_console_scripts_declared() -> None:
@@ -97,3 +109,19 @@ def test_license_file_is_the_one_pyproject_declares() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a pointer to it
+
+
+def test_ci_lints_formats_and_type_checks_before_the_tests() -> None:
+    lines = [
+        ln.strip()
+        for ln in (ROOT / ".ci/run").read_text().splitlines()
+        if ln.strip() and not ln.strip().startswith("#")
+    ]
+
+    def at(command: str) -> int:
+        return next(i for i, ln in enumerate(lines) if ln.startswith(command))
+
+    pytest_at = next(i for i, ln in enumerate(lines) if "/pytest " in ln)
+    for command in (".venv/bin/ruff check", ".venv/bin/ruff format --check", ".venv/bin/mypy"):
+        assert at(command) < pytest_at, command
+    assert "set -euo pipefail" in lines  # each one fails the run

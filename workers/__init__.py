@@ -1,4 +1,4 @@
-"""The reference worker sidecar (DESIGN §3.3, §4, §9).
+"""The reference worker sidecar (docs/protocol.md, "The worker's side"; docs/architecture.md).
 
 `cli` turns flags into `settings.WorkerSettings` and serves `app.build_app(settings)`,
 draining on SIGTERM. `app` runs each inference request through the pure checks in

@@ -1,8 +1,8 @@
 """The worker's aiohttp app: check the ticket, admit by load, call the backend, report.
 
-Inference requests go: parse JSON -> find and verify the ticket (DESIGN §3.3; its cost
-must cover the payload's own, `Backend.payload_cost`) -> admit
-if the queue allows (DESIGN §4) -> record the reqnum -> account the cost while the
+Inference requests go: parse JSON -> find and verify the ticket (docs/protocol.md; its
+cost must cover the payload's own, `Backend.payload_cost`) -> admit if the queue allows
+(workers/load.py) -> record the reqnum -> account the cost while the
 backend serves only the model payload. `/readyz` reports the load the router balances
 on; `/metrics` exports it. Keys and registration run as resources of the app.
 """

@@ -3,7 +3,7 @@
     {"error": {"code": "ticket_replayed", "message": "reqnum was already used"},
      "error_type": "validation"}
 
-`error.code` and `error.message` are the project's shape (DESIGN §3.1, §3.3). TGI's own
+`error.code` and `error.message` are the project's shape (docs/protocol.md, "Errors"). TGI's own
 errors are `{"error": "<message>", "error_type": "<type>"}`; the two cannot share the key
 `error`, so the object stays and `error_type` joins it. That is all TGI clients need:
 Hugging Face's `text-generation` package (`errors.parse_error`) and `huggingface_hub`
@@ -11,7 +11,8 @@ pick the exception class from `error_type` and pass the `error` value to it, so 
 refused ticket raises `ValidationError` whose `args[0]["code"]` names the check that
 failed, a full queue or a draining worker raises `OverloadedError` (route again), and a
 worker or model server failure `GenerationError`. Without an `error_type` (404, 405)
-they fall back on the status: 404 is `NotFoundError`.
+they fall back on the status: 404 is `NotFoundError`. The table of types is
+`router/tgi.py`'s, which the router's own errors on TGI's paths use too.
 """
 
 from __future__ import annotations
@@ -21,16 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-# TGI's error_type for each status the worker answers with.
-TGI_ERROR_TYPES: dict[int, str] = {
-    400: "validation",  # bad JSON, a payload the backend cannot read
-    401: "validation",  # the ticket: missing, forged, expired, replayed, too cheap
-    413: "validation",  # body too large
-    429: "overloaded",  # this worker's queue is full
-    503: "overloaded",  # this worker is draining
-    500: "generation",  # the worker failed
-    502: "generation",  # the model server did not answer
-}
+from router.tgi import TGI_ERROR_TYPES  # one table for the worker and the router
 
 
 def error_body(status: int, code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""The worker's own load: cost and requests in flight, and the admission rule (DESIGN §4)."""
+"""The worker's own load: cost and requests in flight, and the admission rule.
+
+How it fits the request path: docs/architecture.md, "The reference worker".
+"""
 
 from __future__ import annotations
 

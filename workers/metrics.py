@@ -1,4 +1,7 @@
-"""The worker's Prometheus series (DESIGN §9), in a registry per app so tests can run many."""
+"""The worker's Prometheus series, in a registry per app so tests can run many.
+
+The series: docs/architecture.md, "Metrics".
+"""
 
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import orjson
+
 from router.auth import AuthError, key_from_header
 from router.config import RESERVED_NAMES, ApiKeySettings, EndpointSettings
 from router.context import RouterContext
@@ -79,6 +81,19 @@ async def answering_errors(
             f"router state store is unreachable ({exc}); retry shortly",
             headers={"Retry-After": "1"},
         )
+
+
+def rename_model(req: Request, doc: Any, served: str) -> None:
+    """Name the model in an OpenAI request body as the worker's server knows it.
+
+    Clients name the endpoint (or one of its `models`); a bare vLLM answers 404 to any
+    `model` but its `--served-model-name`. Called only for endpoints that set
+    `served_model_name`, and the body is re-encoded only when the name differs, so other
+    requests pay nothing. The answer is relayed as the server wrote it.
+    """
+    if isinstance(doc, dict) and isinstance(doc.get("model"), str) and doc["model"] != served:
+        doc["model"] = served
+        req.body = orjson.dumps(doc)
 
 
 class _Retry(Exception):
@@ -154,7 +169,7 @@ class ProxyCore:
 
     def model_endpoint(self, model: str) -> EndpointSettings | None:
         for ep in self.ctx.endpoints.values():
-            if model == ep.name or model in ep.models:
+            if model == ep.name or model in ep.models or model == ep.served_model_name:
                 return ep
         return None
 
@@ -192,6 +207,8 @@ class ProxyCore:
                 raise ApiError(
                     413, "body_too_large", f"request body over {ep.max_body_bytes} bytes"
                 )
+            if ep.served_model_name is not None:
+                rename_model(req, doc, ep.served_model_name)
             return ep, key, doc
         ep = req.ep
         key = auth.lookup(presented)
@@ -208,6 +225,8 @@ class ProxyCore:
         parsed = None
         if body and is_json(req.ctype):
             parsed = loads_bounded(body, tolerate_invalid=True)  # the worker answers bad JSON
+            if ep.served_model_name is not None and req.upstream_path in OPENAI_PATHS:
+                rename_model(req, parsed, ep.served_model_name)  # base URL /{endpoint}/v1
         return ep, key, parsed
 
     def cost(self, req: Request, ep: EndpointSettings, parsed: Any) -> float:

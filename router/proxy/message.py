@@ -22,6 +22,7 @@ import orjson
 
 from router.config import EndpointSettings
 from router.errors import ApiError
+from router.tgi import TGI_ERROR_TYPES, TGI_PATHS
 from router.upstream import Conn
 
 # What a request for the proxy is: one endpoint's path, or an OpenAI path (the endpoint
@@ -276,8 +277,14 @@ def error_answer(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> None:
-    """Answer `{"error": {"code", "message"}, **extra}` through `sink`."""
-    body = orjson.dumps({"error": {"code": code, "message": message}, **extra})
+    """Answer `{"error": {"code", "message"}, **extra}` through `sink`; on TGI's paths with
+    TGI's `error_type` too (router/tgi.py), as the worker answers there."""
+    doc: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if req.upstream_path in TGI_PATHS:
+        error_type = TGI_ERROR_TYPES.get(status)
+        if error_type is not None:
+            doc["error_type"] = error_type
+    body = orjson.dumps({**doc, **extra})
     head = [_JSON, (b"Date", http_date())]
     if headers:
         head += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]

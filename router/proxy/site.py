@@ -19,6 +19,30 @@ from router.proxy.server import Front
 from router.proxy.web import PROXY
 
 
+def listen_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """Bind the router's port (OSError if taken), before anything else starts.
+
+    The socket is bound but not listening yet: connections are refused, not queued,
+    until `FrontSite.start` serves it. `host` is resolved as asyncio would (passive),
+    and the first address is used: one socket, one family.
+    """
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # several processes accept on one port; the kernel spreads them
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class FrontSite(web.BaseSite):
     """An aiohttp site whose connections take the fast path for proxied requests."""
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from router.auth import key_from_header
+from router.config import EndpointSettings
 from router.context import CTX
 from router.errors import ApiError, Handler, json_response, read_within
 from router.proxy.core import ProxyCore
@@ -27,6 +28,7 @@ from router.proxy.message import (
     Request,
     bad_path,
     duplicate_header,
+    error_answer,
 )
 from router.upstream import Conn
 
@@ -78,9 +80,13 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         # a key first, as for an endpoint that exists: a 404 says nothing to a stranger
         request.app[CTX].auth.lookup(key_from_header(request.headers.get("Authorization")))
         raise core.not_found(request.match_info.get("endpoint", ""))
-    req.body = await _read_body(request, core.body_limit(req))
     sink = WebSink(request)
     try:
+        try:
+            req.body = await _read_body(request, core.body_limit(req))
+        except ApiError as e:  # answered by the core's rule, as the fast path answers it
+            error_answer(sink, req, e.status, e.code, e.message, headers=e.headers, **e.extra)
+            return sink.result()
         await core.serve(req, sink)
         return sink.result()
     finally:
@@ -223,9 +229,17 @@ async def list_models(request: web.Request) -> web.Response:
         {"id": m, "object": "model", "created": 0, "owned_by": "inference-router"}
         for ep in ctx.endpoints.values()
         if key.allows(ep.name, ep.workspace)
-        for m in (ep.name, *ep.models)
+        for m in _model_names(ep)
     ]
     return json_response({"object": "list", "data": data})
+
+
+def _model_names(ep: EndpointSettings) -> list[str]:
+    """Every `model` that selects `ep`: its name, its `models`, the served name."""
+    names = [ep.name, *ep.models]
+    if ep.served_model_name is not None and ep.served_model_name not in names:
+        names.append(ep.served_model_name)
+    return names
 
 
 def add_routes(app: web.Application) -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
@@ -115,3 +120,65 @@ def test_soak_report_fails_on_unexplained_failures_and_rss_growth(
         )
         == 1
     )
+
+
+class _SlowStream(BaseHTTPRequestHandler):
+    """An OpenAI-style stream: headers at once, then a chunk every 0.2 s, then [DONE]."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        for event in [b'data: {"n": 1}\n\n', b'data: {"n": 2}\n\n', b"data: [DONE]\n\n"]:
+            time.sleep(0.2)  # the stream's pace is what the row must time
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_locust_stream_row_times_the_stream_to_done(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowStream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(BENCH / "locustfile.py"),
+                "--headless",
+                "-u",
+                "1",
+                "-r",
+                "1",
+                "-t",
+                "3s",
+                "--only-summary",
+                "--host",
+                f"http://127.0.0.1:{server.server_address[1]}",
+                "--csv",
+                str(tmp_path / "run"),
+                "ProxyStreamUser",
+            ],
+            env={**os.environ, "LOCUST_WAIT_S": "0.1"},
+            capture_output=True,
+            timeout=60,
+            check=False,  # locust exits 1 if any request failed; the CSV says which
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    rows = list(csv.DictReader((tmp_path / "run_stats.csv").read_text().splitlines()))
+    row = next(r for r in rows if r["Name"] == "proxy: stream /v1/chat/completions")
+    assert int(row["Request Count"]) >= 1 and row["Failure Count"] == "0", rows
+    # three chunks 0.2 s apart: to [DONE] is >= 600 ms; the headers alone came at once
+    assert float(row["Min Response Time"]) >= 550, row

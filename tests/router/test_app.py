@@ -142,6 +142,19 @@ async def test_bad_input_gets_json_errors(
     assert DEV_KEY not in orjson.dumps(doc).decode()
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "HEAD"])
+@pytest.mark.parametrize("path", ["/route", "/route/"])
+async def test_route_other_methods_are_405_allow_post(
+    router: tuple[Client, RouterContext], method: str, path: str
+) -> None:
+    client, _ = router
+    resp = await client.request(method, path, headers={"Authorization": f"Bearer {DEV_KEY}"})
+    assert resp.status == 405 and resp.headers["Allow"] == "POST"
+    if method != "HEAD":
+        assert resp.content_type == "application/json"
+        assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
 async def test_oversized_body_is_413(router: tuple[Client, RouterContext]) -> None:
     client, _ = router
     status, doc, _ = await post_route(client, None, raw=b'{"endpoint": "' + b"x" * 70000 + b'"}')

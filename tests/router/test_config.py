@@ -19,7 +19,17 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    """Every config the repo ships (the README's, the Dockerfile's, the example) loads."""
+    assert Settings.from_toml(path, env={}).endpoints
+
+
 def test_shipped_configs_are_valid() -> None:
+    docker = Settings.from_toml(ROOT / "configs/docker.toml", env={})
+    assert docker.server.host == "0.0.0.0" and docker.server.port == 8080
+    # the image's user (Dockerfile) can write there, not in /app/configs
+    assert docker.store.state_file == Path("/home/router/router-data/state.json")
     local = Settings.from_toml(ROOT / "configs/local.toml", env={})
     assert local.store.backend == "memory"
     assert local.endpoints[0].name == "demo" and local.endpoints[0].spawn[0].count == 2
@@ -70,7 +80,19 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
     [
         ('[server]\nport = "x"', {}, "server.port: must be an integer"),
         ("[server]\nport = 70000", {}, "server.port: must be between"),
-        ("", {"ROUTER_SERVER_PORT": "eighty"}, "server.port: must be an integer"),
+        (
+            "",
+            {"ROUTER_SERVER_PORT": "abc"},
+            "ROUTER_SERVER_PORT (server.port): must be an integer, got 'abc'",
+        ),
+        ("", {"ROUTER_STORE_TIMEOUT_S": "-1"}, "ROUTER_STORE_TIMEOUT_S (store.timeout_s): must be"),
+        ("", {"ROUTER_SERVER_PROT": "1"}, "ROUTER_SERVER_PROT (server.prot): unknown setting"),
+        ("", {"ROUTER_LOG_LEVEL": "loud"}, "ROUTER_LOG_LEVEL (log_level): must be one of"),
+        (
+            '[store]\nbackend = "redis"',
+            {"ROUTER_STORE_REDIS_URL": "http://x"},
+            "ROUTER_STORE_REDIS_URL (store.redis_url): must start with redis://",
+        ),
         ('[store]\nbackend = "mongo"', {}, "store.backend: must be one of memory, redis"),
         ('[store]\nbackend = "redis"\nredis_url = "http://x"', {}, "store.redis_url"),
         ('[signing]\nalgorithm = "dsa"', {}, "signing.algorithm: must be one of"),
@@ -123,6 +145,11 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
             '[server]\nprocesses = 2\n[store]\nbackend = "redis"',
             {},
             "server.processes: several processes need signing.key_files",
+        ),
+        (
+            '[[endpoints]]\nname = "a"\nserved_model_name = ""',
+            {},
+            "endpoints[0].served_model_name: must be a non-empty model name",
         ),
         ("[server]\nprot = 1", {}, "server.prot: unknown setting"),
         ("[server\n", {}, "invalid TOML"),

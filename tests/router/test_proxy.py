@@ -377,6 +377,73 @@ async def test_openai_paths_pick_the_endpoint_by_model(ups: list[Upstream]) -> N
         assert (await client.get("/v1/models")).status == 401
 
 
+async def test_served_model_name_is_written_into_openai_bodies(ups: list[Upstream]) -> None:
+    """vLLM answers only to its --served-model-name: the router writes it in for the client."""
+    served = "meta-llama/Llama-3.1-8B-Instruct"
+    async with router_client(proxy_settings(ups[:1], served_model_name=served)) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        chat = {"messages": [{"role": "user", "content": "hï"}], "max_tokens": 5}
+        for path, model in [
+            ("/v1/chat/completions", "demo-model"),  # the endpoint picked by `model`
+            ("/v1/completions", "demo"),
+            ("/demo/v1/chat/completions", "anything"),  # a base URL of /demo/v1
+            ("/v1/embeddings", served),  # already the served name: forwarded as sent
+        ]:
+            resp = await client.post(path, headers=AUTH, json={"model": model, **chat})
+            assert resp.status == 200, (path, await resp.text())
+            seen = orjson.loads(ups[0].seen[-1]["body"])
+            assert seen == {"model": served, **chat}, path
+        # other paths, and OpenAI bodies with no model, are forwarded as they came
+        for path, body in [
+            ("/demo/generate", b'{"model": "demo", "inputs": "hi"}'),
+            ("/demo/v1/completions", b'{"prompt": "hi"}'),
+        ]:
+            resp = await client.post(
+                path, headers={**AUTH, "Content-Type": "application/json"}, data=body
+            )
+            assert resp.status == 200 and ups[0].seen[-1]["body"] == body
+        models = await (await client.get("/v1/models", headers=AUTH)).json()
+        assert [m["id"] for m in models["data"]] == ["demo", "demo-model", served]
+
+
+# text-generation 0.7 still calls pydantic's deprecated .dict(); not ours to fix.
+@pytest.mark.filterwarnings("ignore:The `dict` method is deprecated")
+async def test_tgi_client_through_the_proxy_raises_by_error_type(ups: list[Upstream]) -> None:
+    """Router errors on TGI's paths carry TGI's error_type, as the worker's do, so Hugging
+    Face's client raises by meaning (a refused key is ValidationError, no worker
+    OverloadedError), not by a status it reads its own way."""
+    tg = pytest.importorskip("text_generation")
+    tg_errors = pytest.importorskip("text_generation.errors")
+    async with router_client(proxy_settings(ups[:1], max_body_bytes=1000)) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        base = str(client.make_url("/demo"))
+        refused = {"Authorization": "Bearer not-a-key"}
+        with pytest.raises(tg_errors.ValidationError) as info:
+            await tg.AsyncClient(base, headers=refused, timeout=10).generate("Hi")
+        assert info.value.args[0]["code"] == "invalid_api_key"
+        with pytest.raises(tg_errors.ValidationError):
+            await anext(tg.AsyncClient(base, timeout=10).generate_stream("Hi"))
+        with pytest.raises(tg_errors.ValidationError):
+            sync = tg.AsyncClient(f"{base}/generate", headers=refused, timeout=10)
+            await sync.generate("Hi")
+        # a key that may not use the endpoint: the same 404 as none, NotFoundError
+        other = {"Authorization": f"Bearer {OTHER_KEY}"}
+        with pytest.raises(tg_errors.NotFoundError):
+            await tg.AsyncClient(base, headers=other, timeout=10).generate("Hi")
+        # too large for the endpoint: ValidationError on both paths (read by either server)
+        resp = await client.post("/demo/generate", headers=AUTH, data=b"x" * 1001)
+        assert resp.status == 413 and (await resp.json())["error_type"] == "validation"
+        # paths that are not TGI's keep the plain error body
+        resp = await client.post("/demo/v1/completions", headers=refused, json={})
+        assert resp.status == 401 and "error_type" not in await resp.json()
+        resp = await client.post("/route", headers=refused, json={"endpoint": "demo"})
+        assert resp.status == 401 and "error_type" not in await resp.json()
+    async with router_client(proxy_settings([])) as (client, _):
+        with pytest.raises(tg_errors.OverloadedError) as info:
+            await tg.AsyncClient(str(client.make_url("/demo")), headers=AUTH).generate("Hi")
+        assert info.value.args[0]["code"] == "no_worker"
+
+
 async def test_real_worker_behind_the_proxy_accepts_the_ticket(tmp_path: Any) -> None:
     """The reference worker verifies X-Route-Ticket on proxied traffic."""
     from workers.app import build_app as build_worker

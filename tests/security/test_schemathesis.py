@@ -2,7 +2,8 @@
 
 Every documented operation gets generated requests, valid and invalid (a bounded number
 each); none may produce a server error, and each answer must match the documented status
-codes and content types.
+codes, content types and body schemas (errors, /route's Ticket or NoWorker). Only the
+proxy's operations document a `default` answer (the worker's own status, passed through).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
+    response_schema_conformance,
     status_code_conformance,
 )
 
@@ -28,5 +30,11 @@ def test_no_server_error(case: schemathesis.Case, router: Router) -> None:  # no
         base_url=router.url, headers={"Authorization": f"Bearer {SECRET}"}, timeout=10
     )
     case.validate_response(
-        response, checks=[not_a_server_error, status_code_conformance, content_type_conformance]
+        response,
+        checks=[
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ],
     )

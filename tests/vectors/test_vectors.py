@@ -1,7 +1,7 @@
 """The ticket vectors through three verifiers: plain Python, workers.verify, Node.js.
 
 And tickets the real router issues (in process, both algorithms, several costs) through
-the same plain rebuild: what is served is what is signed (DESIGN §3.2).
+the same plain rebuild: what is served is what is signed (docs/protocol.md, "The signature").
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def _header(ticket: dict[str, Any] | None) -> dict[str, str]:
 
 
 def tgi(client: Client, ticket: dict[str, Any] | None, path: str = "") -> Any:
-    """TGI's async client on the worker, its ticket in the header (DESIGN §3.3 shape 3)."""
+    """TGI's async client on the worker, its ticket in the header (docs/protocol.md, shape 3)."""
     base = str(client.make_url(path))
     return tg.AsyncClient(base, headers=_header(ticket), timeout=10)
 

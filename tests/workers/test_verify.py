@@ -65,7 +65,7 @@ def test_cost_256_0_is_served_as_256_and_still_verifies_re_sent_as_256_0(
     v = verifier(ring)
     t = tickets.issue(cost=256.0)
     wire = orjson.dumps(t)
-    assert b'"cost":256,' in wire  # served as signed (DESIGN §3.2)
+    assert b'"cost":256,' in wire  # served as signed (docs/protocol.md)
     # A client that re-encodes the ticket with a float writes 256.0: the same number.
     resent = orjson.loads(wire.replace(b'"cost":256,', b'"cost":256.0,'))
     assert type(resent["cost"]) is float

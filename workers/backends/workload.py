@@ -1,8 +1,9 @@
 """What a request weighs, estimated from its payload alone (pure: no I/O, never raises).
 
 Used when the worker serves without tickets (`--no-verify`); with a ticket, its `cost`
-is the weight. Units follow the router's estimate (DESIGN §7): tokens for text
-(tokens asked for + prompt length / 4), width x height x steps for images.
+is the weight. Units follow the router's estimate (docs/protocol.md, "The cost of a
+proxied request"): tokens for text (tokens asked for + prompt length / 4), width x
+height x steps for images.
 """
 
 from __future__ import annotations
