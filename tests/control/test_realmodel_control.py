@@ -66,8 +66,9 @@ async def test_a_real_model_created_loaded_served_streamed_deleted(
     settings = control_settings(tmp_path, extra=runtime_toml(model_path))
     async with control_router(settings) as (client, ctx):
         base = str(client.make_url("")).rstrip("/")
-        sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="admin-key", max_retries=0,
-                                 timeout=120)
+        sdk = openai.AsyncOpenAI(
+            base_url=f"{base}/v1", api_key="admin-key", max_retries=0, timeout=120
+        )
         body = {
             "clusterName": "local",
             "endpointName": "smol",
@@ -87,24 +88,37 @@ async def test_a_real_model_created_loaded_served_streamed_deleted(
         assert "".join(parts)
 
         # the Bytez API loads the same model file as a catalog model and runs it
-        resp = await client.post("/model/load", headers=BYTEZ_ADMIN,
-                                 data=orjson.dumps({"model": MODEL, "concurrency": 1}))
+        resp = await client.post(
+            "/model/load",
+            headers=BYTEZ_ADMIN,
+            data=orjson.dumps({"model": MODEL, "concurrency": 1}),
+        )
         assert resp.status == 200, await resp.text()
         name = MODEL.replace("/", "--")
         assert await ctx.fleet.until_ready(name, 150), ctx.registry.records[name].reason
-        resp = await client.post("/model/run", headers=BYTEZ_ADMIN, data=orjson.dumps(
-            {"model": MODEL, "prompt": "The capital of France is", "params": {"max_length": 8}}))
+        resp = await client.post(
+            "/model/run",
+            headers=BYTEZ_ADMIN,
+            data=orjson.dumps(
+                {"model": MODEL, "prompt": "The capital of France is", "params": {"max_length": 8}}
+            ),
+        )
         assert resp.status == 200, await resp.text()
         assert (await resp.json())["output"]
 
         provider = client.app[CONTROL].providers["local"]
         pids = [p for w in await provider.observe() for p in provider.pids(w.id)]  # type: ignore[attr-defined]
         assert len(pids) == 4  # two workers, each a model server and a reference worker
-        resp = await client.request("DELETE", BASE, headers=ADMIN, data=orjson.dumps(
-            {"workspace": "team-beta", "endpoint": "smol"}))
+        resp = await client.request(
+            "DELETE",
+            BASE,
+            headers=ADMIN,
+            data=orjson.dumps({"workspace": "team-beta", "endpoint": "smol"}),
+        )
         assert resp.status == 200
-        resp = await client.post("/model/delete", headers=BYTEZ_ADMIN,
-                                 data=orjson.dumps({"model": MODEL}))
+        resp = await client.post(
+            "/model/delete", headers=BYTEZ_ADMIN, data=orjson.dumps({"model": MODEL})
+        )
         assert resp.status == 200
         await until(lambda: not {"smol", name} & set(ctx.registry.records), timeout_s=60)
         await until_gone(pids, timeout_s=30)
