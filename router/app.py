@@ -34,6 +34,7 @@ from router.control.registry import Registry
 from router.errors import error_middleware, json_response
 from router.fleet import Fleet
 from router.health import HealthPoller
+from router.hold import Holds
 from router.loops import repeat
 from router.metrics import CONTENT_TYPE_LATEST, Metrics
 from router.proxy import web as web_proxy
@@ -172,9 +173,11 @@ def build_app(
             store=store,
             snapshot=snapshot,
             fleet=Fleet(store, snapshot),
+            holds=Holds(metrics),
             replica_id=uuid.uuid4().hex[:12],
             sign_pool=sign_pool,
         )
+        ctx.fleet.on_change.append(ctx.holds.kick)  # held requests retry as workers change
         try:
             await registry.refresh()
             await ctx.fleet.refresh()
@@ -199,7 +202,7 @@ def build_app(
         poller = app[HEALTH] = HealthPoller(
             ctx.fleet, app[POOL], ctx.endpoints, ctx.replica_id, ctx.metrics
         )
-        app[PROXY] = ProxyCore(ctx, app[POOL], poller)
+        app[PROXY] = ProxyCore(ctx, app[POOL], poller, ctx.holds)
         task = _task(poller.run_forever(), "health-poller")
         yield
         await _stop(task)

@@ -600,9 +600,11 @@ def _endpoint(r: _Reader) -> EndpointSettings:
             )
         )
         sp.done()
-    local = read_runtime(r.table("local")) if r.data.get("local") is not None else None
-    if local is not None:
-        r.table("local").done()
+    local = None
+    if r.data.get("local") is not None:
+        lr = r.table("local")
+        local = read_runtime(lr)
+        lr.done()
     autoscaling = Autoscaling()
     if spawn:
         if local is not None:

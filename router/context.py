@@ -18,6 +18,7 @@ from router.config import EndpointSettings, Settings
 from router.control.activity import Activity
 from router.control.registry import Registry
 from router.fleet import Fleet
+from router.hold import Holds
 from router.metrics import Metrics
 from router.signing import KeyRing
 from router.snapshot import Snapshot
@@ -35,6 +36,7 @@ class RouterContext:
     store: Store
     snapshot: Snapshot  # read it freely; write worker state only through `fleet`
     fleet: Fleet
+    holds: Holds  # requests waiting for a worker (cold starts, a full fleet)
     replica_id: str
     sign_pool: ThreadPoolExecutor | None = None  # None: tickets are signed on the loop
     activity: Activity = field(default_factory=Activity)  # inferences per endpoint

@@ -10,7 +10,7 @@ at once, and other replicas' changes arrive with the next `refresh`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from router.balancer import Mode
 from router.snapshot import Snapshot
@@ -23,6 +23,13 @@ class Fleet:
         self.snapshot = snapshot
         # per endpoint, an event set (and replaced) when one of its workers may be ready
         self._ready: dict[str, asyncio.Event] = {}
+        # called with an endpoint (None: any) whenever its workers changed: held requests
+        # (router/hold.py) try again
+        self.on_change: list[Callable[[str | None], None]] = []
+
+    def _changed(self, endpoint: str | None) -> None:
+        for listener in self.on_change:
+            listener(endpoint)
 
     async def until_ready(self, endpoint: str, timeout_s: float) -> bool:
         """Wait until the snapshot has a ready worker of `endpoint`; False after `timeout_s`.
@@ -56,6 +63,7 @@ class Fleet:
         await self.snapshot.refresh()
         if self._ready:
             self._wake()
+        self._changed(None)
 
     async def issue(
         self,
@@ -77,16 +85,21 @@ class Fleet:
         where = await self.store.release(wid, reqnum, cost)
         if where is not None:
             self.snapshot.apply_release(wid, cost, where)
+            if self.on_change:
+                w = self.snapshot.get(wid)
+                self._changed(w.endpoint if w is not None else None)
         return where
 
     async def record_health(self, wid: str, update: HealthUpdate) -> bool:
         written = await self.store.record_health(wid, update)
         if written:
             self.snapshot.apply_health(wid, update)
-            if update.status == "ready" and self._ready:
-                w = self.snapshot.get(wid)
-                if w is not None:
+            w = self.snapshot.get(wid)
+            if w is not None:
+                if update.status == "ready" and self._ready:
                     self._wake(w.endpoint)
+                if update.status != update.expected:
+                    self._changed(w.endpoint)
         return written
 
     async def upsert(

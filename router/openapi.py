@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from router.control import openapi as control_openapi
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _BEARER: list[dict[str, list[str]]] = [{"apiKey": []}]
 _PUBLIC: list[dict[str, list[str]]] = []  # explicit: no key, whatever the global default
@@ -220,6 +222,7 @@ def document() -> dict[str, Any]:
                 "Ticket": _TICKET,
                 "NoWorker": _NO_WORKER,
                 "WorkerStatus": _STATUS_COUNTS,
+                **control_openapi.SCHEMAS,
             },
         },
         "paths": {
@@ -342,6 +345,7 @@ def document() -> dict[str, Any]:
                     responses={"200": "Models", "401": "Missing or invalid API key"},
                 )
             },
+            **control_openapi.paths(),
             "/{endpoint}/{path}": {m: proxy_op(m) for m in ("get", "post", "put", "delete")},
             "/{endpoint}": {
                 "post": _op(

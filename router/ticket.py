@@ -155,7 +155,7 @@ async def issue_ticket(
         )
     if issued is None:
         return None, request_idx, ""
-    ctx.activity.note(endpoint, now)
+    ctx.activity.note(endpoint, now, cost)
     ticket: dict[str, Any] = {
         "cost": cost,
         "endpoint": endpoint,
@@ -180,6 +180,9 @@ async def _issue(
 ) -> tuple[dict[str, Any], dict[str, str] | None]:
     ticket, request_idx, _ = await issue_ticket(ctx, endpoint, cost, request_idx, session_id)
     if ticket is None:
+        # the client polls (Vast's protocol); the leader learns the endpoint is wanted
+        # (one coalesced start, however many clients poll)
+        ctx.activity.wanted(endpoint, cost)
         return _no_worker(ctx, endpoint, request_idx)
     m = ctx.metrics
     m.child(m.tickets, endpoint, "issued").inc()

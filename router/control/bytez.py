@@ -398,11 +398,8 @@ async def run(request: web.Request) -> web.StreamResponse:
     ep = ctx.endpoints.get(record.name)
     if ep is None or not key.allows(record.name, record.workspace):
         raise BytezError(404, f"model {entry.name!r} is not available to this key")
-    if not await ctx.fleet.until_ready(record.name, record.autoscaling.max_queue_time_s):
-        raise BytezError(503, f"model {entry.name!r} is still starting; try again shortly")
-    ep = ctx.endpoints.get(record.name)
-    if ep is None:
-        raise BytezError(404, f"model {entry.name!r} was deleted")
+    # a model still starting (or stopping) holds the run until a worker is ready, bounded
+    # by its max_queue_time_s (the proxy core's hold, as for any proxied request)
     core = request.app[PROXY]
     req = Request()
     req.method, req.path, req.upstream_path = b"POST", b"/v1/completions", b"/v1/completions"

@@ -159,8 +159,13 @@ class Lifecycle:
         last = self.activity.get(record.name, (0, 0.0))[1]
         want = self.desired(record, now, last)
         gprs = list(record.gprs)
+        m = self.ctx.metrics
+        m.desired_workers.labels(record.name).set(want)
         if len(live) < want:
             n = want - len(live)
+            m.child(m.decisions, record.name, "up", "desired").inc()
+            if not live:
+                m.child(m.cold_starts, record.name).inc()  # one, however many requests wait
             log.info(
                 "endpoint %s: starting %d worker(s) (have %d, want %d)",
                 record.name,

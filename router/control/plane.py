@@ -66,8 +66,7 @@ async def control_ctx(app: web.Application) -> AsyncIterator[None]:
     app[LISTENING] = asyncio.get_running_loop().create_future()
     tasks = [
         asyncio.create_task(
-            repeat(lambda: ctx.activity.flush(ctx.store), _ACTIVITY_FLUSH_S, "activity flush"),
-            name="activity-flush",
+            ctx.activity.run_forever(ctx.store, _ACTIVITY_FLUSH_S), name="activity-flush"
         )
     ]
     control = app[CONTROL] = Control()

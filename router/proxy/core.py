@@ -25,6 +25,7 @@ from router.context import RouterContext
 from router.cost import BadCost, estimate
 from router.errors import ApiError
 from router.health import HealthPoller, PollResult
+from router.hold import HoldRefused, Holds
 from router.jsonbody import loads_bounded
 from router.limits import check_rate, in_flight_slot
 from router.proxy.message import (
@@ -121,10 +122,13 @@ class _Retry(Exception):
 class ProxyCore:
     """Proxy mode for one router: what both server adapters call."""
 
-    def __init__(self, ctx: RouterContext, pool: Pool, health: HealthPoller | None) -> None:
+    def __init__(
+        self, ctx: RouterContext, pool: Pool, health: HealthPoller | None, holds: Holds
+    ) -> None:
         self.ctx = ctx
         self.pool = pool
         self.health = health
+        self.holds = holds
         self._seen = -1  # the registry version `_by_name` was built at
         self._by_name: dict[bytes, EndpointSettings] = {}
         self.openai_limit = 1
@@ -257,6 +261,13 @@ class ProxyCore:
                     sink.answer(req, last.status, b"", relayed, last.body)
                 return
             no_worker, headers = no_worker_body(self.ctx, ep.name)
+            if req.held:
+                no_worker["reason"] = {
+                    "timeout": "cold_start_timeout"
+                    if not no_worker["status"]["ready"]
+                    else "queue_timeout",
+                    "full": "too_many_held",
+                }.get(req.held, no_worker["reason"])
             status = 503
             error_answer(
                 sink,
@@ -286,9 +297,13 @@ class ProxyCore:
         tried: set[str] = set()
         last: _Retry | None = None
         for n in range(ep.retries + 1):
-            ticket, _, wid = await issue_ticket(
-                ctx, ep.name, cost, exclude=frozenset(tried), request_id=rid
-            )
+            ticket: dict[str, Any] | None = None
+            if n or not self.holds.waiting(ep.name):  # a newcomer queues behind the held
+                ticket, _, wid = await issue_ticket(
+                    ctx, ep.name, cost, exclude=frozenset(tried), request_id=rid
+                )
+            if ticket is None and n == 0:
+                ticket, wid = await self._hold(req, ep, cost, rid)
             if ticket is None:
                 break
             tried.add(wid)
@@ -307,6 +322,41 @@ class ProxyCore:
                     ctx.metrics.store_errors.inc()
                     log.warning("could not release a proxied request's load: %s", exc)
         return None, last
+
+    async def _hold(
+        self, req: Request, ep: EndpointSettings, cost: float, rid: str
+    ) -> tuple[dict[str, Any] | None, str]:
+        """Hold a request no worker can take now (router/hold.py) until one can, in
+        arrival order; (ticket, worker id), or (None, "") past the endpoint's bounds."""
+        a = ep.autoscaling
+        if a.max_held_requests <= 0 or a.max_queue_time_s <= 0:
+            return None, ""
+        ctx = self.ctx
+        if ep.local is None and not ctx.snapshot.endpoint(ep.name):
+            return None, ""  # no worker, and none the router could start: waiting is futile
+        ctx.activity.wanted(ep.name, cost)  # the leader starts a worker if there is none
+        deadline = asyncio.get_running_loop().time() + a.max_queue_time_s
+        again = False
+        while True:
+            try:
+                if not await self.holds.wait_turn(
+                    ep.name, deadline, a.max_held_requests, first=again
+                ):
+                    req.held = "timeout"
+                    return None, ""
+            except HoldRefused:
+                req.held = "full"
+                return None, ""
+            placed = False
+            try:
+                ticket, _, wid = await issue_ticket(ctx, ep.name, cost, request_id=rid)
+                placed = ticket is not None
+            finally:
+                self.holds.done(ep.name, placed)
+            if ticket is not None:
+                req.held = "served"
+                return ticket, wid
+            again = True
 
     async def _passive(self, wid: str, result: PollResult) -> None:
         if self.health is not None:
@@ -438,6 +488,8 @@ class ProxyCore:
         """Write the worker's answer to the client: whole if it is all here, else as it comes."""
         headers, length, sse = _answer_headers(conn)
         headers.append((b"X-Request-Id", rid.encode()))
+        if req.held == "served":
+            headers.append((b"X-Cold-Start", b"1"))  # it waited for a worker to be ready
         status = conn.status
         if not conn.complete and length is not None and length <= WHOLE_BODY_BYTES and not sse:
             # A small body of known length arrives in one or two reads anyway; sending it

@@ -82,6 +82,7 @@ class Request:
         "ctype",
         "ep",
         "headers",
+        "held",
         "host",
         "keep_alive",
         "kind",
@@ -110,6 +111,7 @@ class Request:
         self.kind = PROXY
         self.ep: EndpointSettings | None = None  # None: OpenAI, found by the body's model
         self.upstream_path = b""
+        self.held = ""  # "": never held; "served", "timeout", "full": how its hold ended
         # read from `headers` by `read_head`
         self.auth: bytes | None = None
         self.ctype = b""

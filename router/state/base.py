@@ -24,6 +24,10 @@ STATUSES: tuple[Status, ...] = ("ready", "loading", "unhealthy", "draining")
 Source = Literal["static", "registered", "spawned"]
 
 
+# Demand history is kept this long per endpoint: the autoscaler's long window and more.
+DEMAND_KEEP_S = 180
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached; callers answer 503 and try again later."""
 
@@ -290,6 +294,15 @@ class Store(ABC):
     @abstractmethod
     async def activity(self) -> dict[str, tuple[int, float]]:
         """Per endpoint: (inferences so far, last activity unix time)."""
+
+    @abstractmethod
+    async def add_demand(self, demand: dict[str, dict[int, float]]) -> None:
+        """Per endpoint, per unix second: add the cost routed (or wanted, with no worker to
+        take it) in that second. Replicas flush every second or so; kept DEMAND_KEEP_S."""
+
+    @abstractmethod
+    async def demand(self, since: int) -> dict[str, dict[int, float]]:
+        """Per endpoint, per unix second from `since` on: the cost every replica routed."""
 
     @abstractmethod
     async def forget_activity(self, name: str) -> None: ...

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from router.balancer import Mode, finalize
 from router.state.base import (
+    DEMAND_KEEP_S,
     MCOST_PER_COST,
     HealthUpdate,
     Issued,
@@ -64,6 +65,7 @@ class MemoryStore(Store):
         self._rates: dict[str, float] = {}  # GCRA theoretical arrival time per key
         self._slots: dict[str, dict[str, float]] = {}  # key -> token -> lease expiry
         self._named_leases: dict[str, tuple[str, float]] = {}  # take_lease: not persisted
+        self._demand: dict[str, dict[int, float]] = {}  # endpoint -> second -> cost; live
         self._file = state_file
         self._control = load(state_file) if state_file is not None else State()
         self._write_lock = asyncio.Lock()  # one file write at a time, docs changed in turn
@@ -243,6 +245,21 @@ class MemoryStore(Store):
 
     async def activity(self) -> dict[str, tuple[int, float]]:
         return dict(self._control.activity)
+
+    async def add_demand(self, demand: dict[str, dict[int, float]]) -> None:
+        for name, seconds in demand.items():
+            held = self._demand.setdefault(name, {})
+            for t, cost in seconds.items():
+                held[t] = held.get(t, 0.0) + cost
+            oldest = max(seconds) - DEMAND_KEEP_S
+            for t in [t for t in held if t < oldest]:
+                del held[t]
+
+    async def demand(self, since: int) -> dict[str, dict[int, float]]:
+        return {
+            name: {t: c for t, c in held.items() if t >= since}
+            for name, held in self._demand.items()
+        }
 
     async def forget_activity(self, name: str) -> None:
         if self._control.activity.pop(name, None) is not None:

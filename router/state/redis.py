@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from router.balancer import Mode
 from router.state import redis_scripts as lua
 from router.state.base import (
+    DEMAND_KEEP_S,
     HealthUpdate,
     Issued,
     Released,
@@ -37,7 +38,7 @@ from router.state.base import (
     reqnum_floor,
     worker_id,
 )
-from router.state.redis_schema import WORKER_TTL_S, Keys
+from router.state.redis_schema import DEMAND_TTL_S, WORKER_TTL_S, Keys
 from router.state.resp import Scripts
 
 P = ParamSpec("P")
@@ -489,6 +490,45 @@ class RedisStore(Store):
             name: (int(counts.get(name) or 0), float(times.get(name) or 0.0))
             for name in counts.keys() | times.keys()
         }
+
+    @_unavailable
+    async def add_demand(self, demand: dict[str, dict[int, float]]) -> None:
+        if not demand:
+            return
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, seconds in demand.items():
+                key = k.demand(name)
+                for t, cost in seconds.items():
+                    pipe.hincrbyfloat(key, str(t), cost)
+                pipe.expire(key, DEMAND_TTL_S)
+                pipe.sadd(k.demands, name)
+            await pipe.execute()
+
+    @_unavailable
+    async def demand(self, since: int) -> dict[str, dict[int, float]]:
+        k = self.keys
+        names: list[str] = sorted(await self.redis.smembers(k.demands))  # type: ignore[arg-type]
+        if not names:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(k.demand(name))
+            hashes: list[dict[str, str]] = await pipe.execute()
+        out: dict[str, dict[int, float]] = {}
+        old_before = since - DEMAND_KEEP_S
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, h in zip(names, hashes, strict=True):
+                if not h:
+                    pipe.srem(k.demands, name)
+                    continue
+                seconds = {int(t): float(c) for t, c in h.items()}
+                out[name] = {t: c for t, c in seconds.items() if t >= since}
+                stale = [str(t) for t in seconds if t < old_before]
+                if stale:
+                    pipe.hdel(k.demand(name), *stale)
+            await pipe.execute()
+        return out
 
     @_unavailable
     async def forget_activity(self, name: str) -> None:

@@ -55,6 +55,13 @@ LEADER = "leader:"
 ACTIVITY_COUNT = "act:n"
 # Hash of endpoint -> last activity unix time, as the replica wrote it (kept as a max).
 ACTIVITY_AT = "act:t"
+# Hash per endpoint of routed cost per unix second (field: the second), HINCRBYFLOAT by
+# every replica; the whole hash expires DEMAND_TTL_S after its last write, and the leader
+# drops fields older than base.DEMAND_KEEP_S when it reads.
+DEMAND = "dem:"
+DEMAND_TTL_S = 300
+# Set of endpoint names that have a demand hash.
+DEMANDS = "dems"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +113,10 @@ class Keys:
     @property
     def activity_at(self) -> str:
         return f"{self.prefix}{ACTIVITY_AT}"
+
+    def demand(self, endpoint: str) -> str:
+        return f"{self.prefix}{DEMAND}{endpoint}"
+
+    @property
+    def demands(self) -> str:
+        return f"{self.prefix}{DEMANDS}"

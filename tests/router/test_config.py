@@ -216,7 +216,10 @@ def test_store_state_file(tmp_path: Path) -> None:
     assert Settings.from_toml(cfg).store.state_file == tmp_path / "var" / "state.json"
     cfg = write(tmp_path, '[store]\nstate_file = ""\n')
     assert Settings.from_toml(cfg).store.state_file is None
-    assert Settings.from_toml(None, {}).store.state_file is None
+    # on by default: in a data directory beside the config (the working directory without one)
+    assert Settings.from_toml(None, {}).store.state_file == Path.cwd() / ".router-data/state.json"
+    cfg = write(tmp_path, "[store]\n")
+    assert Settings.from_toml(cfg).store.state_file == tmp_path / ".router-data/state.json"
     env = {"ROUTER_STORE_STATE_FILE": str(tmp_path / "s.json")}
     assert Settings.from_toml(None, env).store.state_file == tmp_path / "s.json"
     with pytest.raises(ConfigError, match=r"store\.state_file: must be a string"):
