@@ -10,21 +10,25 @@ a `ScaleMemory` the loop keeps per endpoint between calls.
 The rules (DESIGN.md §10.4; the anchors are Vast's autoscaler and Knative's KPA):
 
 * Demand: the mean of the last `SHORT_WINDOW_S` (6) and of the last `LONG_WINDOW_S`
-  (60) seconds of history (fewer at start); predicted = max(short, long), plus the
+  (60) seconds of history (fewer at start); predicted = max(short, long), and during a
+  cold start (requests held, no worker ready) at least the last second's demand: the
+  6 s mean of a step from idle is diluted by the idle seconds before it. On top, the
   backlog: `held_cost / BACKLOG_DRAIN_S` (held requests are work already owed; without
   it a fleet sized for the arrival rate would take minutes to drain a cold start's
-  queue). capacity = max(min_load, predicted / target_util).
+  queue). capacity = max(min_load, (predicted + backlog) / target_util).
 * Scale up at once: keep every worker (starting ones are coming capacity) and add new
   ones, each assumed to have the fleet's mean perf (`ScaleMemory.perf`, the last mean
   seen, `DEFAULT_PERF` before any worker existed; the loop may seed it from the
   endpoint's runtime perf), until the sum of perf covers capacity.
-* Scale down only to a count that capacity has needed for the whole last
-  `SCALE_DOWN_DELAY_S` (30 s; Knative's scale-down-delay shape: the max of the needs
-  over that window, so the fleet follows a falling long window 30 s late instead of in
-  30 s steps), and never while bursting: panic starts when short-window demand reaches
-  `PANIC_RATIO` (2x) the ready capacity, and lasts until `PANIC_HOLD_S` (60 s) after the
-  last time it did (Knative). A starting worker is never counted among the idle: a
-  scale-down keeps every starting worker and drops only ready ones.
+* Scale down only when both windows say fewer will do (so the short window can stop a
+  scale-down but never cause one: a fall is seen through the long window), only to a
+  count that sufficed for the whole last `SCALE_DOWN_DELAY_S` (30 s; Knative's
+  scale-down-delay shape: the max of the needs over that window, so the fleet follows
+  a falling long window 30 s late instead of in 30 s steps), and never while bursting:
+  panic starts when short-window demand reaches `PANIC_RATIO` (2x) the ready capacity,
+  and lasts until `PANIC_HOLD_S` (60 s) after the last time it did (Knative). A
+  starting worker is never counted among the idle: a scale-down keeps every starting
+  worker and drops only ready ones.
 * The last worker (n -> 0) is a stage of its own (Ray's downscale_to_zero_delay_s): it
   goes only when the endpoint is idle (nothing routed for the whole long window,
   nothing held) and `inactivity_timeout_s` has passed since `last_activity`; None
@@ -127,7 +131,12 @@ def desired(
         memory.panic_until = now + PANIC_HOLD_S
     bursting = now < memory.panic_until
 
-    demand = max(short, long) / settings.target_util
+    predicted = max(short, long)
+    if held > 0 and ready_cap == 0 and history:
+        # a cold start: the 6 s mean of a step from idle is diluted by the idle seconds
+        # before it, and each second lost here is more queue to drain once workers are up
+        predicted = max(predicted, history[-1])
+    demand = predicted / settings.target_util
     backlog = max(held_cost, 0.0) / BACKLOG_DRAIN_S / settings.target_util
     capacity = max(settings.min_load, demand + backlog)
     perf = memory.perf if memory.perf > 0 else DEFAULT_PERF

@@ -184,6 +184,13 @@ def test_held_requests_on_a_cold_endpoint_start_one_at_once() -> None:
     assert d.workers == 1
 
 
+def test_a_cold_start_trusts_the_last_second() -> None:
+    # a step from idle: the 6 s mean is 1/6 of it, but requests wait and nothing is ready
+    step = [*flat(0, 59), 600.0]
+    assert decide(step, [], held=3).workers == 7  # 600 / 0.9 / 100
+    assert decide(step, ready(1)).workers == 2  # with a ready worker: the 6 s mean, 100
+
+
 def test_held_cost_asks_for_capacity_to_drain_the_queue() -> None:
     # the arrival rate is covered, but 90 cost x 100 held requests wait
     d = decide(flat(150), ready(2), held=100, held_cost=9000)
