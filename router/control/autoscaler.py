@@ -11,8 +11,9 @@ The rules (DESIGN.md §10.4; the anchors are Vast's autoscaler and Knative's KPA
 
 * Demand: the mean of the last `SHORT_WINDOW_S` (6) and of the last `LONG_WINDOW_S`
   (60) seconds of history (fewer at start); predicted = max(short, long), and during a
-  cold start (requests held, no worker ready) at least the last second's demand: the
-  6 s mean of a step from idle is diluted by the idle seconds before it. On top, the
+  cold start (requests held, no worker ready) at least the mean of the short window's
+  seconds since the last one without demand: the 6 s mean of a step from idle is
+  diluted by the idle seconds before it (the last second alone is too noisy). On top, the
   backlog: `held_cost / BACKLOG_DRAIN_S` (held requests are work already owed; without
   it a fleet sized for the arrival rate would take minutes to drain a cold start's
   queue). capacity = max(min_load, (predicted + backlog) / target_util).
@@ -132,10 +133,10 @@ def desired(
     bursting = now < memory.panic_until
 
     predicted = max(short, long)
-    if held > 0 and ready_cap == 0 and history:
+    if held > 0 and ready_cap == 0:
         # a cold start: the 6 s mean of a step from idle is diluted by the idle seconds
         # before it, and each second lost here is more queue to drain once workers are up
-        predicted = max(predicted, history[-1])
+        predicted = max(predicted, _mean(_since_idle(history[-SHORT_WINDOW_S:])))
     demand = predicted / settings.target_util
     backlog = max(held_cost, 0.0) / BACKLOG_DRAIN_S / settings.target_util
     capacity = max(settings.min_load, demand + backlog)
@@ -221,6 +222,14 @@ def _count(capacity: float, ready: list[float], starting: list[float], perf: flo
         total += p
         n += 1
     return n
+
+
+def _since_idle(values: Sequence[float]) -> Sequence[float]:
+    """The trailing seconds with demand, after the last second without any."""
+    for i in range(len(values) - 1, -1, -1):
+        if values[i] <= 0:
+            return values[i + 1 :]
+    return values
 
 
 def _mean(values: Sequence[float]) -> float:

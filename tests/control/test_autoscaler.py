@@ -184,11 +184,11 @@ def test_held_requests_on_a_cold_endpoint_start_one_at_once() -> None:
     assert d.workers == 1
 
 
-def test_a_cold_start_trusts_the_last_second() -> None:
+def test_a_cold_start_counts_only_the_seconds_since_idle() -> None:
     # a step from idle: the 6 s mean is 1/6 of it, but requests wait and nothing is ready
-    step = [*flat(0, 59), 600.0]
-    assert decide(step, [], held=3).workers == 7  # 600 / 0.9 / 100
-    assert decide(step, ready(1)).workers == 2  # with a ready worker: the 6 s mean, 100
+    step = [*flat(0, 58), 300.0, 900.0]
+    assert decide(step, [], held=3).workers == 7  # (300 + 900) / 2 / 0.9 / 100
+    assert decide(step, ready(1)).workers == 3  # with a ready worker: the 6 s mean, 200
 
 
 def test_held_cost_asks_for_capacity_to_drain_the_queue() -> None:
