@@ -1,7 +1,7 @@
 """Autoscaler simulator: the router's own policy against a fixed fleet and Knative's KPA.
 
     python bench/autoscale_sim.py [--traces step diurnal bursts idle] [--cold-start-s 20]
-                                  [--seed 1] [--plots bench/plots] [--markdown]
+                                  [--seeds 1 2 3] [--plots bench/plots] [--no-plots]
 
 A discrete-time simulation (100 ms steps) that calls `router.control.autoscaler.desired()`
 (looked up at call time, never copied) once a simulated second, as the lifecycle loop
