@@ -23,10 +23,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import replace
 
 from router.context import RouterContext
+from router.control.autoscaler import (
+    DEFAULT_PERF,
+    LONG_WINDOW_S,
+    Decision,
+    ScaleMemory,
+    WorkerView,
+    desired,
+)
 from router.control.providers.base import ProvidedWorker, Provider, ProviderError
 from router.control.registry import Conflict
 from router.control.spec import EndpointRecord, Gpr, State, new_gpr
@@ -37,33 +44,28 @@ log = logging.getLogger(__name__)
 LEASE = "control-leader"
 _KEEP_RELEASED_GPRS = 8  # released provision records kept per endpoint, newest last
 
-# desired(record, now, last_activity) -> how many workers the endpoint should have
-Desired = Callable[[EndpointRecord, float, float], int]
 
+def expired(record: EndpointRecord, now: float, last_activity: float, held: int) -> bool:
+    """Idle past `inactivity_timeout_s`: every worker goes, `min_workers` or not.
 
-def base_desired(record: EndpointRecord, now: float, last_activity: float) -> int:
-    """`min_workers`, or none once idle past `inactivity_timeout_s` (scale to zero)."""
-    a = record.autoscaling
-    timeout = a.inactivity_timeout_s
+    This is Bytez's `expirationPeriodSeconds` (a loaded model stops that long after its
+    last run) and Vast's inactivity timeout; with no cold tier of stopped-but-loaded
+    workers here, `min_workers` holds only while the endpoint is in use.
+    """
+    timeout = record.autoscaling.inactivity_timeout_s
     idle_since = max(last_activity, record.created)
-    if timeout is not None and now - idle_since >= timeout:
-        return 0
-    return max(a.min_workers, 1 if timeout is not None else 0) if a.max_workers else 0
+    return timeout is not None and held == 0 and now - idle_since >= timeout
 
 
 class Lifecycle:
-    def __init__(
-        self,
-        ctx: RouterContext,
-        providers: dict[str, Provider],
-        holder: str,
-        desired: Desired = base_desired,
-    ) -> None:
+    def __init__(self, ctx: RouterContext, providers: dict[str, Provider], holder: str) -> None:
         self.ctx = ctx
         self.providers = providers
         self.holder = holder
-        self.desired = desired
         self.leader = False
+        self._memory: dict[str, ScaleMemory] = {}  # the autoscaler's, per endpoint
+        self._said: dict[str, tuple[int, str]] = {}  # last decision logged, per endpoint
+        self.demand: dict[str, dict[int, float]] = {}  # the store's, read each tick
         self._draining: dict[str, float] = {}  # provider worker id -> when its drain began
         self.activity: dict[str, tuple[int, float]] = {}  # the store's, read each tick
 
@@ -85,6 +87,7 @@ class Lifecycle:
             await registry.restore()
         await registry.refresh()
         self.activity = await ctx.store.activity()
+        self.demand = await ctx.store.demand(int(now) - LONG_WINDOW_S - 1)
         observed: dict[tuple[str, str], list[ProvidedWorker]] = {}
         for name, p in self.providers.items():
             for w in await p.observe():
@@ -156,14 +159,11 @@ class Lifecycle:
             if failure:
                 await self._save(record, "Failed", failure, now)
             return
-        last = self.activity.get(record.name, (0, 0.0))[1]
-        want = self.desired(record, now, last)
+        want = self._decide(record, live, fleet, now)
         gprs = list(record.gprs)
         m = self.ctx.metrics
-        m.desired_workers.labels(record.name).set(want)
         if len(live) < want:
             n = want - len(live)
-            m.child(m.decisions, record.name, "up", "desired").inc()
             if not live:
                 m.child(m.cold_starts, record.name).inc()  # one, however many requests wait
             log.info(
@@ -207,6 +207,57 @@ class Lifecycle:
         else:
             state, reason = "Pending", "waiting for capacity"
         await self._save(record, state, reason, now)
+
+    def _decide(
+        self,
+        record: EndpointRecord,
+        live: list[ProvidedWorker],
+        fleet: dict[str, WorkerRecord],
+        now: float,
+    ) -> int:
+        """How many workers the endpoint should have (router/control/autoscaler.py)."""
+        name = record.name
+        perf = record.runtime.perf or DEFAULT_PERF
+        memory = self._memory.get(name)
+        if memory is None:
+            memory = self._memory[name] = ScaleMemory(perf=perf)
+        seconds = self.demand.get(name, {})
+        t = int(now)
+        # the last LONG_WINDOW_S seconds, this one (still filling) last: a cold start's
+        # demand is seen the tick it arrives
+        history = [seconds.get(s, 0.0) for s in range(t - LONG_WINDOW_S + 1, t + 1)]
+        views = []
+        for w in live:
+            rec = fleet.get(w.url)
+            ready = rec is not None and rec.ready
+            views.append(
+                WorkerView(rec.perf if rec is not None else perf, "ready" if ready else "starting")
+            )
+        held = self.ctx.holds.held(name)
+        last = self.activity.get(name, (0, 0.0))[1]
+        if expired(record, now, last, held):
+            decision = Decision(
+                0,
+                "down" if live else "hold",
+                "inactivity",
+                f"{len(live)} -> 0: idle past the inactivity timeout",
+            )
+        else:
+            decision = desired(history, views, record.autoscaling, now, memory, last, held)
+        m = self.ctx.metrics
+        m.desired_workers.labels(name).set(decision.workers)
+        said = (decision.workers, decision.reason)
+        if decision.direction != "hold" and self._said.get(name) != said:
+            log.info(
+                "endpoint %s: autoscaler %s (%s) %s",
+                name,
+                decision.direction,
+                decision.reason,
+                decision.detail,
+            )
+            m.child(m.decisions, name, decision.direction, decision.reason).inc()
+        self._said[name] = said
+        return decision.workers
 
     async def _delete(
         self,
