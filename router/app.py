@@ -152,7 +152,7 @@ def build_app(
     keys = keyring or load_keyring(settings)  # fail before listening on a bad key file
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        metrics = Metrics()
+        metrics = Metrics(algorithm=keys.signer.verify_key.algorithm, store=settings.store.backend)
         store = open_store(settings.store)
         registry = Registry(store, settings.endpoints)
         snapshot = Snapshot(store, metrics, registry.endpoints)
