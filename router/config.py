@@ -254,7 +254,8 @@ _ENV_SECTIONS = ("server", "store", "signing")
 
 
 def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Apply `ROUTER_SECTION_KEY=value` overrides (and `ROUTER_LOG_LEVEL`, `ROUTER_API_KEY`)."""
+    """Apply `ROUTER_SECTION_KEY=value` overrides, `ROUTER_LOG_LEVEL`, and one key each
+    from `ROUTER_API_KEY`, `ROUTER_ADMIN_KEY` and `ROUTER_WORKER_TOKEN`."""
     for name, value in env.items():
         if not name.startswith("ROUTER_"):
             continue
@@ -268,6 +269,11 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         if rest == "admin_key":
             data.setdefault("api_keys", []).append(
                 {"key": value, "name": "env-admin", "admin": True}
+            )
+            continue
+        if rest == "worker_token":  # workers register with it (a Secret in deploy/)
+            data.setdefault("api_keys", []).append(
+                {"key": value, "name": "env-workers", "register_workers": True}
             )
             continue
         section, _, key = rest.partition("_")
