@@ -1,7 +1,8 @@
 # The router image. Build:  docker build -t inference-router .
 # Run:    docker run -p 8080:8080 -v $PWD/configs:/etc/router:ro inference-router \
 #             serve --config /etc/router/router.toml
-FROM python:3.11-slim
+# A pinned tag: a rebuild gets the same Python and Debian release, not whatever 3.11 is now.
+FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -17,7 +18,8 @@ COPY workers ./workers
 COPY configs ./configs
 RUN pip install . && rm -rf /root/.cache
 
-USER router
+# Numeric, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
+USER 10001
 # Listen on every interface inside the container; the port matches the Vast SDK's default.
 ENV ROUTER_SERVER_HOST=0.0.0.0 \
     ROUTER_SERVER_PORT=8080
