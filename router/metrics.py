@@ -196,6 +196,12 @@ class Metrics:
         self.inflight_requests = Gauge(
             "router_inflight_requests", "Estimated requests in flight.", ["endpoint"], registry=r
         )
+        self.capacity = Gauge(
+            "router_capacity",
+            "Cost per second the endpoint's ready workers process together (their perf).",
+            ["endpoint"],
+            registry=r,
+        )
         self.workers = Gauge(
             "router_workers", "Workers by health status.", ["endpoint", "status"], registry=r
         )
