@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.conftest import free_port
 from tests.deploy.kube import ROOT
+from tests.deploy.test_compose import clean_env, interpolate
 from tests.e2e.procs import Proc, request, wait_until
 
 DEPLOY = ROOT / "deploy"
@@ -24,9 +26,14 @@ KEYS = {"ROUTER_API_KEY": "k-api", "ROUTER_ADMIN_KEY": "k-admin", "ROUTER_WORKER
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 
-def compose_worker_args() -> list[str]:
+def compose() -> dict[str, Any]:
+    """The compose file with its variables at their defaults (the README's keys)."""
     doc = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
-    return [str(a) for a in doc["services"]["worker-1"]["command"]]
+    return dict(interpolate(doc, clean_env()))
+
+
+def compose_worker_args() -> list[str]:
+    return [str(a) for a in compose()["services"]["worker-1"]["command"]]
 
 
 def replace_flags(args: list[str], **values: str) -> list[str]:
@@ -45,6 +52,9 @@ def replace_flags(args: list[str], **values: str) -> list[str]:
 def test_router_config_serves_registered_workers(
     config: str, endpoint: str, redis_url: str, tmp_path: Path
 ) -> None:
+    keys = dict(KEYS)
+    if config.startswith("compose/"):  # the keys the README's compose example uses
+        keys = {k: compose()["services"]["router"]["environment"][k] for k in KEYS}
     port = free_port()
     router_url = f"http://127.0.0.1:{port}"
     key = tmp_path / "signing.pem"
@@ -55,7 +65,7 @@ def test_router_config_serves_registered_workers(
         ).start()
         assert keygen.proc is not None and keygen.proc.wait(30) == 0, keygen.log()
         env = {
-            **KEYS,
+            **keys,
             "ROUTER_SERVER_HOST": "127.0.0.1",
             "ROUTER_SERVER_PORT": str(port),
             "ROUTER_STORE_REDIS_URL": redis_url,
@@ -80,10 +90,10 @@ def test_router_config_serves_registered_workers(
                 f"worker-{wp}",
                 [sys.executable, "-m", "workers", *args],
                 tmp_path,
-                env={"WORKER_REGISTER_TOKEN": KEYS["ROUTER_WORKER_TOKEN"]},
+                env={"WORKER_REGISTER_TOKEN": keys["ROUTER_WORKER_TOKEN"]},
             ).start()
             procs.append(worker)
-        admin = {"Authorization": f"Bearer {KEYS['ROUTER_ADMIN_KEY']}"}
+        admin = {"Authorization": f"Bearer {keys['ROUTER_ADMIN_KEY']}"}
 
         def ready() -> bool:
             status, doc = request(
@@ -92,7 +102,7 @@ def test_router_config_serves_registered_workers(
             return status == 200 and sum(w["status"] == "ready" for w in doc["workers"]) == 2
 
         wait_until(ready, 30, "both workers registered and ready")
-        user = {"Authorization": f"Bearer {KEYS['ROUTER_API_KEY']}"}
+        user = {"Authorization": f"Bearer {keys['ROUTER_API_KEY']}"}
         status, doc = request(
             "POST",
             f"{router_url}/{endpoint}/generate",
@@ -103,7 +113,7 @@ def test_router_config_serves_registered_workers(
         status, ticket = request(
             "POST",
             f"{router_url}/route/",
-            {"endpoint": endpoint, "api_key": KEYS["ROUTER_API_KEY"], "cost": 16},
+            {"endpoint": endpoint, "api_key": keys["ROUTER_API_KEY"], "cost": 16},
         )
         assert status == 200 and ticket["url"] in {
             f"http://127.0.0.1:{wp}" for wp in worker_ports
