@@ -35,8 +35,12 @@ def kubectl_problem() -> str | None:
 @functools.cache
 def render(overlay: str) -> tuple[Obj, ...]:
     """Every object `kubectl kustomize` makes of `overlay`."""
+    return render_dir(KUSTOMIZE / "overlays" / overlay)
+
+
+def render_dir(path: Path) -> tuple[Obj, ...]:
     run = subprocess.run(
-        ["kubectl", "kustomize", str(KUSTOMIZE / "overlays" / overlay)],
+        ["kubectl", "kustomize", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

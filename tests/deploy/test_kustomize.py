@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 
 from router.config import Settings
 from tests.deploy.kube import (
+    KUSTOMIZE,
     OVERLAYS,
     Obj,
     container,
@@ -31,6 +33,7 @@ from tests.deploy.kube import (
     one,
     pod_spec,
     render,
+    render_dir,
 )
 
 pytestmark = pytest.mark.skipif((problem := kubectl_problem()) is not None, reason=problem or "")
@@ -406,3 +409,28 @@ def test_secret_values_are_marked_placeholders() -> None:
     assert set(values) == {"api-key", "admin-key", "worker-token"}
     for key, value in values.items():
         assert re.fullmatch(r"CHANGE-ME-[a-z-]+", value), f"{key}: not a marked placeholder"
+
+
+def test_synthetic_worker_component_needs_no_gpu(tmp_path: Path) -> None:
+    from workers.cli import parser as worker_parser
+
+    overlay = tmp_path / "try"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        # kustomize takes relative paths only
+        f"resources:\n  - {os.path.relpath(KUSTOMIZE / 'overlays' / 'single', overlay)}\n"
+        "components:\n"
+        f"  - {os.path.relpath(KUSTOMIZE / 'components' / 'synthetic-worker', overlay)}\n"
+    )
+    objs = render_dir(overlay)
+    for obj in objs:
+        validate(obj)
+    worker = one(objs, "Deployment", "llama-worker")
+    (sidecar,) = pod_spec(worker)["containers"]
+    assert sidecar["name"] == "worker" and "nvidia.com/gpu" not in str(worker)
+    args = worker_parser().parse_args(sidecar["args"])
+    assert args.backend == "synthetic" and args.endpoint == "llama"
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    mounts = {m["name"] for m in sidecar["volumeMounts"]}
+    assert mounts <= {v["name"] for v in pod_spec(worker)["volumes"]}
