@@ -3,7 +3,8 @@
 #             inference-router serve --config /app/configs/docker.toml
 # Your own config: add -v $PWD/my-configs:/etc/router:ro and --config /etc/router/router.toml
 # (tests/test_packaging.py checks that the config of the first example exists).
-FROM python:3.11-slim
+# A pinned tag: a rebuild gets the same Python and Debian release, not whatever 3.11 is now.
+FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -19,7 +20,8 @@ COPY workers ./workers
 COPY configs ./configs
 RUN pip install . && rm -rf /root/.cache
 
-USER router
+# Numeric, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
+USER 10001
 # Listen on every interface inside the container; the port matches the Vast SDK's default.
 ENV ROUTER_SERVER_HOST=0.0.0.0 \
     ROUTER_SERVER_PORT=8080

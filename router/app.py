@@ -31,6 +31,7 @@ from router.control.plane import CONTROL_ENABLED, control_ctx
 from router.control.plane import MIDDLEWARES as CONTROL_MIDDLEWARES
 from router.control.plane import add_routes as control_routes
 from router.control.registry import Registry
+from router.control.spec import STATES
 from router.errors import error_middleware, json_response
 from router.fleet import Fleet
 from router.health import HealthPoller
@@ -153,7 +154,7 @@ def build_app(
     keys = keyring or load_keyring(settings)  # fail before listening on a bad key file
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        metrics = Metrics()
+        metrics = Metrics(algorithm=keys.signer.verify_key.algorithm, store=settings.store.backend)
         store = open_store(settings.store)
         registry = Registry(store, settings.endpoints)
         snapshot = Snapshot(store, metrics, registry.endpoints)
@@ -286,5 +287,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     ctx.snapshot.export_metrics()
+    for record in ctx.registry.records.values():
+        for state in STATES:
+            ctx.metrics.endpoint_state.labels(record.name, state).set(state == record.state)
     body = ctx.metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

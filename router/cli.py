@@ -32,8 +32,8 @@ Inference request router and load-balancing proxy.
 
 Every setting can also come from the environment: ROUTER_SERVER_PORT=9000,
 ROUTER_STORE_BACKEND=redis, ROUTER_STORE_REDIS_URL=redis://..., ROUTER_SIGNING_ALGORITHM,
-ROUTER_SIGNING_KEY_FILES=a.pem,b.pem, ROUTER_LOG_LEVEL, ROUTER_API_KEY / ROUTER_ADMIN_KEY
-(one extra key). See configs/router.example.toml for every setting.
+ROUTER_SIGNING_KEY_FILES=a.pem,b.pem, ROUTER_LOG_LEVEL, ROUTER_API_KEY / ROUTER_ADMIN_KEY /
+ROUTER_WORKER_TOKEN (one extra key each). See configs/router.example.toml for every setting.
 
 To use several cores, `serve --processes N` runs N router processes on one port
 (SO_REUSEPORT) that share the Redis store; it needs store.backend = "redis",

@@ -257,7 +257,8 @@ _ENV_SECTIONS = ("server", "store", "signing")
 
 
 def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
-    """Apply `ROUTER_SECTION_KEY=value` overrides (and `ROUTER_LOG_LEVEL`, `ROUTER_API_KEY`).
+    """Apply `ROUTER_SECTION_KEY=value` overrides, `ROUTER_LOG_LEVEL`, and one key each
+    from `ROUTER_API_KEY`, `ROUTER_ADMIN_KEY` and `ROUTER_WORKER_TOKEN`.
 
     Returns where each overridden setting came from (`{"server.port": "ROUTER_SERVER_PORT"}`),
     so an error about it names the variable the operator set, not a file line.
@@ -277,6 +278,11 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
         if rest == "admin_key":
             data.setdefault("api_keys", []).append(
                 {"key": value, "name": "env-admin", "admin": True}
+            )
+            continue
+        if rest == "worker_token":  # workers register with it (a Secret in deploy/)
+            data.setdefault("api_keys", []).append(
+                {"key": value, "name": "env-workers", "register_workers": True}
             )
             continue
         section, _, key = rest.partition("_")

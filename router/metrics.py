@@ -1,6 +1,8 @@
 """Prometheus collectors of the router (docs/architecture.md, "Metrics"), one registry per app.
 
 Labels never carry unbounded values: no worker URLs on request counters, no keys, no ids.
+Beside the router's own series: `process_*` (CPU, memory, open files of this process) and
+`router_build_info`, one series of 1 whose labels say what is running.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -24,6 +27,8 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.utils import floatToGoString
+
+from router.version import git_commit, package_version
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -151,8 +156,17 @@ def _counter(
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, algorithm: str = "unknown", store: str = "unknown") -> None:
+        """`algorithm` (of the signing key) and `store` (backend) label `router_build_info`."""
         r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        build = Gauge(
+            "router_build_info",
+            "Always 1: the router's version, commit, signing algorithm and store backend.",
+            ["version", "commit", "algorithm", "store"],
+            registry=r,
+        )
+        build.labels(package_version(), git_commit(), algorithm, store).set(1)
         self.requests = _counter(
             "router_requests_total",
             "Requests answered by the router.",
@@ -181,6 +195,12 @@ class Metrics:
         )
         self.inflight_requests = Gauge(
             "router_inflight_requests", "Estimated requests in flight.", ["endpoint"], registry=r
+        )
+        self.capacity = Gauge(
+            "router_capacity",
+            "Cost per second the endpoint's ready workers process together (their perf).",
+            ["endpoint"],
+            registry=r,
         )
         self.workers = Gauge(
             "router_workers", "Workers by health status.", ["endpoint", "status"], registry=r

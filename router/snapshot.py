@@ -104,6 +104,7 @@ class Snapshot:
                 m.workers.labels(ep, status).set(n)
             m.inflight_cost.labels(ep).set(sum(w.load for w in workers))
             m.inflight_requests.labels(ep).set(sum(w.requests for w in workers))
+            m.capacity.labels(ep).set(sum(w.perf for w in workers if w.status == "ready"))
 
     async def refresh(self) -> None:
         """Re-read every worker from the store (run_once of the refresh loop)."""

@@ -5,13 +5,24 @@ The series: docs/architecture.md, "Metrics".
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from workers.load import Load
 from workers.verify import ReplayMemory
 
 __all__ = ["CONTENT_TYPE_LATEST", "WorkerMetrics"]
+
+# `*_created` series double the output and nobody graphs them (as in router/metrics.py;
+# the switch is process-wide, and the worker need not import the router's module).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

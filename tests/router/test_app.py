@@ -238,6 +238,7 @@ async def test_public_endpoints(router: tuple[Client, RouterContext]) -> None:
     ):
         assert name in text
     assert 'router_workers{endpoint="demo",status="ready"} 2.0' in text
+    assert 'router_capacity{endpoint="demo"} 200.0' in text  # two ready workers of perf 100
     assert DEV_KEY not in text
 
 

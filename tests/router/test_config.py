@@ -52,6 +52,8 @@ def test_env_overrides(tmp_path: Path) -> None:
             "ROUTER_STORE_REDIS_URL": "redis://10.0.0.1:6379/2",
             "ROUTER_SIGNING_KEY_FILES": "a.pem, b.pem",
             "ROUTER_API_KEY": "k",
+            "ROUTER_ADMIN_KEY": "a",
+            "ROUTER_WORKER_TOKEN": "w",
             "ROUTER_LOG_LEVEL": "debug",
             "UNRELATED": "x",
         },
@@ -60,7 +62,12 @@ def test_env_overrides(tmp_path: Path) -> None:
     assert s.store.redis_url == "redis://10.0.0.1:6379/2"
     assert [f.name for f in s.signing.key_files] == ["a.pem", "b.pem"]
     assert s.signing.key_files[0].parent == tmp_path  # relative to the config file
-    assert s.api_keys[0].key_sha256 == hashlib.sha256(b"k").hexdigest()
+    by_name = {k.name: k for k in s.api_keys}
+    assert by_name["env"].key_sha256 == hashlib.sha256(b"k").hexdigest()
+    assert not by_name["env"].admin and not by_name["env"].register_workers
+    assert by_name["env-admin"].admin and not by_name["env-admin"].register_workers
+    assert by_name["env-workers"].register_workers and not by_name["env-workers"].admin
+    assert by_name["env-workers"].key_sha256 == hashlib.sha256(b"w").hexdigest()
     assert s.log_level == "debug"
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -61,3 +63,31 @@ def test_counters_only_go_up_and_labels_must_match() -> None:
         samples(m.render())[("router_retries_total", (("endpoint", "a"), ("reason", "connect")))]
         == 2
     )
+
+
+def test_build_info_and_process_metrics() -> None:
+    from router.version import git_commit, package_version
+
+    text = Metrics(algorithm="ed25519", store="redis").render()
+    info = {k: v for k, v in samples(text).items() if k[0] == "router_build_info"}
+    labels = (
+        ("algorithm", "ed25519"),
+        ("commit", git_commit()),
+        ("store", "redis"),
+        ("version", package_version()),
+    )
+    assert info == {("router_build_info", labels): 1.0}
+    names = {name for name, _ in samples(text)}
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= names
+    assert "_created" not in text.decode()
+
+
+def test_git_commit_is_read_from_a_checkout_only(tmp_path: Path) -> None:
+    from router.version import ROOT_CHECKOUT, git_commit
+
+    assert git_commit(tmp_path) == "unknown"  # no .git here
+    (tmp_path / ".git").mkdir()  # a broken one: git fails, and that is "unknown" too
+    assert git_commit(tmp_path) == "unknown"
+    if (ROOT_CHECKOUT / ".git").exists() and shutil.which("git"):
+        commit = git_commit(ROOT_CHECKOUT)
+        assert len(commit) == 12 and int(commit, 16) >= 0
