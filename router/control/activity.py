@@ -39,7 +39,7 @@ class Activity:
         now = time.time() if now is None else now
         self._last[endpoint] = now
         self._counts.setdefault(endpoint, 0)
-        self._add_demand(endpoint, now, max(cost, 1.0))
+        self._add_demand(endpoint, now, max(cost, 1e-3))  # even a free request is wanted
         self.urgent.set()
 
     def _add_demand(self, endpoint: str, now: float, cost: float) -> None:

@@ -80,8 +80,16 @@ async def test_a_proxied_request_is_held_through_a_cold_start(tmp_path: Path) ->
 
 
 async def test_a_thousand_route_calls_start_one_worker(tmp_path: Path) -> None:
-    async with control_router(cold_settings(tmp_path)) as (client, ctx):
-        body = orjson.dumps({"endpoint": "cold", "api_key": "admin-key", "cost": 10})
+    # up to 8 workers may run, and the calls' cost (300 in all) needs one: each poll
+    # is demand, but the start is one decision for the endpoint, not one per call
+    settings = cold_settings(tmp_path)
+    from dataclasses import replace
+
+    ep = next(e for e in settings.endpoints if e.name == "cold")
+    ep = replace(ep, autoscaling=replace(ep.autoscaling, max_workers=8))
+    settings = replace(settings, endpoints=(ep,))
+    async with control_router(settings) as (client, ctx):
+        body = orjson.dumps({"endpoint": "cold", "api_key": "admin-key", "cost": 0.3})
 
         async def route() -> dict[str, Any]:
             resp = await client.post("/route", data=body)
@@ -145,3 +153,28 @@ ready_timeout_s = 60
         with pytest.raises(asyncio.CancelledError):
             await task
         await until(lambda: held(ctx) == 0, timeout_s=5)
+
+
+async def test_the_vast_sdk_polls_through_a_cold_start(tmp_path: Path) -> None:
+    """Vast's own client against a scaled-to-zero endpoint: its /route polls (200 without
+    `url`, Retry-After) start one worker, and it is served once that worker is ready."""
+    import ssl
+
+    serverless = pytest.importorskip("vastai.serverless.client")
+    async with control_router(cold_settings(tmp_path)) as (client, ctx):
+        base = str(client.make_url("")).rstrip("/")
+        c = serverless.CoroutineServerless(
+            api_key="admin-key", autoscaler_url=base, max_poll_interval=0.5
+        )
+        c._ssl_context = ssl.create_default_context()  # no download of Vast's root cert
+        async with c:
+            endpoint = serverless.Endpoint(c, name="cold", id=1, api_key="admin-key")
+            payload = {"inputs": "What is deep learning?", "parameters": {"max_new_tokens": 8}}
+            result = await asyncio.wait_for(
+                endpoint.request("/generate", payload, cost=16, timeout=60), 60
+            )
+        assert result["ok"] is True and result["status"] == 200, result
+        assert len(result["response"]["generated_text"].split()) == 8
+        assert await started(client) == 1
+        text = await (await client.get("/metrics")).text()
+        assert counter(text, "router_cold_starts_total", "cold") == 1

@@ -64,3 +64,29 @@ async def test_a_create_on_one_replica_is_seen_and_routed_by_the_other(
         await until(lambda: ctx_a.snapshot.endpoint("sklearn-iris") == [], timeout_s=5)
         resp = await a.post("/sklearn-iris/generate", headers=ADMIN, json={"inputs": "x"})
         assert resp.status == 404
+
+
+async def test_a_request_held_on_one_replica_is_served_by_a_worker_the_other_started(
+    tmp_path: Path, redis_url: str
+) -> None:
+    from tests.control.test_cold_start import COLD, GEN
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    extra = COLD.format(held=100)
+    sa = control_settings(tmp_path / "a", store="redis", redis_url=redis_url, extra=extra)
+    sb = control_settings(tmp_path / "b", store="redis", redis_url=redis_url, extra=extra)
+    ring = KeyRing.ephemeral("ed25519")
+    async with control_router(sa, ring) as (a, ctx_a), control_router(sb, ring) as (b, ctx_b):
+        apps = {id(ctx_a): a.app, id(ctx_b): b.app}
+        await until(lambda: any(app[CONTROL].lifecycle is not None
+                                and app[CONTROL].lifecycle.leader for app in apps.values()))
+        leader_ctx = ctx_a if a.app[CONTROL].lifecycle.leader else ctx_b
+        follower, follower_ctx = (b, ctx_b) if leader_ctx is ctx_a else (a, ctx_a)
+        # the follower holds it; only the leader can start the worker
+        resp = await follower.post("/cold/generate", headers=ADMIN, json=GEN)
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["X-Cold-Start"] == "1"
+        assert follower_ctx.holds.held("cold") == 0
+        follower_app = apps[id(follower_ctx)]
+        assert await follower_app[CONTROL].providers["local"].observe() == []
