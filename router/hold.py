@@ -25,11 +25,12 @@ class HoldRefused(Exception):
 
 
 class _Queue:
-    __slots__ = ("turn", "waiters")
+    __slots__ = ("cost", "turn", "waiters")
 
     def __init__(self) -> None:
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.turn: asyncio.Future[None] | None = None  # the waiter whose turn it is
+        self.cost: dict[asyncio.Future[None], float] = {}  # what each waiter weighs
 
 
 class Holds:
@@ -41,12 +42,17 @@ class Holds:
         q = self._queues.get(endpoint)
         return len(q.waiters) if q is not None else 0
 
+    def held_cost(self, endpoint: str) -> float:
+        """The summed cost of the requests held for `endpoint` (the autoscaler's backlog)."""
+        q = self._queues.get(endpoint)
+        return sum(q.cost.values()) if q is not None else 0.0
+
     def waiting(self, endpoint: str) -> bool:
         """True if requests are held: a newcomer queues behind them."""
         return self.held(endpoint) > 0
 
     async def wait_turn(
-        self, endpoint: str, deadline: float, limit: int, *, first: bool = False
+        self, endpoint: str, deadline: float, limit: int, *, first: bool = False, cost: float = 0.0
     ) -> bool:
         """Wait for this request's turn to try again; False once `deadline` (loop time) passed.
 
@@ -62,6 +68,7 @@ class Holds:
             q.waiters.appendleft(fut)
         else:
             q.waiters.append(fut)
+        q.cost[fut] = cost
         self._gauge(endpoint, q)
         try:
             async with asyncio.timeout_at(deadline):
@@ -76,6 +83,7 @@ class Holds:
         finally:
             if fut in q.waiters:
                 q.waiters.remove(fut)
+            q.cost.pop(fut, None)
             self._gauge(endpoint, q)
             if not q.waiters and q.turn is None:
                 self._queues.pop(endpoint, None)

@@ -243,7 +243,16 @@ class Lifecycle:
                 f"{len(live)} -> 0: idle past the inactivity timeout",
             )
         else:
-            decision = desired(history, views, record.autoscaling, now, memory, last, held)
+            decision = desired(
+                history,
+                views,
+                record.autoscaling,
+                now,
+                memory,
+                last,
+                held,
+                held_cost=self.ctx.holds.held_cost(name),
+            )
         m = self.ctx.metrics
         m.desired_workers.labels(name).set(decision.workers)
         said = (decision.workers, decision.reason)

@@ -340,7 +340,7 @@ class ProxyCore:
         while True:
             try:
                 if not await self.holds.wait_turn(
-                    ep.name, deadline, a.max_held_requests, first=again
+                    ep.name, deadline, a.max_held_requests, first=again, cost=cost
                 ):
                     req.held = "timeout"
                     return None, ""
