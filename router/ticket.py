@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import secrets
 import time
@@ -130,13 +131,16 @@ async def issue_ticket(
     session_id: str | None = None,
     exclude: frozenset[str] = frozenset(),
     request_id: str | None = None,
+    proxy: bool = False,
 ) -> tuple[dict[str, Any] | None, int, str]:
     """Pick a worker and sign its ticket: (ticket or None if none fits, request_idx, worker id).
 
     `exclude`: worker ids not to pick (proxy retries); `request_id`: the ticket's
-    `__request_id` (proxy mode passes its X-Request-Id), else a random one. Used by both
-    modes. `cost` is balanced on and signed in its served form (`ticket_number`: 3
-    decimals, integral as an int), so the worker accounts what the router counted.
+    `__request_id` (proxy mode passes its X-Request-Id), else a random one; `proxy`: the
+    ticket goes to the worker with a proxied request, signed with the ring's Ed25519 key
+    (on the loop: it costs less than a hop to a thread). Used by both modes. `cost` is
+    balanced on and signed in its served form (`ticket_number`: 3 decimals, integral as
+    an int), so the worker accounts what the router counted.
     """
     cost = ticket_number(cost)
     ep = ctx.endpoints[endpoint]
@@ -160,13 +164,19 @@ async def issue_ticket(
         "cost": cost,
         "endpoint": endpoint,
         "expires_at": ticket_number(now + ctx.settings.signing.ticket_ttl_s),
-        "key_id": ctx.keyring.kid,
+        "key_id": ctx.keyring.proxy_kid if proxy else ctx.keyring.kid,
         "reqnum": issued.reqnum,
         "request_idx": issued.request_idx,
         "url": issued.url,
     }
-    if ctx.sign_pool is None:
-        ctx.keyring.sign_ticket(ticket)
+    if proxy and ctx.keyring.proxy_signer.verify_key.algorithm == "ed25519":
+        ctx.keyring.sign_ticket(ticket, proxy=True)
+    elif ctx.sign_pool is None:
+        ctx.keyring.sign_ticket(ticket, proxy=proxy)
+    elif proxy:
+        await asyncio.get_running_loop().run_in_executor(
+            ctx.sign_pool, functools.partial(ctx.keyring.sign_ticket, ticket, proxy=True)
+        )
     else:
         await asyncio.get_running_loop().run_in_executor(
             ctx.sign_pool, ctx.keyring.sign_ticket, ticket

@@ -300,7 +300,7 @@ class ProxyCore:
             ticket: dict[str, Any] | None = None
             if n or not self.holds.waiting(ep.name):  # a newcomer queues behind the held
                 ticket, _, wid = await issue_ticket(
-                    ctx, ep.name, cost, exclude=frozenset(tried), request_id=rid
+                    ctx, ep.name, cost, exclude=frozenset(tried), request_id=rid, proxy=True
                 )
             if ticket is None and n == 0:
                 ticket, wid = await self._hold(req, ep, cost, rid)
@@ -349,7 +349,7 @@ class ProxyCore:
                 return None, ""
             placed = False
             try:
-                ticket, _, wid = await issue_ticket(ctx, ep.name, cost, request_id=rid)
+                ticket, _, wid = await issue_ticket(ctx, ep.name, cost, request_id=rid, proxy=True)
                 placed = ticket is not None
             finally:
                 self.holds.done(ep.name, placed)

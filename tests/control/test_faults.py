@@ -40,12 +40,13 @@ async def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         (first,) = await provider(client).observe()
         pids = provider(client).pids(first.id)
         os.kill(pids[0], signal.SIGKILL)
-        # the lifecycle sees it exit, takes it out of rotation, starts another
+        # the lifecycle sees it exit, takes it out of rotation, starts another: wait on
+        # what the data plane reads, a ready worker that is not the killed one
         await until(
-            lambda: (
-                all(w.url != first.url for w in ctx.snapshot.endpoint("sklearn-iris"))
-                and state_of(ctx, "sklearn-iris") == "Running"
-            ),
+            lambda: any(
+                w.ready and w.url != first.url for w in ctx.snapshot.endpoint("sklearn-iris")
+            )
+            and all(w.url != first.url for w in ctx.snapshot.endpoint("sklearn-iris")),
             timeout_s=30,
         )
         (second,) = await provider(client).observe()

@@ -208,6 +208,27 @@ async def test_forwards_method_path_query_body_and_headers(ups: list[Upstream]) 
         assert resp.status == 404 and ups[0].seen[-1]["method"] == "GET"
 
 
+async def test_proxy_tickets_are_ed25519_when_route_tickets_are_rsa(ups: list[Upstream]) -> None:
+    """An RSA signature per proxied request buys nothing over Ed25519: the ring's Ed25519
+    key signs proxy tickets, the RSA one /route's, and the JWKS publishes both."""
+    from router.signing import KeyRing
+
+    ring = KeyRing.ephemeral("rsa")
+    async with router_client(proxy_settings(ups[:1]), ring) as (client, ctx):
+        await until(lambda: ready_count(ctx) == 1)
+        resp = await client.post("/demo/echo", headers=AUTH, json={"inputs": "hi"})
+        assert resp.status == 200
+        header = {k.lower(): v for k, v in ups[0].seen[-1]["headers"].items()}["x-route-ticket"]
+        ticket = orjson.loads(base64.urlsafe_b64decode(header + "=="))
+        jwks = verify_keys_from_jwks(await (await client.get("/.well-known/jwks.json")).json())
+        key = jwks[ticket["key_id"]]
+        assert key.algorithm == "ed25519" and ticket["key_id"] == ring.proxy_kid != ring.kid
+        assert key.verify(canonical(ticket), base64.b64decode(ticket["signature"]))
+        resp = await client.post("/route", json={"endpoint": "demo", "api_key": DEV_KEY})
+        routed = await resp.json()
+        assert routed["key_id"] == ring.kid and jwks[ring.kid].algorithm == "rsa"
+
+
 async def test_errors_before_forwarding(ups: list[Upstream]) -> None:
     s = proxy_settings(ups[:1], max_body_bytes=100)
     async with router_client(s) as (client, ctx):
