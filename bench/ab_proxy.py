@@ -72,14 +72,14 @@ def wrk_requests(url: str, connections: int, duration: int, script: Path) -> tup
     return int(n.group(1)), float(rps.group(1))
 
 
-def router_toml(path: Path, port: int, up_port: int, fast: bool) -> Path:
+def router_toml(path: Path, port: int, up_port: int, fast: bool, algorithm: str) -> Path:
     path.write_text(f"""
 log_level = "warning"
 [server]
 port = {port}
 fast_proxy = {"true" if fast else "false"}
 [signing]
-algorithm = "ed25519"
+algorithm = "{algorithm}"
 [[api_keys]]
 key = "{KEY}"
 [[endpoints]]
@@ -100,6 +100,12 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--aiohttp", action="store_true", help="both with server.fast_proxy = false")
+    ap.add_argument(
+        "--algorithm",
+        choices=["ed25519", "rsa"],
+        default="ed25519",
+        help="signing.algorithm of both routers (rsa: the default config)",
+    )
     args = ap.parse_args()
     ensure("wrk", "wrk")
     trees = {"A": args.a.resolve(), "B": args.b.resolve()}
@@ -119,7 +125,9 @@ def main() -> int:
         pids, urls = {}, {}
         for name, tree in trees.items():
             port = free_port()
-            conf = router_toml(tmp / f"{name}.toml", port, up_port, not args.aiohttp)
+            conf = router_toml(
+                tmp / f"{name}.toml", port, up_port, not args.aiohttp, args.algorithm
+            )
             proc = stack.enter_context(
                 started(
                     [sys.executable, "-m", "router", "serve", "--config", str(conf)],
@@ -152,7 +160,8 @@ def main() -> int:
     path = "aiohttp path" if args.aiohttp else "fast path"
     print(
         f"\nA/B of router CPU per proxied request, {date.today()}, {os.cpu_count()} CPUs "
-        f"({cpu_model()}), python {platform.python_version()}, {path}; wrk -t1 "
+        f"({cpu_model()}), python {platform.python_version()}, {path}, "
+        f"signing.algorithm = {args.algorithm}; wrk -t1 "
         f"-c {args.connections}, {args.rounds} rounds of {args.duration} s, order turning\n"
     )
     print("| router | tree | median CPU µs/request | median req/s | range of µs/request |")

@@ -62,7 +62,7 @@ def load_keyring(settings: Settings) -> KeyRing:
     if settings.signing.key_files:
         ring = KeyRing.from_files(settings.signing.key_files)
         log.info("signing with key %s (%d key(s) in the ring)", ring.kid, len(ring.keys))
-        if ring.proxy_signer.verify_key.algorithm != "ed25519":
+        if not ring.proxy_on_loop:
             log.warning(
                 "no Ed25519 key in signing.key_files: proxy tickets are signed with %s "
                 "(~0.4 ms of CPU each); add one (`inference-router keygen --algorithm "

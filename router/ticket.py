@@ -169,7 +169,7 @@ async def issue_ticket(
         "request_idx": issued.request_idx,
         "url": issued.url,
     }
-    if proxy and ctx.keyring.proxy_signer.verify_key.algorithm == "ed25519":
+    if proxy and ctx.keyring.proxy_on_loop:
         ctx.keyring.sign_ticket(ticket, proxy=True)
     elif ctx.sign_pool is None:
         ctx.keyring.sign_ticket(ticket, proxy=proxy)
