@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from router import workerurl
 from router.auth import key_from_header
@@ -49,12 +50,13 @@ async def register_worker(request: web.Request) -> web.Response:
     if endpoint not in ctx.endpoints:
         raise ApiError(404, "unknown_endpoint", f"no endpoint named {endpoint!r}")
     server, reg = ctx.settings.server, ctx.settings.registration
+    port, hosts = server.port, [server.host]
+    if ctx.listen_url:  # where it really listens (a port 0 in the config is chosen at bind)
+        listening = URL(ctx.listen_url)
+        port, hosts = listening.port or port, [*hosts, listening.host or ""]
     try:
         url = workerurl.check(
-            url,
-            router_port=server.port,
-            router_hosts=(server.host,),
-            allowed_networks=reg.allowed_networks,
+            url, router_port=port, router_hosts=hosts, allowed_networks=reg.allowed_networks
         )
     except workerurl.BadWorkerUrl as exc:
         raise ApiError(400, "bad_worker_url", f"url {exc}") from None
