@@ -1,9 +1,10 @@
-"""What a request weighs (DESIGN §7), as a pure function of its header and body.
+"""What a request weighs, as a pure function of its header and body (docs/protocol.md).
 
 `estimate` is what the router balances a proxied request by; `payload_cost` is the part
 that reads the body, which the worker also uses to refuse a ticket bought too cheaply
-for its payload (DESIGN §3.3). Both walk the body without recursion: a client's JSON
-must not be able to raise RecursionError (a 500) however deeply it nests.
+for its payload (docs/protocol.md, "The checks, in order"). Both walk the body without
+recursion: a client's JSON must not be able to raise RecursionError (a 500) however
+deeply it nests.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Ticket checks a worker makes before serving (DESIGN §3.3), as pure code.
+"""Ticket checks a worker makes before serving (docs/protocol.md), as pure code.
 
 `extract_ticket` finds the ticket in any of the three request shapes; `TicketVerifier`
 checks signature, url, endpoint, expiry, that the reqnum is unused (`ReplayMemory`) and
@@ -85,7 +85,7 @@ def _ticket_from_header(value: str) -> dict[str, Any]:
 
 
 def extract_ticket(body: Any, header: str | None) -> tuple[dict[str, Any], Any]:
-    """Split a request into (ticket, model payload) for the three shapes of DESIGN §3.3.
+    """Split a request into (ticket, model payload) for the three shapes of docs/protocol.md.
 
     1. `{"auth_data": ticket, "payload": {...}}` (Vast SDK);
     2. ticket fields at top level beside the payload (seed 003 example);
@@ -117,7 +117,7 @@ class ReplayMemoryFull(Exception):
 
 
 class ReplayMemory:
-    """Every accepted reqnum, remembered until its ticket has expired (DESIGN §3.4).
+    """Every accepted reqnum, remembered until its ticket has expired (docs/protocol.md).
 
     No sequence of tickets can make a valid, unexpired, unused one fail: nothing is
     forgotten while its ticket could still be served, so reqnums may arrive in any order

@@ -7,7 +7,7 @@ request that arrived, held or refused ones too, or a cold endpoint would never s
 demand), the fleet (each worker's `perf` and phase), the endpoint's `Autoscaling`, and
 a `ScaleMemory` the loop keeps per endpoint between calls.
 
-The rules (DESIGN.md §10.4; the anchors are Vast's autoscaler and Knative's KPA):
+The rules (docs/control-plane.md; the anchors are Vast's autoscaler and Knative's KPA):
 
 * Demand: the mean of the last `SHORT_WINDOW_S` (6) and of the last `LONG_WINDOW_S`
   (60) seconds of history (fewer at start); predicted = max(short, long), and during a

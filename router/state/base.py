@@ -1,8 +1,8 @@
-"""The store interface shared by the memory and Redis implementations (DESIGN §6).
+"""The store interface shared by the memory and Redis stores (docs/architecture.md).
 
 The store owns everything replicas must agree on: worker records and health, reqnum
 counters, outstanding tickets (ticket-mode load) and health-poll leases; and for the
-control plane (DESIGN §10) versioned documents, the leader lease and endpoint activity.
+control plane (docs/control-plane.md) versioned documents, the leader lease and endpoint activity.
 The router reads worker records through a local snapshot and writes through these
 methods.
 """
@@ -332,7 +332,7 @@ def check_activity(counts: dict[str, tuple[int, float]]) -> None:
 
 
 def reqnum_floor(now: float) -> int:
-    """Where a missing reqnum counter starts (DESIGN §3.4)."""
+    """Where a missing reqnum counter starts (docs/protocol.md, "Reqnums")."""
     return int(now * 1000) * 1000
 
 

@@ -1,4 +1,4 @@
-"""One worker's ticket ledger: the rules for the load of its outstanding tickets (DESIGN §4).
+"""One worker's ticket ledger: the load of its outstanding tickets (docs/architecture.md).
 
 A worker's load is its last reported in-flight cost plus the cost of the tickets issued
 above the highest reqnum it has reported seeing, minus those that expired unused. These

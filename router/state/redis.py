@@ -1,4 +1,4 @@
-"""The Redis store: shared state for any number of router replicas (DESIGN §6).
+"""The Redis store: shared state for any number of router replicas (docs/architecture.md).
 
 Writes that must be atomic across replicas are Lua scripts (redis_scripts.py), one round
 trip each; the router reads through its local snapshot, so a `/route` costs one EVALSHA at

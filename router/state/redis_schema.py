@@ -38,7 +38,7 @@ RATE = "rate:"
 # slots free themselves.
 SLOTS = "slots:"
 
-# Control plane (DESIGN §10). None of these expire: a document lives until deleted, and
+# Control plane (docs/control-plane.md). None of these expire: a document lives until deleted, and
 # activity until its endpoint is forgotten.
 # Hash per document, "doc:{kind}:{name}" (kinds have no ':'): `version` (an integer from
 # the kind's counter) and `doc` (the JSON bytes as written).

@@ -161,7 +161,7 @@ async def test_the_vast_sdk_polls_through_a_cold_start(tmp_path: Path) -> None:
     import ssl
 
     serverless = pytest.importorskip("vastai.serverless.client")
-    async with control_router(cold_settings(tmp_path)) as (client, ctx):
+    async with control_router(cold_settings(tmp_path)) as (client, _):
         base = str(client.make_url("")).rstrip("/")
         c = serverless.CoroutineServerless(
             api_key="admin-key", autoscaler_url=base, max_poll_interval=0.5

@@ -43,10 +43,10 @@ async def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         # the lifecycle sees it exit, takes it out of rotation, starts another: wait on
         # what the data plane reads, a ready worker that is not the killed one
         await until(
-            lambda: any(
-                w.ready and w.url != first.url for w in ctx.snapshot.endpoint("sklearn-iris")
-            )
-            and all(w.url != first.url for w in ctx.snapshot.endpoint("sklearn-iris")),
+            lambda: (
+                any(w.ready and w.url != first.url for w in ctx.snapshot.endpoint("sklearn-iris"))
+                and all(w.url != first.url for w in ctx.snapshot.endpoint("sklearn-iris"))
+            ),
             timeout_s=30,
         )
         (second,) = await provider(client).observe()

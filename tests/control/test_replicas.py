@@ -79,8 +79,12 @@ async def test_a_request_held_on_one_replica_is_served_by_a_worker_the_other_sta
     ring = KeyRing.ephemeral("ed25519")
     async with control_router(sa, ring) as (a, ctx_a), control_router(sb, ring) as (b, ctx_b):
         apps = {id(ctx_a): a.app, id(ctx_b): b.app}
-        await until(lambda: any(app[CONTROL].lifecycle is not None
-                                and app[CONTROL].lifecycle.leader for app in apps.values()))
+        await until(
+            lambda: any(
+                app[CONTROL].lifecycle is not None and app[CONTROL].lifecycle.leader
+                for app in apps.values()
+            )
+        )
         leader_ctx = ctx_a if a.app[CONTROL].lifecycle.leader else ctx_b
         follower, follower_ctx = (b, ctx_b) if leader_ctx is ctx_a else (a, ctx_a)
         # the follower holds it; only the leader can start the worker

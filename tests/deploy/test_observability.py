@@ -84,7 +84,7 @@ def test_dashboard_shape() -> None:
     assert len(ids) == len(set(ids))
     assert doc["uid"] and doc["title"]
     exprs = "\n".join(dashboard_exprs())
-    # what the dashboard is for (DESIGN §12 and the deploy issue)
+    # what the dashboard is for (docs/architecture.md, "Metrics")
     for needed in (
         "router_requests_total",
         "router_request_duration_seconds_bucket",
