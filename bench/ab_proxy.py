@@ -22,8 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
 
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.proxy_bench import KEY, WRK_SCRIPT, ensure  # noqa: E402
-from bench.route_bench import cpu_model, free_port, wait_http  # noqa: E402
+from bench.route_bench import cpu_model, free_port, process, wait_http  # noqa: E402
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -40,21 +39,6 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of process `pid` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-@contextmanager
-def started(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def wrk_requests(url: str, connections: int, duration: int, script: Path) -> tuple[int, float]:
@@ -116,10 +100,10 @@ def main() -> int:
         up_port = free_port()
         env = dict(os.environ)
         stack.enter_context(
-            started(
+            process(
                 [sys.executable, str(ROOT / "bench/upstream.py"), "--port", str(up_port)],
-                env,
-                tmp / "upstream.log",
+                log=tmp / "upstream.log",
+                env=env,
             )
         )
         pids, urls = {}, {}
@@ -129,10 +113,10 @@ def main() -> int:
                 tmp / f"{name}.toml", port, up_port, not args.aiohttp, args.algorithm
             )
             proc = stack.enter_context(
-                started(
+                process(
                     [sys.executable, "-m", "router", "serve", "--config", str(conf)],
-                    {**env, "PYTHONPATH": str(tree)},
-                    tmp / f"{name}.log",
+                    log=tmp / f"{name}.log",
+                    env={**env, "PYTHONPATH": str(tree)},
                 )
             )
             pids[name], urls[name] = proc.pid, f"http://127.0.0.1:{port}/bench/echo"

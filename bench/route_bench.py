@@ -110,14 +110,18 @@ def wait_http(
 
 @contextmanager
 def process(
-    argv: list[str], cpus: set[int] | None = None, log: Path | None = None
+    argv: list[str],
+    cpus: set[int] | None = None,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `argv` (on `cpus`, output to `log`) for the block; stop it afterwards."""
+    """Run `argv` (on `cpus`, output to `log`, in `env`) for the block; stop it afterwards."""
     with open(log, "wb") if log else nullcontext(subprocess.DEVNULL) as out:
         proc = subprocess.Popen(
             argv,
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         try:
