@@ -133,3 +133,85 @@ def _in_redis(server: RedisServer, name: str) -> bool:
         return False
     finally:
         r.close()
+
+
+SLOW = """
+[[runtimes]]
+format = "slow"
+backend = "synthetic"
+perf = 400
+tokens_per_s = 20
+ttft_ms = 10
+[runtimes.endpoint.health]
+interval_s = 0.1
+healthy_after = 1
+"""
+
+
+async def test_a_delete_drains_a_stream_in_flight(tmp_path: Path) -> None:
+    settings = control_settings(tmp_path, extra=SLOW)
+    async with control_router(settings) as (client, ctx):
+        body = {**SEED_CREATE, "modelSpec": {"modelName": "slow", "storageURI": "gs://x/y"}}
+        resp = await client.post(BASE, data=orjson.dumps(body), headers=ADMIN)
+        assert resp.status == 200
+        assert await ctx.fleet.until_ready("sklearn-iris", 30)
+        stream = await client.post(
+            "/sklearn-iris/generate_stream",
+            headers=ADMIN,
+            json={"inputs": "hi", "parameters": {"max_new_tokens": 40}},  # 2 s at 20 tokens/s
+        )
+        assert stream.status == 200
+        first = await stream.content.readuntil(b"\n\n")
+        assert first.startswith(b"data:")
+        resp = await client.request(
+            "DELETE",
+            BASE,
+            headers=ADMIN,
+            data=orjson.dumps({"workspace": "team-beta", "endpoint": "sklearn-iris"}),
+        )
+        assert resp.status == 200
+        await until(lambda: state_of(ctx, "sklearn-iris") == "Deleting", timeout_s=5)
+        rest = await stream.read()  # the stream finishes: the worker drains before it stops
+        assert (first + rest).count(b"data:") == 40
+        await until(lambda: "sklearn-iris" not in ctx.registry.records, timeout_s=30)
+        assert await provider(client).observe() == []
+
+
+async def test_a_scale_down_drains_the_worker_it_stops(tmp_path: Path) -> None:
+    from tests.control.helpers import BYTEZ_ADMIN
+
+    model = """
+[[models]]
+name = "slow/model"
+runtime = "slow"
+"""
+    settings = control_settings(tmp_path, extra=SLOW + model)
+    async with control_router(settings) as (client, ctx):
+        load = {"model": "slow/model", "concurrency": 2}
+        resp = await client.post("/model/load", headers=BYTEZ_ADMIN, data=orjson.dumps(load))
+        assert resp.status == 200
+        name = "slow--model"
+        await until(lambda: sum(w.ready for w in ctx.snapshot.endpoint(name)) == 2, timeout_s=30)
+        streams = [
+            await client.post(
+                f"/{name}/generate_stream",
+                headers=ADMIN,
+                json={"inputs": "hi", "parameters": {"max_new_tokens": 40}},
+            )
+            for _ in range(2)
+        ]
+        firsts = [await s.content.readuntil(b"\n\n") for s in streams]
+        busy = {w.url for w in ctx.snapshot.endpoint(name) if w.load > 0}
+        assert len(busy) == 2  # one stream on each
+        resp = await client.post(
+            "/model/load", headers=BYTEZ_ADMIN, data=orjson.dumps({**load, "concurrency": 1})
+        )
+        assert resp.status == 200
+        for first, s in zip(firsts, streams, strict=True):
+            assert (first + await s.read()).count(b"data:") == 40  # neither stream is cut
+        await until(lambda: len(ctx.snapshot.endpoint(name)) == 1, timeout_s=30)
+        for _ in range(200):  # the drained one is stopped, then forgotten
+            if len(await provider(client).observe()) == 1:
+                break
+            await ctx.fleet.until_ready("never", 0.05)
+        assert len(await provider(client).observe()) == 1
