@@ -176,7 +176,7 @@ def worker_container(
         "--grace-s",
         str(grace),
     ]
-    if not rt.synthetic or record.raw_spec is not None:
+    if rt.backend != "synthetic":  # the model server in the same pod
         args += [
             "--backend-url",
             f"http://127.0.0.1:{model_port}",

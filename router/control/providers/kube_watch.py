@@ -194,6 +194,7 @@ class Reflector:
                 self.resource_version = None
                 return
             raise
+        self._connected()
         try:
             while True:
                 line = await resp.content.readline()
@@ -214,10 +215,7 @@ class Reflector:
         self.objects = fresh
         self.resource_version = str((doc.get("metadata") or {}).get("resourceVersion") or "0")
         self.lists += 1
-        if self.failures:
-            log.info("%s: connected again after %d failure(s)", self.name, self.failures)
-        self.failures = 0
-        self.last_error = ""
+        self._connected()
         self.synced.set()
         if self.on_event is not None:  # what changed while we were not watching
             for k, o in old.items():
@@ -228,6 +226,12 @@ class Reflector:
                     self.on_event("ADDED", o)
                 elif _rv(o) != _rv(old[k]):
                     self.on_event("MODIFIED", o)
+
+    def _connected(self) -> None:
+        if self.failures:
+            log.info("%s: connected again after %d failure(s)", self.name, self.failures)
+        self.failures = 0
+        self.last_error = ""
 
     def _event(self, ev: Any) -> bool:
         """Apply one watch event; False when the watch must end (410: list again)."""

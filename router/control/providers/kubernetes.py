@@ -124,6 +124,7 @@ class KubernetesProvider(Provider):
         self._was_ready: set[Key] = set()
         self._stopped: set[Key] = set()  # pods we are deleting
         self._ended: dict[str, ProvidedWorker] = {}  # failed or exited, until forgotten
+        self._gone: dict[Key, asyncio.Event] = {}  # set when that pod is deleted (stop waits)
         self._wake = asyncio.Event()
         self._config_error = ""
         self._init_lock = asyncio.Lock()
@@ -176,6 +177,16 @@ class KubernetesProvider(Provider):
             log.debug("stop %s: no such pod (gone already)", worker_id)
             return
         self._remove_pod(key, scale_down=True)
+        # as the local provider waits for its processes: back once the pod is gone (its
+        # worker drained), or after its grace period; the deletion goes on regardless
+        gone = self._gone.setdefault(key, asyncio.Event())
+        bound = self.settings.termination_grace_s + self.settings.request_timeout_s
+        try:
+            await asyncio.wait_for(gone.wait(), bound)
+        except TimeoutError:
+            log.warning("stop %s: pod %s still there after %.0fs", worker_id, key[1], bound)
+        finally:
+            self._gone.pop(key, None)
 
     async def observe(self) -> list[ProvidedWorker]:
         try:
@@ -542,6 +553,8 @@ class KubernetesProvider(Provider):
         if kind != "DELETED":
             return
         k = key_of(pod)
+        if (gone := self._gone.get(k)) is not None:
+            gone.set()
         wid = self._bound.pop(k, None)
         self._since.pop(k, None)
         self._was_ready.discard(k)
