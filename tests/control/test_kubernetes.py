@@ -630,3 +630,37 @@ async def test_the_same_flow_against_a_real_cluster(tmp_path: Path) -> None:
         assert await chat(client) == 200
         await call(client, "DELETE", BASE, {"workspace": "team-a", "endpoint": "kube-demo"})
         await until(lambda: "kube-demo" not in ctx.registry.records, timeout_s=300)
+
+
+@pytest.mark.parametrize(
+    ("table", "field"),
+    [
+        ('api_url = "ftp://x"', "control.kubernetes.api_url"),
+        ('namespace = "Not A Label"', "control.kubernetes.namespace"),
+        ("worker_port = 0", "control.kubernetes.worker_port"),
+        ("worker_port = 8080", "control.kubernetes.model_port"),  # same as model_port
+        ("model_images = {vllm = 3}", "control.kubernetes.model_images"),
+        ('image_pull_policy = "Sometimes"', "control.kubernetes.image_pull_policy"),
+        ("surprise = 1", "control.kubernetes.surprise"),
+    ],
+)
+def test_bad_kubernetes_settings_name_the_setting(tmp_path: Path, table: str, field: str) -> None:
+    from router.config import ConfigError
+
+    path = tmp_path / "router.toml"
+    path.write_text(f"[control.kubernetes]\n{table}\n")
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_toml(path, env={})
+    assert str(exc.value).startswith(f"{field}:"), exc.value
+
+
+def test_kubernetes_settings_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "router.toml"
+    path.write_text(
+        '[control]\ndefault_provider = "kubernetes"\n[control.kubernetes]\n'
+        'kubeconfig = "/etc/kube.conf"\nfield_manager = "my-router"\n'
+        'model_images = {vllm = "vllm/vllm-openai:v0.6.0"}\n'
+    )
+    ks = Settings.from_toml(path, env={}).control.kubernetes
+    assert ks.kubeconfig == "/etc/kube.conf" and ks.field_manager == "my-router"
+    assert ks.model_image("vllm") == "vllm/vllm-openai:v0.6.0" and ks.model_image("x") is None

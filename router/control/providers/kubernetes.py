@@ -29,14 +29,17 @@ core never imports this module unless `control.default_provider = "kubernetes"`.
   is this one among pods of equal readiness), then the pod is deleted too: should the
   ReplicaSet have picked another pod, the Deployment replaces that one and the chosen
   pod is still gone; either way the count is right and the pod asked for is stopped.
+  `stop()` returns once the pod is gone (its worker drained within the pod's grace
+  period), as the local provider returns once its processes exited; past that bound
+  it returns anyway and the deletion goes on.
 * **Status**: `endpoint_status()` is an InferenceService's conditions (`PredictorReady`,
   `IngressReady`, `Ready`), which the lifecycle stores and the Avesha API reports as
   `predictStatus`/`ingressStatus`.
 * API calls never run inside `start`/`stop`: they change the wanted state and wake one
   sync task, which applies it and retries while the API server is away; `observe`
-  reads the caches. The router's loops never wait on the cluster. `close()` stops
-  watching and leaves the cluster as it is: pods outlive a router restart, and the next
-  leader finds them in its first list.
+  reads the caches. Requests never wait on the cluster, and the lifecycle loop only in
+  `stop()`, bounded (above). `close()` stops watching and leaves the cluster as it is:
+  pods outlive a router restart, and the next leader finds them in its first list.
 """
 
 from __future__ import annotations
@@ -443,6 +446,8 @@ class KubernetesProvider(Provider):
         active = 0
         for pod in sorted(pods, key=_created):
             v = ko.read_pod(pod, self.settings.worker_port)
+            if v.isvc:
+                self._watch_isvcs()  # KServe's pods: their service's conditions matter
             k = (v.namespace, v.name)
             wid = self._bound.get(k)
             if wid is None:
