@@ -173,8 +173,7 @@ def _shape(top: Any) -> State:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` by `data`: all of it or none, even across a crash (mode 0600).
-    """
+    """Replace `path` by `data`: all of it or none, even across a crash (mode 0600)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -38,6 +38,10 @@ KUBE_TOML = """
 format = "stuck-model"
 backend = "synthetic"
 ready_timeout_s = 3
+[[runtimes]]
+format = "vllm"
+backend = "openai"
+command = ["{{python}}", "-m", "vllm.entrypoints.openai.api_server", "--port", "{{port}}"]
 [control.kubernetes]
 api_url = "{api_url}"
 worker_port = {port}
@@ -255,6 +259,18 @@ async def test_a_model_stuck_loading_past_its_deadline_fails_the_endpoint(
         reason = ctx.registry.records["stuck"].reason
         assert reason.startswith("not ready after 3 s"), reason
         await until(lambda: pods(kube, "stuck") == [])
+
+
+async def test_a_format_without_a_model_server_image_fails_naming_the_setting(
+    tmp_path: Path, kube: FakeKube, cluster: FakeCluster
+) -> None:
+    body = {**CREATE, "modelSpec": {**CREATE["modelSpec"], "modelName": "vllm"}}  # type: ignore[dict-item]
+    async with control_router(kube_settings(tmp_path, kube.url)) as (client, ctx):
+        await call(client, "POST", BASE, body)
+        await until(lambda: state_of(ctx, "kube-demo") == "Failed")
+        reason = ctx.registry.records["kube-demo"].reason
+        assert "control.kubernetes.model_images" in reason and "'vllm'" in reason, reason
+        assert kube.list("deployments") == []  # nothing half-applied
 
 
 async def test_unscheduled_pods_are_pending_with_the_schedulers_words(

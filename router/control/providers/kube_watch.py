@@ -184,7 +184,7 @@ class Reflector:
             "watch": "true",
             "resourceVersion": rv,
             "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(int(self.watch_timeout_s)),
+            "timeoutSeconds": str(max(1, int(self.watch_timeout_s))),
         }
         try:
             resp = await self.api.stream(self.path, query, self.watch_timeout_s + 30)

@@ -176,7 +176,7 @@ class KubernetesProvider(Provider):
                     self._wake.set()
                     return
         key = next((k for k, wid in self._bound.items() if wid == worker_id), None)
-        if key is None:
+        if key is None or self.pods is None or key not in self.pods.objects:
             log.debug("stop %s: no such pod (gone already)", worker_id)
             return
         self._remove_pod(key, scale_down=True)
