@@ -458,10 +458,10 @@ def describe(ctx: RouterContext, record: EndpointRecord) -> dict[str, Any]:
     host = URL(public_url(ctx)).host or ""
     return {
         **summary(ctx, record),
-        "predictStatus": "Ready"
-        if ready
-        else ("NotReady" if record.state != "Failed" else "Failed"),
-        "ingressStatus": "Ready" if record.state == "Running" else "NotReady",
+        "predictStatus": _condition(record, "PredictorReady")
+        or ("Ready" if ready else ("NotReady" if record.state != "Failed" else "Failed")),
+        "ingressStatus": _condition(record, "IngressReady")
+        or ("Ready" if record.state == "Running" else "NotReady"),
         "reason": record.reason,
         "tryCommand": try_command(ctx, record),
         "dnsRecords": [{"dns": host, "type": "A" if _is_ip(host) else "CNAME", "value": host}],
@@ -471,6 +471,16 @@ def describe(ctx: RouterContext, record: EndpointRecord) -> dict[str, Any]:
         "created": record.created,
         "modified": record.modified,
     }
+
+
+def _condition(record: EndpointRecord, kind: str) -> str:
+    """A KServe condition as Avesha words it ("" when the provider reports none)."""
+    status = record.conditions.get(kind)
+    if status is None:
+        return ""
+    if status == "True":
+        return "Ready"
+    return "Failed" if record.state == "Failed" else "NotReady"
 
 
 def _is_ip(host: str) -> bool:

@@ -196,7 +196,7 @@ class Lifecycle:
                 g.status = "Provisioned"
             elif g.status in ("Pending", "Provisioned") and not any(w.id == g.worker for w in live):
                 g.status = "Released"
-        record = replace(record, gprs=_trim(gprs))
+        record = replace(record, gprs=_trim(gprs), conditions=provider.endpoint_status(record.name))
         state: State
         if ready:
             state, reason = "Running", f"{len(ready)} of {len(live)} worker(s) ready"
@@ -292,6 +292,7 @@ class Lifecycle:
             return
         for rec in list(fleet.values()):  # registered or static workers of the endpoint
             await self.ctx.fleet.remove(rec.id)
+        await provider.remove(record)
         if record.source == "api":
             await self.ctx.registry.forget(record)
             await self.ctx.store.forget_activity(record.name)
@@ -348,7 +349,12 @@ class Lifecycle:
         current = self.ctx.registry.records.get(record.name)
         if current is None:
             return
-        if current.state == state and current.reason == reason and current.gprs == record.gprs:
+        if (
+            current.state == state
+            and current.reason == reason
+            and current.gprs == record.gprs
+            and current.conditions == record.conditions
+        ):
             return
         if state != current.state:
             log.info("endpoint %s: %s -> %s (%s)", record.name, current.state, state, reason)

@@ -23,6 +23,7 @@ from router.control import avesha, bytez
 from router.control.jobs import Jobs
 from router.control.lifecycle import LEASE, Lifecycle
 from router.control.providers.base import Provider
+from router.control.settings import ControlSettings
 from router.loops import repeat
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,21 @@ def listening(app: web.Application, url: str) -> None:
         app[CTX].listen_url = url
 
 
-def providers_for(router_url: str, log_dir: Path | None) -> dict[str, Provider]:
+def providers_for(
+    router_url: str, log_dir: Path | None, control: ControlSettings | None = None
+) -> dict[str, Provider]:
+    """The providers endpoints name; `kubernetes` when it is the default (its client
+    library is an optional extra, imported only then)."""
     from router.control.providers.local import LocalProvider
 
-    return {"local": LocalProvider(router_url, log_dir)}
+    providers: dict[str, Provider] = {"local": LocalProvider(router_url, log_dir)}
+    if control is not None and control.default_provider == "kubernetes":
+        from router.control.providers.kubernetes import KubernetesProvider
+
+        providers["kubernetes"] = KubernetesProvider(
+            control.kubernetes, control.public_url or router_url
+        )
+    return providers
 
 
 async def control_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -74,7 +86,7 @@ async def control_ctx(app: web.Application) -> AsyncIterator[None]:
 
         async def run() -> None:
             url = await app[LISTENING]
-            control.providers.update(providers_for(url, None))
+            control.providers.update(providers_for(url, None, ctx.settings.control))
             lifecycle = control.lifecycle = Lifecycle(ctx, control.providers, ctx.replica_id)
             # jobs run workers of no endpoint: a provider of their own, which the
             # lifecycle loop (which stops workers of unknown endpoints) never sees

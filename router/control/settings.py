@@ -9,6 +9,11 @@ naming the field the same way.
     public_url = "http://127.0.0.1:8080"  # what clients use; "" = the listening address
     unknown_formats = "synthetic"         # a modelSpec no runtime serves: synthetic, refuse
 
+    [control.kubernetes]                  # for default_provider = "kubernetes"
+    kubeconfig = ""                       # "" = $KUBECONFIG, ~/.kube/config or in-cluster
+    worker_image = "inference-router:latest"
+    model_images = {llama-cpp = "ghcr.io/ggml-org/llama.cpp:server"}
+
     [[runtimes]]                          # how the local provider runs a model format
     format = "llama-cpp"
     backend = "openai"
@@ -29,7 +34,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from router.control.spec import BACKENDS, Autoscaling, RuntimeSpec
+from router.control.spec import BACKENDS, DNS_LABEL, Autoscaling, RuntimeSpec
 
 if TYPE_CHECKING:
     from router.config import _Reader
@@ -55,6 +60,39 @@ class CatalogModel:
     storage_uri: str = ""  # where its runtime finds the weights ({model_path})
 
 
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesSettings:
+    """`[control.kubernetes]`: where the API server is and what the provider makes there.
+
+    `api_url` set: that URL, no credentials (the test fake, `kubectl proxy`); else
+    `in_cluster`, else `kubeconfig` ("" = $KUBECONFIG or ~/.kube/config) and `context`.
+    """
+
+    api_url: str = ""
+    kubeconfig: str = ""
+    context: str = ""
+    in_cluster: bool = False
+    field_manager: str = "inference-router"  # every server-side apply, and scale writes
+    namespace: str = "default"  # for endpoints that have none (config endpoints)
+    worker_image: str = "inference-router:latest"  # has the `inference-worker` command
+    model_images: tuple[tuple[str, str], ...] = ()  # model format -> model server image
+    image_pull_policy: PullPolicy = "IfNotPresent"
+    worker_port: int = 8000
+    model_port: int = 8080
+    router_url: str = ""  # how workers in the cluster reach the router; "" = public_url
+    termination_grace_s: int = 60  # streams get this long to finish when a pod stops
+    service_account: str = ""
+    watch_timeout_s: float = 300.0  # a watch is renewed (from its resourceVersion) this often
+    request_timeout_s: float = 10.0
+    backoff_max_s: float = 5.0  # reconnecting to an API server that went away, at most this
+
+    def model_image(self, fmt: str) -> str | None:
+        return dict(self.model_images).get(fmt)
+
+
 @dataclass(frozen=True, slots=True)
 class ControlSettings:
     public_url: str = ""
@@ -69,6 +107,7 @@ class ControlSettings:
     # per runtime format, endpoint settings its endpoints get (`[runtimes.endpoint]`)
     runtime_settings: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     models: tuple[CatalogModel, ...] = ()
+    kubernetes: KubernetesSettings = KubernetesSettings()
     catalog_by_name: dict[str, CatalogModel] = field(default_factory=dict, compare=False)
 
     def endpoint_settings(self, fmt: str) -> dict[str, Any]:
@@ -148,6 +187,54 @@ def read_autoscaling(r: _Reader, base: Autoscaling | None = None) -> Autoscaling
     return auto
 
 
+def read_kubernetes(k: _Reader) -> KubernetesSettings:
+    from router.config import ConfigError
+
+    api_url = k.str_("api_url", "")
+    if api_url and not re.match(r"^https?://[^/\s]+", api_url):
+        raise ConfigError(f"{k.name('api_url')}: must be an http(s) URL")
+    router_url = k.str_("router_url", "")
+    if router_url and not re.match(r"^https?://[^/\s]+", router_url):
+        raise ConfigError(f"{k.name('router_url')}: must be an http(s) URL")
+    images = k.data.get("model_images") or {}
+    k.seen.add("model_images")
+    if not isinstance(images, dict) or not all(
+        isinstance(f, str) and isinstance(i, str) and i for f, i in images.items()
+    ):
+        raise ConfigError(f"{k.name('model_images')}: must be a table of format = image")
+    namespace = k.str_("namespace", "default")
+    if not DNS_LABEL.match(namespace):
+        raise ConfigError(f"{k.name('namespace')}: must be a DNS label (a-z, 0-9, '-')")
+    manager = k.str_("field_manager", "inference-router")
+    if not manager or len(manager) > 128:
+        raise ConfigError(f"{k.name('field_manager')}: must be 1-128 characters")
+    out = KubernetesSettings(
+        api_url=api_url.rstrip("/"),
+        kubeconfig=k.str_("kubeconfig", ""),
+        context=k.str_("context", ""),
+        in_cluster=k.bool_("in_cluster", False),
+        field_manager=manager,
+        namespace=namespace,
+        worker_image=k.str_("worker_image", "inference-router:latest"),
+        model_images=tuple(sorted(images.items())),
+        image_pull_policy=k.choice(  # type: ignore[arg-type]
+            "image_pull_policy", "IfNotPresent", get_args(PullPolicy)
+        ),
+        worker_port=k.int_("worker_port", 8000, min_=1, max_=65535),
+        model_port=k.int_("model_port", 8080, min_=1, max_=65535),
+        router_url=router_url.rstrip("/"),
+        termination_grace_s=k.int_("termination_grace_s", 60, min_=1, max_=86400),
+        service_account=k.str_("service_account", ""),
+        watch_timeout_s=k.num("watch_timeout_s", 300.0, positive=True),
+        request_timeout_s=k.num("request_timeout_s", 10.0, positive=True),
+        backoff_max_s=k.num("backoff_max_s", 5.0, positive=True),
+    )
+    if out.worker_port == out.model_port:
+        raise ConfigError(f"{k.name('model_port')}: must differ from worker_port")
+    k.done()
+    return out
+
+
 def read_control(top: _Reader) -> ControlSettings:
     from router.config import ConfigError
 
@@ -214,6 +301,7 @@ def read_control(top: _Reader) -> ControlSettings:
         runtimes=tuple(runtimes),
         runtime_settings=runtime_settings,
         models=tuple(models),
+        kubernetes=read_kubernetes(c.table("kubernetes")),
         catalog_by_name={x.name: x for x in models},
     )
     c.done()
@@ -228,8 +316,10 @@ def model_endpoint_name(model: str) -> str:
 __all__ = [
     "CatalogModel",
     "ControlSettings",
+    "KubernetesSettings",
     "model_endpoint_name",
     "read_autoscaling",
     "read_control",
+    "read_kubernetes",
     "read_runtime",
 ]

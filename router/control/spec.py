@@ -122,6 +122,8 @@ class EndpointRecord:
     state: State = "Pending"
     reason: str = ""
     gprs: list[Gpr] = field(default_factory=list)
+    # the provider's conditions of the endpoint (KServe's PredictorReady, IngressReady)
+    conditions: dict[str, str] = field(default_factory=dict)
     created: float = 0.0
     modified: float = 0.0
     version: int = 0  # the store's version of this document (not stored inside it)

@@ -52,6 +52,17 @@ class Provider(ABC):
     async def observe(self) -> list[ProvidedWorker]:
         """Every worker this provider runs or ran and has not forgotten, with its state."""
 
+    async def remove(self, endpoint: EndpointRecord) -> None:  # noqa: B027 (optional hook)
+        """The endpoint is gone (its workers stopped): delete what was made for it."""
+
+    def endpoint_status(self, endpoint: str) -> dict[str, str]:
+        """Conditions of the endpoint as a whole (type -> "True"/"False"/"Unknown").
+
+        The `kubernetes` provider reports an InferenceService's (`PredictorReady`,
+        `IngressReady`, `Ready`); empty where the provider has none to tell.
+        """
+        return {}
+
     async def forget(self, worker_id: str) -> None:  # noqa: B027 (optional hook)
         """Drop what the provider still remembers of a stopped or exited worker."""
 
