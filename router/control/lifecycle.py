@@ -111,9 +111,12 @@ class Lifecycle:
         return True
 
     async def step_down(self) -> None:
-        """No longer the leader: stop what this replica runs (the new leader starts its own)."""
+        """No longer the leader: stop the workers this process runs (the new leader starts
+        its own); a cluster's workers stay for the new leader to adopt."""
         self.leader = False
         for provider in self.providers.values():
+            if not provider.owned_by_process:
+                continue
             for w in await provider.observe():
                 await self._retire(provider, w)
 

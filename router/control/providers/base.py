@@ -39,6 +39,10 @@ class ProviderError(Exception):
 
 class Provider(ABC):
     name: str = "provider"
+    # True: the workers live and die with this router process (local processes), so a
+    # replica that loses the leader lease stops them and the new leader starts its own.
+    # False: they live in a shared system (a cluster) the new leader adopts as they are.
+    owned_by_process: bool = True
 
     @abstractmethod
     async def start(self, endpoint: EndpointRecord, n: int) -> list[ProvidedWorker]:

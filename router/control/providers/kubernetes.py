@@ -110,6 +110,7 @@ class KubernetesProvider(Provider):
     """Workers as pods of a Kubernetes cluster; see the module docstring."""
 
     name = "kubernetes"
+    owned_by_process = False  # pods outlive a leader: the next one adopts them
 
     def __init__(self, settings: KubernetesSettings, router_url: str) -> None:
         self.settings = settings
