@@ -107,6 +107,21 @@ def tree_cpu_s(root: int, proc: Path = Path("/proc")) -> float:
     return total / _TICKS
 
 
+def cpu_times(text: str | None = None) -> list[int]:
+    """The machine's CPU tick counters, the "cpu" line of /proc/stat (user ... steal)."""
+    if text is None:
+        text = Path("/proc/stat").read_text()
+    return [int(x) for x in text.splitlines()[0].split()[1:9]]
+
+
+def machine_load(before: list[int], after: list[int]) -> str:
+    """How busy the machine was between two `cpu_times()`: all work, and steal."""
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = max(1, sum(d))
+    idle = d[3] + d[4]  # idle, iowait
+    return f"machine CPU busy (this bench included) {100 * (total - idle) / total:.0f}%, steal {100 * d[7] / total:.1f}%"
+
+
 # -- the table -------------------------------------------------------------------------
 
 
@@ -173,7 +188,7 @@ def _rate(rps: float) -> str:
 def wrk(url: str, connections: int, duration: float, script: Path) -> dict[str, float]:
     """One wrk run (1 thread): requests, requests/s, p99 and errors."""
     out = subprocess.run(
-        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration}s", "-s", str(script), url],
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration:g}s", "-s", str(script), url],
         capture_output=True,
         text=True,
         timeout=duration + 30,
@@ -517,32 +532,55 @@ def measure(
     args: argparse.Namespace,
     script: Path,
 ) -> None:
+    """Run the rounds; a system that fails mid-run keeps its row, marked with why."""
     names = [DIRECT, *(n for n in ports if n != DIRECT)]
-    url = "http://127.0.0.1:{}/v1/chat/completions"
-    for name in names:  # warm up: connection pools, caches, JIT-less but lazy imports
-        wrk(url.format(ports[name]), args.connections, 1, script)
-        first_event_s(ports[name], "/v1/chat/completions")
+    for name in list(names):  # warm up: connection pools, lazy imports, caches
+        try:
+            wrk(_url(ports[name]), args.connections, 1, script)
+            first_event_s(ports[name], "/v1/chat/completions")
+        except (AssertionError, OSError, RuntimeError, subprocess.SubprocessError) as e:
+            _drop(rows, names, name, f"failed warming up: {e}")
     for r in range(args.rounds):
         ttfb: dict[str, float] = {}
         for name in rotated(names, r):
-            row, port = rows[name], ports[name]
-            before = tree_cpu_s(pids[name])
-            res = wrk(url.format(port), args.connections, args.duration, script)
-            row.cpu_us.append((tree_cpu_s(pids[name]) - before) / max(1, res["requests"]) * 1e6)
-            row.rps.append(res["rps"])
-            res128 = wrk(url.format(port), 128, args.duration, script)
-            row.p99_128_ms.append(res128["p99_ms"])
-            row.errors += int(res["errors"] + res128["errors"])
-            times = [first_event_s(port, "/v1/chat/completions") for _ in range(args.streams)]
-            ttfb[name] = statistics.median(times) * 1000
-            row.ttfb_ms.append(ttfb[name])
+            try:
+                ttfb[name] = one_run(rows[name], ports[name], pids[name], args, script)
+            except (AssertionError, OSError, RuntimeError, subprocess.SubprocessError) as e:
+                _drop(rows, names, name, f"failed in round {r + 1}: {e}")
+                continue
+            row = rows[name]
             print(
-                f"round {r + 1} {name}: {row.cpu_us[-1]:.0f} µs/req, {res['rps']:.0f} req/s, "
-                f"p99@128 {res128['p99_ms']:.1f} ms, first event {ttfb[name]:.2f} ms",
+                f"round {r + 1} {name}: {row.cpu_us[-1]:.0f} µs/req, {row.rps[-1]:.0f} req/s, "
+                f"p99@128 {row.p99_128_ms[-1]:.1f} ms, first event {ttfb[name]:.2f} ms",
                 file=sys.stderr,
             )
-        for name in names:
-            rows[name].added_ttfb_ms.append(ttfb[name] - ttfb[DIRECT])
+        for name, ms in ttfb.items():
+            rows[name].added_ttfb_ms.append(ms - ttfb[DIRECT])
+
+
+def _url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+def _drop(rows: dict[str, Row], names: list[str], name: str, why: str) -> None:
+    if name == DIRECT:
+        raise SystemExit(f"the upstream itself {why}")
+    rows[name].failed = why
+    names.remove(name)
+
+
+def one_run(row: Row, port: int, pid: int, args: argparse.Namespace, script: Path) -> float:
+    """One system's turn in a round, into `row`; its median time to first event, ms."""
+    before = tree_cpu_s(pid)
+    res = wrk(_url(port), args.connections, args.duration, script)
+    row.cpu_us.append((tree_cpu_s(pid) - before) / max(1, res["requests"]) * 1e6)
+    row.rps.append(res["rps"])
+    res128 = wrk(_url(port), 128, args.duration, script)
+    row.p99_128_ms.append(res128["p99_ms"])
+    row.errors += int(res["errors"] + res128["errors"])
+    times = [first_event_s(port, "/v1/chat/completions") for _ in range(args.streams)]
+    row.ttfb_ms.append(statistics.median(times) * 1000)
+    return row.ttfb_ms[-1]
 
 
 def main() -> int:
@@ -564,7 +602,7 @@ def main() -> int:
         path, why = apt_binary("wrk", "wrk")
         if path is None:
             raise SystemExit(why)
-    load_before = os.getloadavg()
+    load_before, ticks_before = os.getloadavg(), cpu_times()
     started_at = time.time()
     rows: dict[str, Row] = {DIRECT: Row(DIRECT)}
     ports: dict[str, int] = {}
@@ -612,7 +650,8 @@ def main() -> int:
         f"{args.rounds} interleaved rounds, wrk -t1 -d{args.duration:g}s -c{args.connections} "
         f"(p99: -c128), {args.streams} streams a round; took {time.time() - started_at:.0f} s; "
         f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
-        f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}\n"
+        f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; "
+        f"{machine_load(ticks_before, cpu_times())}\n"
     )
     print(format_table(list(rows.values())))
     if args.json:
