@@ -3,13 +3,14 @@
     python bench/fast_upstream.py --port 3900
 
 `POST /v1/chat/completions` (also `/v1/completions`, `/generate`) answers a small chat
-completion at once; with `"stream": true` in the body it sends `max_tokens` SSE events
-(8 unless the body names a number), the first together with the headers and then one
-every `--interval-ms`, then `data: [DONE]`. Health checks answer 200 with a body every
-caller here accepts: `/health`, `/health_generate`, `/readyz` (the router's report),
-`/v1/models`, `/get_model_info`, `/get_server_info`. bench/upstream.py is the aiohttp
-one; at ~30k requests/s on one core it held nginx back in bench/peer_bench.py, which
-needs an upstream several times faster than the proxies it measures.
+completion at once; with `"stream": true` in the body it sends the headers at once, then
+`max_tokens` SSE events (8 unless the body names a number) one every `--interval-ms`,
+the first in a write of its own right after the head (or `--first-event-ms` later), then
+`data: [DONE]`. Health checks answer 200
+with a body every caller here accepts: `/health`, `/health_generate`, `/readyz` (the
+router's report), `/v1/models`, `/get_model_info`, `/get_server_info`.
+bench/upstream.py, the aiohttp one, served ~28k requests/s direct in bench/RESULTS.md's
+proxy table, less than nginx can pass; this one serves several times more on one core.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def _chunk(data: bytes) -> bytes:
 class Upstream(asyncio.Protocol):
     """One client connection: parse requests with httptools, answer each at once."""
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, first_s: float) -> None:
         self.interval_s = interval_s
+        self.first_s = first_s
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
@@ -120,11 +122,13 @@ class Upstream(asyncio.Protocol):
     def stream(self, events: int, keep: bool) -> None:
         t = self.transport
         assert t is not None
+        # The head goes alone and the first event in a write of its own, as a model
+        # server sends them (headers at once, then the first token): a proxy that leaves
+        # Nagle on holds that event until the client ACKs the head (delayed ACK: ~40 ms).
         t.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
             + (b"" if keep else b"Connection: close\r\n")
             + b"Transfer-Encoding: chunked\r\n\r\n"
-            + _chunk(_EVENT)
         )
         loop = asyncio.get_running_loop()
 
@@ -139,13 +143,16 @@ class Upstream(asyncio.Protocol):
             if not keep:
                 t.close()
 
-        loop.call_later(self.interval_s, send, events - 1)
+        if self.first_s > 0:
+            loop.call_later(self.first_s, send, events)
+        else:
+            loop.call_soon(send, events)
 
 
-async def serve(port: int, interval_s: float) -> None:
+async def serve(port: int, interval_s: float, first_s: float) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Upstream(interval_s), "127.0.0.1", port, reuse_address=True, backlog=4096
+        lambda: Upstream(interval_s, first_s), "127.0.0.1", port, reuse_address=True, backlog=4096
     )
     async with server:
         await server.serve_forever()
@@ -157,6 +164,12 @@ def main() -> None:
     )
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--interval-ms", type=float, default=1.0, help="between streamed events")
+    ap.add_argument(
+        "--first-event-ms",
+        type=float,
+        default=0.0,
+        help="from the head to the first event; 0: in a write of its own right after it",
+    )
     args = ap.parse_args()
     try:
         import uvloop
@@ -165,7 +178,7 @@ def main() -> None:
     except ImportError:
         pass
     try:
-        asyncio.run(serve(args.port, args.interval_ms / 1000))
+        asyncio.run(serve(args.port, args.interval_ms / 1000, args.first_event_ms / 1000))
     except KeyboardInterrupt:
         pass
 

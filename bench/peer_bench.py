@@ -119,7 +119,8 @@ def machine_load(before: list[int], after: list[int]) -> str:
     d = [b - a for a, b in zip(before, after, strict=True)]
     total = max(1, sum(d))
     idle = d[3] + d[4]  # idle, iowait
-    return f"machine CPU busy (this bench included) {100 * (total - idle) / total:.0f}%, steal {100 * d[7] / total:.1f}%"
+    busy = 100 * (total - idle) / total
+    return f"machine CPU busy (this bench included) {busy:.0f}%, steal {100 * d[7] / total:.1f}%"
 
 
 # -- the table -------------------------------------------------------------------------
