@@ -350,6 +350,8 @@ def install_peers(venv: Path = PEERS_VENV) -> dict[str, str]:
 
 
 def installed_version(venv: Path, pkg: str) -> str | None:
+    if not (venv / "bin" / "python").exists():
+        return None
     r = subprocess.run(
         [
             str(venv / "bin" / "python"),
@@ -640,7 +642,8 @@ def main() -> int:
             try:
                 wait_ready(port, proc)
             except RuntimeError as e:
-                rows[spec.name].failed = f"{e}; log: {log_tail(log)}"
+                tail = log_tail(log)
+                rows[spec.name].failed = f"{e}; log: {tail}" if tail else str(e)
                 continue
             ports[spec.name], pids[spec.name] = port, proc.pid
         measure(rows, ports, pids, args, script)
