@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -204,11 +204,16 @@ def monitored(port: int, seconds: float, load: Callable[[], int]) -> Counter[tup
             mon.terminate()
             mon.wait(10)
         out.seek(0)
-        counts: Counter[tuple[str, str]] = Counter()
-        for line in out:
-            m = _MONITOR_RE.match(line)
-            if m:
-                counts["lua" if m.group(1) == "lua" else "client", m.group(2).upper()] += 1
+        return count_monitor(out)
+
+
+def count_monitor(lines: Iterable[str]) -> Counter[tuple[str, str]]:
+    """(origin, COMMAND) counts of MONITOR lines: "lua" from a script, else "client"."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for line in lines:
+        m = _MONITOR_RE.match(line)
+        if m:
+            counts["lua" if m.group(1) == "lua" else "client", m.group(2).upper()] += 1
     return counts
 
 
