@@ -164,7 +164,11 @@ def format_table(rows: Sequence[Row]) -> str:
             why = " ".join(row.failed.split()).replace("|", "/")
             out.append(f"| {row.name} | failed: {why} | | | | | |")
             continue
-        added = "(baseline)" if row.name == DIRECT else _added(row.added_ttfb_ms)
+        added = (
+            f"(baseline: {_median(row.ttfb_ms, '.2f')} ms)"
+            if row.name == DIRECT
+            else _added(row.added_ttfb_ms)
+        )
         rps = statistics.median(row.rps) if row.rps else None
         span = f"{min(row.cpu_us):.0f}-{max(row.cpu_us):.0f}" if row.cpu_us else "-"
         out.append(

@@ -94,7 +94,13 @@ def test_rounds_turn_so_each_system_goes_first_once() -> None:
 
 def test_table_shows_medians_and_keeps_a_failed_peer_with_its_reason() -> None:
     rows = [
-        Row(DIRECT, cpu_us=[9, 11, 10], rps=[60e3, 50e3, 70e3], p99_128_ms=[4, 5, 6]),
+        Row(
+            DIRECT,
+            cpu_us=[9, 11, 10],
+            rps=[60e3, 50e3, 70e3],
+            p99_128_ms=[4, 5, 6],
+            ttfb_ms=[0.3, 0.25, 0.4],
+        ),
         Row(
             "nginx (1 worker)",
             cpu_us=[10.4, 12, 9.6],
@@ -109,7 +115,7 @@ def test_table_shows_medians_and_keeps_a_failed_peer_with_its_reason() -> None:
     lines = format_table(rows).splitlines()
     assert lines[0].startswith("| system | CPU µs / request | req/s | p99 at 128 conns |")
     assert len(lines) == 2 + len(rows)
-    assert lines[2].startswith(f"| {DIRECT} | 10 | 60.0k | 5.0 ms | (baseline) | 9-11 | 0 |")
+    assert lines[2] == f"| {DIRECT} | 10 | 60.0k | 5.0 ms | (baseline: 0.30 ms) | 9-11 | 0 |"
     assert lines[3] == "| nginx (1 worker) | 10 | 45.9k | 12.6 ms | +0.1 ms | 10-12 | 2 |"
     assert lines[4] == "| this router | 495 | 812 | 70.9 ms | +2.2 ms | 495-495 | 0 |"
     # the reason stays on one line and cannot break the table's columns
