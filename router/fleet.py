@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from router.balancer import Mode
+from router.prefix import NO_MATCH, Match
 from router.snapshot import Snapshot
 from router.state.base import HealthUpdate, Issued, Released, Source, Store, WorkerRecord
 
@@ -80,6 +81,28 @@ class Fleet:
         if issued is not None:
             self.snapshot.apply_issue(issued, cost)
         return issued, request_idx
+
+    async def match_prefix(
+        self, endpoint: str, hashes: Sequence[str], now: float, ttl_s: float
+    ) -> Match:
+        """What the shared prefix index knows of these blocks (router/prefix.py)."""
+        if not hashes:
+            return NO_MATCH
+        depth, holders = await self.store.prefix_lookup(endpoint, hashes, now, ttl_s)
+        return Match(depth, len(hashes), tuple(holders))
+
+    async def record_prefix(
+        self,
+        endpoint: str,
+        wid: str,
+        hashes: Sequence[str],
+        now: float,
+        ttl_s: float,
+        max_blocks: int,
+    ) -> None:
+        """Remember that `wid` was sent these blocks (batched on Redis, not awaited)."""
+        if hashes:
+            await self.store.prefix_record(endpoint, wid, hashes, now, ttl_s, max_blocks)
 
     async def release(self, wid: str, reqnum: int, cost: float) -> Released:
         where = await self.store.release(wid, reqnum, cost)
