@@ -105,6 +105,8 @@ class WorkerState:
             "inflight_requests": self.load.requests,
             "max_reqnum_seen": self.verifier.replay.max_seen,
             "perf": self.perf,
+            "completed_cost": self.load.completed_cost,
+            "busy_s": self.load.busy_s(),
         }
 
 

@@ -317,6 +317,9 @@ class ProxyCore:
             if ticket is None:
                 break
             tried.add(wid)
+            measured = ep.perf_mode == "measured"
+            if measured:
+                ctx.fleet.started(wid, time.monotonic())
             try:
                 return await self._attempt(req, sink, ep, ticket, wid, rid), None
             except _Retry as exc:
@@ -326,6 +329,8 @@ class ProxyCore:
             finally:
                 try:
                     await ctx.fleet.release(wid, ticket["reqnum"], cost)
+                    if measured:
+                        await ctx.fleet.finished(wid, cost, time.monotonic())
                 except StoreUnavailable as exc:
                     # the answer may be out already: never a second one; the ticket's
                     # cost leaves the worker's load when the ticket expires

@@ -249,6 +249,10 @@ class Store(ABC):
         `ttl_s`, least recently used beyond `max_blocks`). May return before the write
         is done (Redis batches them); a lost write only costs a cache miss."""
 
+    @abstractmethod
+    async def set_perf(self, wid: str, perf: float) -> bool:
+        """Set a known worker's perf (measured: router/speed.py); True if it exists."""
+
     async def settle(self) -> None:
         """Wait until the writes that may return early (prefix_record) are done."""
         return None

@@ -168,6 +168,13 @@ class MemoryStore(Store):
             return None
         return release_ticket(w, self._pending.get(wid, _NO_TICKETS), reqnum, cost)
 
+    async def set_perf(self, wid: str, perf: float) -> bool:
+        w = self._workers.get(wid)
+        if w is None:
+            return False
+        w.perf = perf
+        return True
+
     async def prefix_lookup(
         self, endpoint: str, hashes: Sequence[str], now: float, ttl_s: float
     ) -> tuple[int, list[str]]:

@@ -229,6 +229,7 @@ class RedisStore(Store):
         self._delete_doc = self.redis.register_script(lua.DELETE_DOC)
         self._release_lease = self.redis.register_script(lua.RELEASE_LEASE)
         self._add_activity = self.redis.register_script(lua.ADD_ACTIVITY)
+        self._set_perf = self.redis.register_script(lua.SET_PERF)
         # /route and proxy calls of one loop pass share one EVALSHA (see lua.ISSUE).
         # ... over one pipelined connection of their own where the URL allows (resp.py).
         self._scripts = Scripts(url, timeout_s) if Scripts.usable(url) else None
@@ -404,6 +405,10 @@ class RedisStore(Store):
             [self.keys.worker(wid), self.keys.pending(wid)], [reqnum, repr(float(cost))], [], []
         )
         return _RELEASED[int(n)]
+
+    @_unavailable
+    async def set_perf(self, wid: str, perf: float) -> bool:
+        return bool(await self._set_perf(keys=[self.keys.worker(wid)], args=[repr(float(perf))]))
 
     async def prefix_lookup(
         self, endpoint: str, hashes: Sequence[str], now: float, ttl_s: float

@@ -248,6 +248,14 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return 1
 """
 
+# A worker's measured perf (Store.set_perf), only if the worker still exists (a write
+# must never bring back a removed worker's hash). KEYS: worker hash. ARGV: perf.
+SET_PERF = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'perf', ARGV[1])
+return 1
+"""
+
 DRAIN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'status', 'draining', 'admin_drain', 1)
