@@ -64,7 +64,7 @@ class WorkerState:
             settings.cost_tolerance,
             ReplayMemory(settings.replay_max_segments),
         )
-        self.metrics = WorkerMetrics(self.load, self.verifier.replay)
+        self.metrics = WorkerMetrics(self.load, self.verifier.replay, backend)
         static: dict[str, VerifyKey] = {}
         if settings.pubkey_file is not None:
             key = load_pubkey_file(settings.pubkey_file)
