@@ -98,15 +98,17 @@ def shortlist(
     k: int = SHORTLIST,
     cached: Sequence[W] = (),
     balance: tuple[float, float] = (math.inf, math.inf),
+    cached_share: float = 0.0,
 ) -> tuple[list[W], Mode]:
     """Rank up to `k` ready workers that fit `cost`; return them with how to finalize.
 
     `cached` (cache_aware): the workers the prefix index says hold the longest prefix
-    of the request's prompt; `balance`: the endpoint's (balance_abs_s, balance_rel).
+    of the request's prompt, `cached_share` how much of the prompt that prefix is (0-1);
+    `balance`: the endpoint's (balance_abs_s, balance_rel).
     """
     if policy == "cache_aware":
         if cached and not session_id:
-            return prefer_cached(workers, cached, cost, balance, rng, k)
+            return prefer_cached(workers, cached, cost, balance, rng, k, cached_share)
         policy = "least_work"  # no prompt, or nothing cached: its load policy decides
     if not session_id:
         if len(workers) > 2 * SAMPLE:
@@ -144,12 +146,15 @@ def prefer_cached(
     balance: tuple[float, float],
     rng: random.Random,
     k: int = SHORTLIST,
+    cached_share: float = 0.0,
 ) -> tuple[list[W], Mode]:
     """cache_aware: the least loaded of the `cached` workers first, then least_work's.
 
     Unless it is out of balance: when its work score exceeds the least loaded worker's
     by more than `balance[0]` seconds and is more than `balance[1]` times it, least_work
-    decides alone (mode "rescore"); a cached prefix saves prefill, not a queue.
+    decides alone (mode "rescore"); a cached prefix saves prefill, not a queue. On a
+    holder the request weighs `cost * (1 - cached_share)` in that comparison: the part
+    of its prompt the holder has cached is work it will not do.
     """
     pool = workers if len(workers) <= 2 * SAMPLE else _sample(workers, rng)
     ranked = _least_work(pool, cost, rng, k)
@@ -157,7 +162,8 @@ def prefer_cached(
     if not best or not ranked:
         return ranked, "rescore"
     top = best[0]
-    score, least = work_score(top, cost), work_score(ranked[0], cost)
+    left = cost * (1.0 - min(1.0, max(0.0, cached_share)))
+    score, least = work_score(top, left), work_score(ranked[0], cost)
     balance_abs_s, balance_rel = balance
     if score - least > balance_abs_s and score > balance_rel * least:
         return ranked, "rescore"

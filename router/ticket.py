@@ -156,8 +156,9 @@ async def issue_ticket(
         workers = [w for w in workers if w.id not in exclude]
     now = time.time()
     cached: list[WorkerRecord] = []
+    share = 0.0
     if hashes and ep.policy == "cache_aware":
-        cached = await _cached(ctx, endpoint, hashes, now, exclude)
+        cached, share = await _cached(ctx, endpoint, hashes, now, exclude)
     ranked, mode = shortlist(
         ep.policy,
         workers,
@@ -167,6 +168,7 @@ async def issue_ticket(
         session_id=session_id,
         cached=cached,
         balance=(ep.cache_aware.balance_abs_s, ep.cache_aware.balance_rel),
+        cached_share=share,
     )
     issued = None
     if ranked or request_idx <= 0:
@@ -205,8 +207,9 @@ async def issue_ticket(
 
 async def _cached(
     ctx: RouterContext, endpoint: str, hashes: Sequence[str], now: float, exclude: frozenset[str]
-) -> list[WorkerRecord]:
-    """The workers of `endpoint` that hold the longest cached prefix of `hashes`."""
+) -> tuple[list[WorkerRecord], float]:
+    """The workers of `endpoint` that hold the longest cached prefix of `hashes`, and the
+    share of the prompt's blocks it is."""
     match = await ctx.fleet.match_prefix(
         endpoint, hashes, now, ctx.endpoints[endpoint].cache_aware.ttl_s
     )
@@ -215,7 +218,7 @@ async def _cached(
         w = ctx.snapshot.get(wid)
         if w is not None and w.endpoint == endpoint and wid not in exclude:
             out.append(w)
-    return out
+    return out, match.depth / match.blocks if match.blocks else 0.0
 
 
 async def _issue(

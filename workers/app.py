@@ -125,6 +125,9 @@ def build_app(settings: WorkerSettings, backend: Backend | None = None) -> web.A
     app.on_response_prepare.append(_on_prepare)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
+    # what model servers answer (TGI, vLLM, SGLang): routers that probe it (SGLang's and
+    # vLLM's, in bench/cache_bench.py) can front the reference worker as they front those
+    app.router.add_get("/health", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/{path:.*}", infer)
     return app

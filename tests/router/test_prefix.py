@@ -167,3 +167,13 @@ def test_large_fleets_sample_and_keep_the_holder() -> None:
     holder = ws[123]
     ranked, mode = shortlist("cache_aware", ws, 10.0, rng=random.Random(1), cached=[holder])
     assert mode == "ordered" and ranked[0] is holder and len(ranked) == 3
+
+
+def test_what_the_holder_has_cached_counts_as_work_not_done() -> None:
+    ws = fleet(300.0, 0.0)  # w0 holds the prefix with 3.0 s queued; w1 is idle
+    # cost 200: on w0 5.0 s against 2.0 s: out of balance (gap 3 s, 2.5 x)
+    ranked, mode = prefer_cached(ws, [ws[0]], 200.0, (1.5, 1.5), random.Random(1))
+    assert mode == "rescore" and ranked[0].id == "w1"
+    # with 90 % of the prompt cached there, w0 would take 3.2 s: a gap of 1.2 s only
+    ranked, mode = prefer_cached(ws, [ws[0]], 200.0, (1.5, 1.5), random.Random(1), cached_share=0.9)
+    assert mode == "ordered" and ranked[0].id == "w0"

@@ -488,3 +488,9 @@ async def test_not_ready_until_keys_are_loaded(tmp_path: Path) -> None:
             "/generate", data=orjson.dumps(PAYLOAD), headers={"X-Route-Ticket": token}
         )
         assert resp.status == 401 and await error_code(resp) == "ticket_unknown_key"
+
+
+async def test_health_answers_as_readyz(client: Client) -> None:
+    """Model servers' own path: SGLang's and vLLM's routers probe it (bench/cache_bench.py)."""
+    resp = await client.get("/health")
+    assert resp.status == 200 and (await resp.json())["ready"] is True
