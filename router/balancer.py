@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,8 +96,20 @@ def shortlist(
     tick: int = 0,
     session_id: str | None = None,
     k: int = SHORTLIST,
+    cached: Sequence[W] = (),
+    balance: tuple[float, float] = (math.inf, math.inf),
+    cached_share: float = 0.0,
 ) -> tuple[list[W], Mode]:
-    """Rank up to `k` ready workers that fit `cost`; return them with how to finalize."""
+    """Rank up to `k` ready workers that fit `cost`; return them with how to finalize.
+
+    `cached` (cache_aware): the workers the prefix index says hold the longest prefix
+    of the request's prompt, `cached_share` how much of the prompt that prefix is (0-1);
+    `balance`: the endpoint's (balance_abs_s, balance_rel).
+    """
+    if policy == "cache_aware":
+        if cached and not session_id:
+            return prefer_cached(workers, cached, cost, balance, rng, k, cached_share)
+        policy = "least_work"  # no prompt, or nothing cached: its load policy decides
     if not session_id:
         if len(workers) > 2 * SAMPLE:
             if policy == "round_robin":
@@ -123,7 +136,38 @@ def shortlist(
     ranked = _rank(policy, pool, cost, rng, tick, k)
     if pinned is not None:
         return [pinned, *ranked[: k - 1]], "ordered"
-    return ranked, "rescore" if policy in ("least_work", "p2c") else "ordered"
+    return ranked, "rescore" if policy in ("least_work", "p2c", "cache_aware") else "ordered"
+
+
+def prefer_cached(
+    workers: Sequence[W],
+    cached: Sequence[W],
+    cost: float,
+    balance: tuple[float, float],
+    rng: random.Random,
+    k: int = SHORTLIST,
+    cached_share: float = 0.0,
+) -> tuple[list[W], Mode]:
+    """cache_aware: the least loaded of the `cached` workers first, then least_work's.
+
+    Unless it is out of balance: when its work score exceeds the least loaded worker's
+    by more than `balance[0]` seconds and is more than `balance[1]` times it, least_work
+    decides alone (mode "rescore"); a cached prefix saves prefill, not a queue. On a
+    holder the request weighs `cost * (1 - cached_share)` in that comparison: the part
+    of its prompt the holder has cached is work it will not do.
+    """
+    pool = workers if len(workers) <= 2 * SAMPLE else _sample(workers, rng)
+    ranked = _least_work(pool, cost, rng, k)
+    best = _least_work(cached, cost, rng, 1)
+    if not best or not ranked:
+        return ranked, "rescore"
+    top = best[0]
+    left = cost * (1.0 - min(1.0, max(0.0, cached_share)))
+    score, least = work_score(top, left), work_score(ranked[0], cost)
+    balance_abs_s, balance_rel = balance
+    if score - least > balance_abs_s and score > balance_rel * least:
+        return ranked, "rescore"
+    return [top, *[w for w in ranked if w.id != top.id][: k - 1]], "ordered"
 
 
 def _sample(workers: Sequence[W], rng: random.Random) -> list[W]:
@@ -196,6 +240,8 @@ def _rank(
     if policy == "p2c":
         two = rng.sample(pool, min(2, len(pool)))
         return sorted(two, key=lambda w: work_score(w, cost))
+    if policy == "cache_aware":  # (with a session: what sticks, then by least work)
+        return _least_work(pool, cost, rng, k)
     raise ValueError(f"unknown policy {policy!r}")
 
 

@@ -11,6 +11,14 @@ loop, no extra dependency); both behave alike::
     for chunk in client.stream(client.route("demo", cost=16), "/generate_stream", payload):
         ...
 
+For a `cache_aware` endpoint, pass the prompt's `prefix_hashes` (`prefix_hashes(payload)`
+computes them here, so the prompt itself never goes to the router): the router sends
+the request to the worker most likely to hold that prefix in its KV cache
+(docs/prefix.md)::
+
+    payload = {"messages": chat}
+    ticket = client.route("llm", cost=200, prefix_hashes=prefix_hashes(payload))
+
 `route` keeps asking while the router answers 200 without `url` (no worker ready yet:
 docs/protocol.md, "Answer: no worker ready"), 429 or 503, sleeping what the answer says
 (`retry_after_s`, else `Retry-After`) and sending back the `request_idx` it was
@@ -28,13 +36,15 @@ import http.client
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
 import aiohttp
 import orjson
+
+from router.prefix import request_hashes
 
 Ticket = dict[str, Any]
 Shape = Literal["auth_data", "merged", "header"]
@@ -105,8 +115,18 @@ class WorkerRequest:
     headers: dict[str, str]
 
 
+def prefix_hashes(payload: Any) -> list[str]:
+    """The block hashes of a request payload's prompt (OpenAI `messages` or `prompt`, TGI
+    `inputs`), as `/route` takes them in `prefix_hashes` (docs/prefix.md)."""
+    return request_hashes(payload)
+
+
 def route_body(
-    endpoint: str, cost: float | None, request_idx: int, session_id: str | None
+    endpoint: str,
+    cost: float | None,
+    request_idx: int,
+    session_id: str | None,
+    hashes: Sequence[str] | None = None,
 ) -> bytes:
     """The `/route` request body; a `request_idx` of 0 asks the router to assign one."""
     body: dict[str, Any] = {"endpoint": endpoint}
@@ -116,6 +136,8 @@ def route_body(
         body["request_idx"] = request_idx
     if session_id is not None:
         body["session_id"] = session_id
+    if hashes is not None:
+        body["prefix_hashes"] = list(hashes)
     return orjson.dumps(body)
 
 
@@ -257,18 +279,20 @@ class AsyncRouterClient:
         cost: float | None = None,
         *,
         session_id: str | None = None,
+        prefix_hashes: Sequence[str] | None = None,
         timeout_s: float | None = None,
         on_wait: OnWait | None = None,
     ) -> Ticket:
         """A ticket for `endpoint`, waiting up to `timeout_s` for a worker to be ready.
 
-        `on_wait` is called with each answer that says to wait (the status breakdown).
+        `on_wait` is called with each answer that says to wait (the status breakdown);
+        `prefix_hashes`: the prompt's (`prefix_hashes()`), for cache_aware endpoints.
         """
         deadline = _Deadline(self.timeout_s if timeout_s is None else timeout_s)
         request_idx = 0
         timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
         while True:
-            body = route_body(endpoint, cost, request_idx, session_id)
+            body = route_body(endpoint, cost, request_idx, session_id, prefix_hashes)
             try:
                 async with self._http().post(
                     f"{self.router_url}/route/", data=body, headers=self._auth, timeout=timeout
@@ -361,6 +385,7 @@ class RouterClient:
         cost: float | None = None,
         *,
         session_id: str | None = None,
+        prefix_hashes: Sequence[str] | None = None,
         timeout_s: float | None = None,
         on_wait: OnWait | None = None,
     ) -> Ticket:
@@ -368,7 +393,7 @@ class RouterClient:
         deadline = _Deadline(self.timeout_s if timeout_s is None else timeout_s)
         request_idx = 0
         while True:
-            body = route_body(endpoint, cost, request_idx, session_id)
+            body = route_body(endpoint, cost, request_idx, session_id, prefix_hashes)
             try:
                 with self._post(f"{self.router_url}/route/", body, self._auth) as resp:
                     raw = resp.read()

@@ -25,7 +25,8 @@ from router.control.settings import (
 from router.control.spec import Autoscaling, RuntimeSpec
 from router.signing import MAX_SAFE_INTEGER, is_plain_string
 
-Policy = Literal["least_work", "round_robin", "random", "least_requests", "p2c"]
+Policy = Literal["least_work", "round_robin", "random", "least_requests", "p2c", "cache_aware"]
+PerfMode = Literal["config", "measured"]
 StoreBackend = Literal["memory", "redis"]
 Algorithm = Literal["rsa", "ed25519"]
 SpawnBackend = Literal["synthetic"]
@@ -180,11 +181,35 @@ class SpawnSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheAwareSettings:
+    """`[endpoints.cache_aware]`: how the cache_aware policy trades cache hits for balance.
+
+    The worker holding the longest prefix of the prompt is chosen unless its work score
+    ((load + cost) / perf, seconds of queued work) exceeds the least loaded worker's by
+    more than `balance_abs_s` *and* is more than `balance_rel` times it; then least_work
+    decides. The index models each worker's KV cache (docs/prefix.md): blocks are
+    forgotten `ttl_s` after they were last routed, and beyond `max_blocks_per_worker`
+    (128 characters each: 4096 blocks ~ 128k tokens) least recent first.
+    """
+
+    # Loose by default: a conversation that moves loses its cache (bench/RESULTS.md,
+    # "Prefix-cache-aware routing": 1 s and 1.5x lost 3 points of hit rate for no TTFT)
+    balance_abs_s: float = 30.0
+    balance_rel: float = 4.0
+    ttl_s: float = 600.0
+    max_blocks_per_worker: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointSettings:
     name: str
     workspace: str = "default"
     default_cost: float = 100.0
     policy: Policy = "least_work"
+    cache_aware: CacheAwareSettings = CacheAwareSettings()
+    # "measured": each worker's perf is an EWMA of the cost per second it is seen to
+    # serve (router/speed.py), not its configured or reported figure
+    perf_mode: PerfMode = "config"
     health_path: str = "/readyz"
     max_queue_time_s: float = 30.0
     retry_after_s: float = 1.0
@@ -611,6 +636,14 @@ def _endpoint(r: _Reader) -> EndpointSettings:
         lr = r.table("local")
         local = read_runtime(lr)
         lr.done()
+    ca = r.table("cache_aware")
+    cache_aware = CacheAwareSettings(
+        balance_abs_s=ca.num("balance_abs_s", 30.0),
+        balance_rel=ca.num("balance_rel", 4.0, min_=1.0),
+        ttl_s=ca.num("ttl_s", 600.0, positive=True),
+        max_blocks_per_worker=ca.int_("max_blocks_per_worker", 4096, min_=1, max_=1_000_000),
+    )
+    ca.done()
     autoscaling = Autoscaling()
     if spawn:
         if local is not None:
@@ -636,6 +669,8 @@ def _endpoint(r: _Reader) -> EndpointSettings:
         workspace=workspace,
         default_cost=_cost(r, "default_cost", 100.0),
         policy=r.choice("policy", "least_work", get_args(Policy)),  # type: ignore[arg-type]
+        cache_aware=cache_aware,
+        perf_mode=r.choice("perf_mode", "config", get_args(PerfMode)),  # type: ignore[arg-type]
         health_path=health_path,
         max_queue_time_s=r.num("max_queue_time_s", 30.0),
         retry_after_s=r.num("retry_after_s", 1.0, positive=True),

@@ -13,7 +13,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from router.balancer import Mode
+from router.prefix import NO_MATCH, Match
 from router.snapshot import Snapshot
+from router.speed import Speeds
 from router.state.base import HealthUpdate, Issued, Released, Source, Store, WorkerRecord
 
 
@@ -26,6 +28,7 @@ class Fleet:
         # called with an endpoint (None: any) whenever its workers changed: held requests
         # (router/hold.py) try again
         self.on_change: list[Callable[[str | None], None]] = []
+        self.speeds = Speeds()  # measured perf (router/speed.py), this replica's view
 
     def _changed(self, endpoint: str | None) -> None:
         for listener in self.on_change:
@@ -81,6 +84,28 @@ class Fleet:
             self.snapshot.apply_issue(issued, cost)
         return issued, request_idx
 
+    async def match_prefix(
+        self, endpoint: str, hashes: Sequence[str], now: float, ttl_s: float
+    ) -> Match:
+        """What the shared prefix index knows of these blocks (router/prefix.py)."""
+        if not hashes:
+            return NO_MATCH
+        depth, holders = await self.store.prefix_lookup(endpoint, hashes, now, ttl_s)
+        return Match(depth, len(hashes), tuple(holders))
+
+    async def record_prefix(
+        self,
+        endpoint: str,
+        wid: str,
+        hashes: Sequence[str],
+        now: float,
+        ttl_s: float,
+        max_blocks: int,
+    ) -> None:
+        """Remember that `wid` was sent these blocks (batched on Redis, not awaited)."""
+        if hashes:
+            await self.store.prefix_record(endpoint, wid, hashes, now, ttl_s, max_blocks)
+
     async def release(self, wid: str, reqnum: int, cost: float) -> Released:
         where = await self.store.release(wid, reqnum, cost)
         if where is not None:
@@ -116,7 +141,28 @@ class Fleet:
         self.snapshot.upsert(record)
         return record
 
+    def started(self, wid: str, now: float) -> None:
+        """A proxied request went to `wid` (perf_mode = "measured")."""
+        self.speeds.start(wid, now)
+
+    async def finished(self, wid: str, cost: float, now: float) -> None:
+        """A proxied request to `wid` ended: the worker's measured perf, when a sampling
+        window closed, goes to the store (every replica's least_work reads it) and the
+        snapshot. The one place measured perf is written in proxy mode."""
+        perf = self.speeds.finish(wid, cost, now)
+        if perf is not None:
+            if await self.store.set_perf(wid, perf):
+                w = self.snapshot.get(wid)
+                if w is not None:
+                    w.perf = perf
+
+    def reported_perf(self, wid: str, completed_cost: float, busy_s: float) -> float | None:
+        """Ticket mode: a /readyz report's running totals; the measured perf to write
+        with the poll's health update when a window closed (record_health writes it)."""
+        return self.speeds.report(wid, completed_cost, busy_s)
+
     async def remove(self, wid: str) -> bool:
+        self.speeds.forget(wid)
         existed = await self.store.remove_worker(wid)
         self.snapshot.remove(wid)
         return existed

@@ -9,6 +9,7 @@ rotation at once instead of waiting for `unhealthy_after` failures.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -41,6 +42,7 @@ class PollResult:
     report: tuple[float, int, int] | None = None
     perf: float | None = None
     detail: str = ""
+    served: tuple[float, float] | None = None  # running (completed_cost, busy_s), if reported
 
 
 def transition(w: WorkerRecord, r: PollResult, cfg: HealthSettings, now: float) -> HealthUpdate:
@@ -64,6 +66,18 @@ def transition(w: WorkerRecord, r: PollResult, cfg: HealthSettings, now: float) 
         ):
             status = "unhealthy"
     return HealthUpdate(w.status, status, ok, fail, last_ok, r.report, r.perf)
+
+
+def served_totals(body: bytes) -> tuple[float, float] | None:
+    """The running (completed_cost, busy_s) a reference worker reports on /readyz."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    cost, busy = doc.get("completed_cost"), doc.get("busy_s")
+    return (float(cost), float(busy)) if _num(cost) and _num(busy) else None
 
 
 def parse_report(body: bytes) -> tuple[tuple[float, int, int] | None, float | None, bool]:
@@ -95,7 +109,7 @@ def classify(status: int, body: bytes) -> PollResult:
     """What a health answer says: ready, draining, or failed (with any load report)."""
     report, perf, draining = parse_report(body)
     if status == 200 and not draining:
-        return PollResult(True, report=report, perf=perf)
+        return PollResult(True, report=report, perf=perf, served=served_totals(body))
     if status == 503 and draining:
         return PollResult(False, draining=True, report=report)
     return PollResult(False, report=report, detail=f"HTTP {status}")
@@ -204,7 +218,15 @@ class HealthPoller:
             await self._apply(w, result, time.time())
 
     async def _apply(self, w: WorkerRecord, result: PollResult, now: float) -> None:
-        update = transition(w, result, self.endpoints[w.endpoint].health, now)
+        ep = self.endpoints[w.endpoint]
+        update = transition(w, result, ep.health, now)
+        if ep.perf_mode == "measured":
+            # the figure the worker states is not what it is seen to do: keep the measured
+            # one, and move it when the worker's served totals close a window
+            perf = None
+            if result.served is not None:
+                perf = self.fleet.reported_perf(w.id, *result.served)
+            update = dataclasses.replace(update, perf=perf)
         if update.status != w.status:
             log.info(
                 "worker %s (%s) %s -> %s%s",

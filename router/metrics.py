@@ -211,6 +211,14 @@ class Metrics:
             ["endpoint", "outcome"],
             registry=r,
         )
+        self.prefix_decisions = _counter(
+            "router_prefix_decisions_total",
+            "cache_aware decisions for requests with a prompt: hit (sent to a worker "
+            "holding its longest cached prefix), balanced (least_work overruled it: "
+            "load gap), miss (no worker holds any of it).",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
         self.retries = _counter(
             "router_retries_total",
             "Proxy retries on another worker.",

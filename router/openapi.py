@@ -69,6 +69,14 @@ _ROUTE_BODY = {
         "request_idx": {"type": "integer", "minimum": 0, "maximum": _MAX_SAFE},
         "replay_timeout": {"type": "number", "minimum": 0, "maximum": _MAX_SAFE},
         "session_id": {"type": "string"},
+        # cache_aware endpoints (docs/prefix.md); never signed into the ticket
+        "prefix_hashes": {
+            "type": "array",
+            "maxItems": 256,
+            "items": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        },
+        "messages": {"type": "array", "maxItems": 4096, "items": {"type": "object"}},
+        "prompt": {"type": "string"},
     },
 }
 _SAFE_NUMBER = {"type": "number", "minimum": -_MAX_SAFE, "maximum": _MAX_SAFE}

@@ -7,6 +7,7 @@ import functools
 import math
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -17,8 +18,9 @@ from router.context import CTX, RouterContext
 from router.errors import ApiError, json_response, read_within
 from router.jsonbody import json_object
 from router.limits import check_rate
+from router.prefix import BadPrefix, route_hashes
 from router.signing import MAX_SAFE_INTEGER, ticket_number
-from router.state.base import StoreUnavailable
+from router.state.base import StoreUnavailable, WorkerRecord
 
 # The router app's client_max_size: /route and admin bodies. Proxied bodies are read
 # from the stream with their endpoint's own limit, which this does not cap.
@@ -110,9 +112,15 @@ async def route_answer(
     request_idx = _request_idx(body)
     _number(body, "replay_timeout", 0.0)  # accepted for Vast compatibility; tickets expire
     session_id = _optional_str(body, "session_id", _MAX_SESSION_ID)
+    hashes = None
+    if ep.policy == "cache_aware":
+        try:
+            hashes = route_hashes(body)
+        except BadPrefix as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
 
     try:
-        answer = await _issue(ctx, endpoint, cost, request_idx, session_id)
+        answer = await _issue(ctx, endpoint, cost, request_idx, session_id, hashes)
     except StoreUnavailable:
         m = ctx.metrics
         m.child(m.requests, endpoint, "ticket", "503").inc()
@@ -132,6 +140,7 @@ async def issue_ticket(
     exclude: frozenset[str] = frozenset(),
     request_id: str | None = None,
     proxy: bool = False,
+    hashes: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any] | None, int, str]:
     """Pick a worker and sign its ticket: (ticket or None if none fits, request_idx, worker id).
 
@@ -141,6 +150,7 @@ async def issue_ticket(
     (on the loop: it costs less than a hop to a thread). Used by both modes. `cost` is
     balanced on and signed in its served form (`ticket_number`: 3 decimals, integral as
     an int), so the worker accounts what the router counted.
+    `hashes`: the prompt's block hashes (router/prefix.py), for cache_aware endpoints.
     """
     cost = ticket_number(cost)
     ep = ctx.endpoints[endpoint]
@@ -148,10 +158,22 @@ async def issue_ticket(
     workers = ctx.snapshot.endpoint(endpoint)
     if exclude:
         workers = [w for w in workers if w.id not in exclude]
-    ranked, mode = shortlist(
-        ep.policy, workers, cost, rng=ctx.rng, tick=ctx.tick, session_id=session_id
-    )
     now = time.time()
+    cached: list[WorkerRecord] = []
+    share = 0.0
+    if hashes and ep.policy == "cache_aware":
+        cached, share = await _cached(ctx, endpoint, hashes, now, exclude)
+    ranked, mode = shortlist(
+        ep.policy,
+        workers,
+        cost,
+        rng=ctx.rng,
+        tick=ctx.tick,
+        session_id=session_id,
+        cached=cached,
+        balance=(ep.cache_aware.balance_abs_s, ep.cache_aware.balance_rel),
+        cached_share=share,
+    )
     issued = None
     if ranked or request_idx <= 0:
         issued, request_idx = await ctx.fleet.issue(
@@ -159,6 +181,14 @@ async def issue_ticket(
         )
     if issued is None:
         return None, request_idx, ""
+    if hashes and ep.policy == "cache_aware":
+        m = ctx.metrics
+        outcome = "miss" if not cached else "hit" if mode == "ordered" else "balanced"
+        m.child(m.prefix_decisions, endpoint, outcome).inc()
+        ca = ep.cache_aware
+        await ctx.fleet.record_prefix(
+            endpoint, issued.worker_id, hashes, now, ca.ttl_s, ca.max_blocks_per_worker
+        )
     ctx.activity.note(endpoint, now, cost)
     ticket: dict[str, Any] = {
         "cost": cost,
@@ -185,10 +215,33 @@ async def issue_ticket(
     return ticket, request_idx, issued.worker_id
 
 
+async def _cached(
+    ctx: RouterContext, endpoint: str, hashes: Sequence[str], now: float, exclude: frozenset[str]
+) -> tuple[list[WorkerRecord], float]:
+    """The workers of `endpoint` that hold the longest cached prefix of `hashes`, and the
+    share of the prompt's blocks it is."""
+    match = await ctx.fleet.match_prefix(
+        endpoint, hashes, now, ctx.endpoints[endpoint].cache_aware.ttl_s
+    )
+    out = []
+    for wid in match.holders:
+        w = ctx.snapshot.get(wid)
+        if w is not None and w.endpoint == endpoint and wid not in exclude:
+            out.append(w)
+    return out, match.depth / match.blocks if match.blocks else 0.0
+
+
 async def _issue(
-    ctx: RouterContext, endpoint: str, cost: float, request_idx: int, session_id: str | None
+    ctx: RouterContext,
+    endpoint: str,
+    cost: float,
+    request_idx: int,
+    session_id: str | None,
+    hashes: Sequence[str] | None,
 ) -> tuple[dict[str, Any], dict[str, str] | None]:
-    ticket, request_idx, _ = await issue_ticket(ctx, endpoint, cost, request_idx, session_id)
+    ticket, request_idx, _ = await issue_ticket(
+        ctx, endpoint, cost, request_idx, session_id, hashes=hashes
+    )
     if ticket is None:
         # the client polls (Vast's protocol); the leader learns the endpoint is wanted
         # (one coalesced start, however many clients poll)

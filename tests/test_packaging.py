@@ -87,7 +87,7 @@ def test_bad_config_fails_with_one_clear_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "config error: endpoints[0].policy: must be one of least_work, round_robin, random, "
-        "least_requests, p2c; got 'fastest'"
+        "least_requests, p2c, cache_aware; got 'fastest'"
     ]
 
 

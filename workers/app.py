@@ -64,7 +64,7 @@ class WorkerState:
             settings.cost_tolerance,
             ReplayMemory(settings.replay_max_segments),
         )
-        self.metrics = WorkerMetrics(self.load, self.verifier.replay)
+        self.metrics = WorkerMetrics(self.load, self.verifier.replay, backend)
         static: dict[str, VerifyKey] = {}
         if settings.pubkey_file is not None:
             key = load_pubkey_file(settings.pubkey_file)
@@ -105,6 +105,8 @@ class WorkerState:
             "inflight_requests": self.load.requests,
             "max_reqnum_seen": self.verifier.replay.max_seen,
             "perf": self.perf,
+            "completed_cost": self.load.completed_cost,
+            "busy_s": self.load.busy_s(),
         }
 
 
@@ -123,6 +125,9 @@ def build_app(settings: WorkerSettings, backend: Backend | None = None) -> web.A
     app.on_response_prepare.append(_on_prepare)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
+    # what model servers answer (TGI, vLLM, SGLang): routers that probe it (SGLang's and
+    # vLLM's, in bench/cache_bench.py) can front the reference worker as they front those
+    app.router.add_get("/health", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/{path:.*}", infer)
     return app

@@ -265,6 +265,28 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="tokens/s shared by all streams in flight (default: --perf, else 4 x --tokens-per-s)",
     )
+    syn.add_argument(
+        "--kv-cache-tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="model a prefix KV cache of N tokens (4 prompt characters each; default 0: none)",
+    )
+    syn.add_argument(
+        "--prefill-tokens-per-s",
+        type=_non_negative,
+        default=0.0,
+        metavar="N",
+        help="uncached prompt tokens prefilled per second, one request at a time "
+        "(default 0: prefill takes no time)",
+    )
+    syn.add_argument(
+        "--block-chars",
+        type=int,
+        default=64,
+        metavar="N",
+        help="the KV cache's block, in prompt characters (default 64: 16 tokens)",
+    )
     return p
 
 
@@ -293,6 +315,9 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         ttft_ms=args.ttft_ms,
         tokens_per_s=args.tokens_per_s,
         capacity=args.capacity,
+        kv_cache_tokens=args.kv_cache_tokens,
+        prefill_tokens_per_s=args.prefill_tokens_per_s,
+        block_chars=args.block_chars,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 
 def admission_delay(
@@ -34,15 +35,25 @@ def admission_delay(
 
 
 class Load:
-    """In-flight cost and request count; `idle` is set while nothing is in flight."""
+    """In-flight cost and request count; `idle` is set while nothing is in flight.
+
+    Also the running totals a router measures the worker's speed from (its
+    `perf_mode = "measured"`): the cost of every request finished, and the seconds with
+    at least one request in flight.
+    """
 
     def __init__(self) -> None:
         self.cost = 0.0
         self.requests = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.completed_cost = 0.0
+        self._busy_s = 0.0
+        self._busy_since = 0.0
 
     def add(self, cost: float) -> None:
+        if self.requests <= 0:
+            self._busy_since = time.monotonic()
         self.cost += cost
         self.requests += 1
         self.idle.clear()
@@ -50,7 +61,15 @@ class Load:
     def release(self, cost: float) -> None:
         self.requests -= 1
         self.cost -= cost
+        self.completed_cost += cost
         if self.requests <= 0:
             self.requests = 0
             self.cost = 0.0  # no float drift left behind when idle
+            self._busy_s += time.monotonic() - self._busy_since
             self.idle.set()
+
+    def busy_s(self) -> float:
+        """Seconds so far with at least one request in flight."""
+        if self.requests > 0:
+            return self._busy_s + time.monotonic() - self._busy_since
+        return self._busy_s

@@ -5,6 +5,8 @@ The series: docs/architecture.md, "Metrics".
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -13,8 +15,11 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
+from workers.backends.base import Backend
 from workers.load import Load
 from workers.verify import ReplayMemory
 
@@ -27,10 +32,35 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 _TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+class _PrefixCacheCollector(Collector):
+    """The backend's prefix-cache totals, read when /metrics is scraped."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def collect(self) -> Iterator[Metric]:
+        got = self.backend.prefix_cache_tokens()
+        if got is None:
+            return
+        hit, miss = got
+        yield CounterMetricFamily(
+            "worker_prefix_cache_hit_tokens",
+            "Prompt tokens found in the backend's prefix KV cache (not prefilled).",
+            value=hit,
+        )
+        yield CounterMetricFamily(
+            "worker_prefix_cache_miss_tokens",
+            "Prompt tokens not in the backend's prefix KV cache (prefilled).",
+            value=miss,
+        )
+
+
 class WorkerMetrics:
-    def __init__(self, load: Load, replay: ReplayMemory) -> None:
+    def __init__(self, load: Load, replay: ReplayMemory, backend: Backend | None = None) -> None:
         self._load = load
         r = self.registry = CollectorRegistry()
+        if backend is not None:
+            r.register(_PrefixCacheCollector(backend))
         self.requests = Counter(
             "worker_requests_total",
             "Inference requests answered, by route template and "

@@ -51,6 +51,9 @@ class WorkerSettings:
     ttft_ms: float = 50.0
     tokens_per_s: float = 200.0
     capacity: float | None = None  # tokens/s shared by all streams; None: perf, else 200
+    kv_cache_tokens: int = 0  # a prefix KV cache of this many tokens; 0: none
+    prefill_tokens_per_s: float = 0.0  # uncached prompt tokens prefilled per second; 0: free
+    block_chars: int = 64  # the cache's block, in prompt characters
 
     def __post_init__(self) -> None:
         if not self.public_url:
@@ -91,6 +94,10 @@ class WorkerSettings:
                 raise SettingsError(f"{name}: must be a finite number >= 0")
         if not (math.isfinite(self.cost_tolerance) and 0 <= self.cost_tolerance <= 1):
             raise SettingsError("cost_tolerance: must be between 0 and 1")
+        if self.kv_cache_tokens < 0 or self.block_chars < 1:
+            raise SettingsError("kv_cache_tokens: must be >= 0; block_chars: must be >= 1")
+        if not _non_negative(self.prefill_tokens_per_s):
+            raise SettingsError("prefill_tokens_per_s: must be a finite number >= 0")
         if self.replay_max_segments < 1:
             raise SettingsError("replay_max_segments: must be >= 1")
         if self.verify and self.router_url is None and self.pubkey_file is None:

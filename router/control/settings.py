@@ -151,6 +151,15 @@ def read_runtime(r: _Reader) -> RuntimeSpec:
         max_load=r.opt_num("max_load"),
         ttft_ms=r.num("ttft_ms", 50.0),
         tokens_per_s=r.num("tokens_per_s", 100.0, positive=True),
+        kv_cache_tokens=None
+        if r.data.get("kv_cache_tokens") is None
+        else r.int_("kv_cache_tokens", 0, max_=10**9),
+        prefill_tokens_per_s=None
+        if r.data.get("prefill_tokens_per_s") is None
+        else r.num("prefill_tokens_per_s", 0.0),
+        block_chars=None
+        if r.data.get("block_chars") is None
+        else r.int_("block_chars", 64, min_=1, max_=1 << 20),
         env=tuple(sorted(env.items())),
     )
 

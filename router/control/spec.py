@@ -76,6 +76,10 @@ class RuntimeSpec:
     max_load: float | None = None
     ttft_ms: float = 50.0  # synthetic backend
     tokens_per_s: float = 100.0  # synthetic backend
+    # synthetic backend's prefix KV cache (workers/backends/kvcache.py); None: its default
+    kv_cache_tokens: int | None = None
+    prefill_tokens_per_s: float | None = None
+    block_chars: int | None = None
     env: tuple[tuple[str, str], ...] = ()
 
     @property

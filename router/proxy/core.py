@@ -28,6 +28,7 @@ from router.health import HealthPoller, PollResult
 from router.hold import HoldRefused, Holds
 from router.jsonbody import loads_bounded
 from router.limits import check_rate, in_flight_slot
+from router.prefix import request_hashes
 from router.proxy.message import (
     DROP_REQUEST,
     DROP_RESPONSE,
@@ -243,12 +244,15 @@ class ProxyCore:
     async def forward(self, req: Request, sink: Sink, ep: EndpointSettings, parsed: Any) -> None:
         """Send the request to a worker (retrying on others) and relay its answer."""
         cost = self.cost(req, ep, parsed)
+        # the prompt's block hashes, for a cache_aware endpoint: from the body the core
+        # parsed already (for the cost), so a request is read once
+        hashes = request_hashes(parsed) if ep.policy == "cache_aware" else None
         rid = request_id(req)
         m = self.ctx.metrics
         started = time.perf_counter()
         status: int | None = None
         try:
-            status, last = await self._on_workers(req, sink, ep, cost, rid)
+            status, last = await self._on_workers(req, sink, ep, cost, rid, hashes)
             if status is not None:
                 return
             if last is not None:
@@ -284,7 +288,13 @@ class ProxyCore:
             m.child(m.duration, ep.name, "proxy").observe(time.perf_counter() - started)
 
     async def _on_workers(
-        self, req: Request, sink: Sink, ep: EndpointSettings, cost: float, rid: str
+        self,
+        req: Request,
+        sink: Sink,
+        ep: EndpointSettings,
+        cost: float,
+        rid: str,
+        hashes: list[str] | None = None,
     ) -> tuple[int | None, _Retry | None]:
         """One try on one worker, then others while it fails before any byte went out.
 
@@ -300,13 +310,22 @@ class ProxyCore:
             ticket: dict[str, Any] | None = None
             if n or not self.holds.waiting(ep.name):  # a newcomer queues behind the held
                 ticket, _, wid = await issue_ticket(
-                    ctx, ep.name, cost, exclude=frozenset(tried), request_id=rid, proxy=True
+                    ctx,
+                    ep.name,
+                    cost,
+                    exclude=frozenset(tried),
+                    request_id=rid,
+                    proxy=True,
+                    hashes=hashes,
                 )
             if ticket is None and n == 0:
-                ticket, wid = await self._hold(req, ep, cost, rid)
+                ticket, wid = await self._hold(req, ep, cost, rid, hashes)
             if ticket is None:
                 break
             tried.add(wid)
+            measured = ep.perf_mode == "measured"
+            if measured:
+                ctx.fleet.started(wid, time.monotonic())
             try:
                 return await self._attempt(req, sink, ep, ticket, wid, rid), None
             except _Retry as exc:
@@ -316,6 +335,8 @@ class ProxyCore:
             finally:
                 try:
                     await ctx.fleet.release(wid, ticket["reqnum"], cost)
+                    if measured:
+                        await ctx.fleet.finished(wid, cost, time.monotonic())
                 except StoreUnavailable as exc:
                     # the answer may be out already: never a second one; the ticket's
                     # cost leaves the worker's load when the ticket expires
@@ -324,7 +345,12 @@ class ProxyCore:
         return None, last
 
     async def _hold(
-        self, req: Request, ep: EndpointSettings, cost: float, rid: str
+        self,
+        req: Request,
+        ep: EndpointSettings,
+        cost: float,
+        rid: str,
+        hashes: list[str] | None = None,
     ) -> tuple[dict[str, Any] | None, str]:
         """Hold a request no worker can take now (router/hold.py) until one can, in
         arrival order; (ticket, worker id), or (None, "") past the endpoint's bounds."""
@@ -349,7 +375,9 @@ class ProxyCore:
                 return None, ""
             placed = False
             try:
-                ticket, _, wid = await issue_ticket(ctx, ep.name, cost, request_id=rid, proxy=True)
+                ticket, _, wid = await issue_ticket(
+                    ctx, ep.name, cost, request_id=rid, proxy=True, hashes=hashes
+                )
                 placed = ticket is not None
             finally:
                 self.holds.done(ep.name, placed)

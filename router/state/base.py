@@ -225,6 +225,38 @@ class Store(ABC):
         Call it once per ticket.
         """
 
+    # The prefix index of cache_aware routing (router/prefix.py, docs/prefix.md): which
+    # worker was sent which prompt blocks, shared by every replica.
+    @abstractmethod
+    async def prefix_lookup(
+        self, endpoint: str, hashes: Sequence[str], now: float, ttl_s: float
+    ) -> tuple[int, list[str]]:
+        """(depth, holders): the most leading `hashes` some worker of `endpoint` holds
+        (recorded within `ttl_s`), and the workers that hold that many (`prefix.deepest`).
+        One round trip on Redis; lookups of one event-loop pass share it."""
+
+    @abstractmethod
+    async def prefix_record(
+        self,
+        endpoint: str,
+        wid: str,
+        hashes: Sequence[str],
+        now: float,
+        ttl_s: float,
+        max_blocks: int,
+    ) -> None:
+        """Remember that `wid` was sent these blocks; age its entries out (older than
+        `ttl_s`, least recently used beyond `max_blocks`). May return before the write
+        is done (Redis batches them); a lost write only costs a cache miss."""
+
+    @abstractmethod
+    async def set_perf(self, wid: str, perf: float) -> bool:
+        """Set a known worker's perf (measured: router/speed.py); True if it exists."""
+
+    async def settle(self) -> None:
+        """Wait until the writes that may return early (prefix_record) are done."""
+        return None
+
     @abstractmethod
     async def take_rate(self, key_id: str, rate_per_s: float, burst: float, now: float) -> float:
         """Count one request against a key's rate (GCRA, see `gcra`): 0.0 if allowed,

@@ -34,6 +34,7 @@ from router.state.base import (
     worker_id,
 )
 from router.state.ledger import Tickets, add_ticket, expire_tickets, fold_report, release_ticket
+from router.state.prefixes import PrefixIndex
 from router.state.statefile import THREAD_ABOVE_BYTES, State, encode, load, write_atomic
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class MemoryStore(Store):
         self._slots: dict[str, dict[str, float]] = {}  # key -> token -> lease expiry
         self._named_leases: dict[str, tuple[str, float]] = {}  # take_lease: not persisted
         self._demand: dict[str, dict[int, float]] = {}  # endpoint -> second -> cost; live
+        self.prefixes = PrefixIndex()
         self._file = state_file
         self._control = load(state_file) if state_file is not None else State()
         self._write_lock = asyncio.Lock()  # one file write at a time, docs changed in turn
@@ -103,6 +105,7 @@ class MemoryStore(Store):
         self._pending.pop(wid, None)
         self._leases.pop(wid, None)
         self._reqnums.pop(wid, None)
+        self.prefixes.forget(wid)
         return self._workers.pop(wid, None) is not None
 
     async def get_worker(self, wid: str) -> WorkerRecord | None:
@@ -164,6 +167,30 @@ class MemoryStore(Store):
         if w is None:
             return None
         return release_ticket(w, self._pending.get(wid, _NO_TICKETS), reqnum, cost)
+
+    async def set_perf(self, wid: str, perf: float) -> bool:
+        w = self._workers.get(wid)
+        if w is None:
+            return False
+        w.perf = perf
+        return True
+
+    async def prefix_lookup(
+        self, endpoint: str, hashes: Sequence[str], now: float, ttl_s: float
+    ) -> tuple[int, list[str]]:
+        return self.prefixes.lookup(endpoint, hashes, now, ttl_s)
+
+    async def prefix_record(
+        self,
+        endpoint: str,
+        wid: str,
+        hashes: Sequence[str],
+        now: float,
+        ttl_s: float,
+        max_blocks: int,
+    ) -> None:
+        if wid in self._workers:
+            self.prefixes.record(endpoint, wid, hashes, now, ttl_s, max_blocks)
 
     async def take_rate(self, key_id: str, rate_per_s: float, burst: float, now: float) -> float:
         tat, retry = gcra(self._rates.get(key_id), now, rate_per_s, burst)

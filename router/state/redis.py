@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -40,6 +41,8 @@ from router.state.base import (
 )
 from router.state.redis_schema import DEMAND_TTL_S, WORKER_TTL_S, Keys
 from router.state.resp import Scripts
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -125,10 +128,30 @@ class _Batcher:
             if not call.future.done():
                 call.future.set_result(res[j * w : (j + 1) * w])
 
+    def post(
+        self, keys: list[str], args: list[Any], common_keys: list[str], common_args: list[Any]
+    ) -> None:
+        """Queue a call whose answer nobody awaits (a write that may be lost: the prefix
+        index); a failure is logged at debug level, never left unretrieved."""
+        loop = asyncio.get_running_loop()
+        call = _Call(keys, args, loop.create_future())
+        call.future.add_done_callback(_ignore_failure)
+        self._queue.append(call)
+        if len(self._queue) == 1:
+            self._common = (common_keys, common_args)
+            loop.call_soon(self.flush)
+        elif len(self._queue) >= _MAX_BATCH:
+            self.flush()
+
     async def close(self) -> None:
         self.flush()
         if self._running:
             await asyncio.wait(self._running)
+
+
+def _ignore_failure(future: asyncio.Future[list[Any]]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.debug("prefix index write lost: %r", future.exception())
 
 
 def _unavailable(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -206,11 +229,18 @@ class RedisStore(Store):
         self._delete_doc = self.redis.register_script(lua.DELETE_DOC)
         self._release_lease = self.redis.register_script(lua.RELEASE_LEASE)
         self._add_activity = self.redis.register_script(lua.ADD_ACTIVITY)
+        self._set_perf = self.redis.register_script(lua.SET_PERF)
         # /route and proxy calls of one loop pass share one EVALSHA (see lua.ISSUE).
         # ... over one pipelined connection of their own where the URL allows (resp.py).
         self._scripts = Scripts(url, timeout_s) if Scripts.usable(url) else None
         self._issues = _Batcher(self._issue, 6, "redis-issue-batch", self._scripts)
         self._releases = _Batcher(self._release, 1, "redis-release-batch", self._scripts)
+        self._prefix_lookups = _Batcher(
+            self.redis.register_script(lua.PREFIX_LOOKUP), 2, "redis-prefix-lookup", self._scripts
+        )
+        self._prefix_records = _Batcher(
+            self.redis.register_script(lua.PREFIX_RECORD), 1, "redis-prefix-record", self._scripts
+        )
 
     @_unavailable
     async def ping(self) -> None:
@@ -249,7 +279,8 @@ class RedisStore(Store):
     async def remove_worker(self, wid: str) -> bool:
         k = self.keys
         n = await self._remove(
-            keys=[k.worker(wid), k.pending(wid), k.lease(wid)], args=[wid, k.endpoint_set("")]
+            keys=[k.worker(wid), k.pending(wid), k.lease(wid), k.prefix_worker(wid)],
+            args=[wid, k.endpoint_set(""), k.prefix_block],
         )
         return bool(n)
 
@@ -374,6 +405,42 @@ class RedisStore(Store):
             [self.keys.worker(wid), self.keys.pending(wid)], [reqnum, repr(float(cost))], [], []
         )
         return _RELEASED[int(n)]
+
+    @_unavailable
+    async def set_perf(self, wid: str, perf: float) -> bool:
+        return bool(await self._set_perf(keys=[self.keys.worker(wid)], args=[repr(float(perf))]))
+
+    async def prefix_lookup(
+        self, endpoint: str, hashes: Sequence[str], now: float, ttl_s: float
+    ) -> tuple[int, list[str]]:
+        if not hashes:
+            return 0, []
+        depth, holders = await self._prefix_lookups.call(
+            [],
+            [endpoint, repr(now), repr(float(ttl_s)), len(hashes), *hashes],
+            [],
+            [self.keys.prefix_block],
+        )
+        return int(depth), holders.split() if holders else []
+
+    async def prefix_record(
+        self,
+        endpoint: str,
+        wid: str,
+        hashes: Sequence[str],
+        now: float,
+        ttl_s: float,
+        max_blocks: int,
+    ) -> None:
+        if not hashes:
+            return
+        k = self.keys
+        self._prefix_records.post(
+            [],
+            [endpoint, wid, repr(now), repr(float(ttl_s)), int(max_blocks), len(hashes), *hashes],
+            [],
+            [k.prefix_block, k.prefix_worker_base],
+        )
 
     @_unavailable
     async def take_rate(self, key_id: str, rate_per_s: float, burst: float, now: float) -> float:
@@ -537,9 +604,14 @@ class RedisStore(Store):
             pipe.hdel(self.keys.activity_at, name)
             await pipe.execute()
 
+    async def settle(self) -> None:
+        await self._prefix_records.close()  # flushes and waits; the batcher stays usable
+
     async def close(self) -> None:
         await self._issues.close()
         await self._releases.close()
+        await self._prefix_lookups.close()
+        await self._prefix_records.close()
         if self._scripts is not None:
             self._scripts.close()
         await self.redis.aclose()

@@ -63,6 +63,18 @@ DEMAND_TTL_S = 300
 # Set of endpoint names that have a demand hash.
 DEMANDS = "dems"
 
+# Prefix index of cache_aware routing (docs/prefix.md; router/state/prefixes.py is the
+# memory store's twin). Hash per endpoint and block hash, "pfx:{endpoint}:{hash}": worker
+# id -> the unix time it was last sent that block (as the replica wrote it); a lookup
+# ignores entries older than the endpoint's cache_aware.ttl_s, and the key expires ttl_s
+# after its last write.
+PREFIX_BLOCK = "pfx:"
+# Sorted set per worker of the blocks it holds, for aging: member the block hash, score
+# the time in microseconds minus the block's depth (a request's deeper blocks are older,
+# so a worker loses a prefix from its end); trimmed to the endpoint's
+# cache_aware.max_blocks_per_worker, least recent first; expires with ttl_s.
+PREFIX_WORKER = "pfxw:"
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -120,3 +132,15 @@ class Keys:
     @property
     def demands(self) -> str:
         return f"{self.prefix}{DEMANDS}"
+
+    @property
+    def prefix_block(self) -> str:
+        """The start of every block hash's key; the scripts append "{endpoint}:{hash}"."""
+        return f"{self.prefix}{PREFIX_BLOCK}"
+
+    @property
+    def prefix_worker_base(self) -> str:
+        return f"{self.prefix}{PREFIX_WORKER}"
+
+    def prefix_worker(self, wid: str) -> str:
+        return f"{self.prefix}{PREFIX_WORKER}{wid}"

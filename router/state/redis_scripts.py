@@ -2,8 +2,10 @@
 
 A rule that the memory store runs in Python and Redis runs in Lua is one Lua function
 here, named as its Python twin, in a snippet that every script using it includes:
-`FINALIZE_LUA` (balancer.fits, work_score, finalize), `GCRA_LUA` (base.gcra) and
-`LEDGER_LUA` (ledger.add_ticket, expire_tickets, fold_report, release_ticket). One case
+`FINALIZE_LUA` (balancer.fits, work_score, finalize), `GCRA_LUA` (base.gcra),
+`LEDGER_LUA` (ledger.add_ticket, expire_tickets, fold_report, release_ticket) and
+`DEEPEST_LUA` (prefix.deepest; PREFIX_LOOKUP and PREFIX_RECORD twin
+state/prefixes.PrefixIndex). One case
 table per rule (tests/router/rule_cases.py) runs against the Python function, the Lua
 function alone, and both stores. Redis forbids globals in scripts: the functions are
 locals of the script that includes them.
@@ -11,8 +13,10 @@ locals of the script that includes them.
 
 from __future__ import annotations
 
+from router.prefix import MAX_BLOCKS
 from router.state.base import MCOST_PER_COST
 from router.state.ledger import SWEEP_MAX
+from router.state.prefixes import PREFIX_SWEEP_MAX
 
 # balancer.fits, work_score and finalize. A candidate is a table {ready, load, perf,
 # max_load (nil: no limit)}; finalize returns its 1-based index, or nil if none fits.
@@ -229,12 +233,26 @@ redis.call('SADD', KEYS[3], ARGV[2])
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: worker hash, pending zset, lease. ARGV: id, endpoint-set prefix
+# Forget a worker, and its entries in its endpoint's prefix index.
+# KEYS: worker hash, pending zset, lease, prefix-block zset. ARGV: id, endpoint-set
+# prefix, prefix-block key prefix.
 REMOVE = """
 local ep = redis.call('HGET', KEYS[1], 'endpoint')
 if not ep then return 0 end
 redis.call('SREM', ARGV[2] .. ep, ARGV[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+local base = ARGV[3] .. ep .. ':'
+for _, h in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  redis.call('HDEL', base .. h, ARGV[1])
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return 1
+"""
+
+# A worker's measured perf (Store.set_perf), only if the worker still exists (a write
+# must never bring back a removed worker's hash). KEYS: worker hash. ARGV: perf.
+SET_PERF = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'perf', ARGV[1])
 return 1
 """
 
@@ -357,3 +375,92 @@ for i = 1, #ARGV, 3 do
 end
 return 1
 """
+
+# prefix.deepest: holders_at(i) lists the workers holding block i (1-based) now; returns
+# the depth and the holders at that depth.
+DEEPEST_LUA = """
+local function deepest(n, holders_at)
+  if n <= 0 then return 0, {} end
+  local found = holders_at(1)
+  if #found == 0 then return 0, {} end
+  local lo, hi = 1, n
+  while lo < hi do
+    local mid = math.floor((lo + hi + 1) / 2)
+    local got = holders_at(mid)
+    if #got > 0 then lo, found = mid, got else hi = mid - 1 end
+  end
+  return lo, found
+end
+"""
+
+# Look up a batch of requests' block hashes in the prefix index (Store.prefix_lookup),
+# each as if alone. Block keys are built here from their prefix: one request's blocks
+# are a variable number of keys, all of one endpoint.
+# ARGV: block key prefix, then per call: endpoint, now, ttl_s, n, hash_1 .. hash_n.
+# Returns 2 values per call: depth, the holders' ids joined by ' '.
+PREFIX_LOOKUP = (
+    DEEPEST_LUA
+    + """
+local out, a = {}, 2
+while a <= #ARGV do
+  local base, n = ARGV[1] .. ARGV[a] .. ':', tonumber(ARGV[a + 3])
+  local oldest = tonumber(ARGV[a + 1]) - tonumber(ARGV[a + 2])
+  local first = a + 3
+  local function holders_at(i)
+    local f = redis.call('HGETALL', base .. ARGV[first + i])
+    local live = {}
+    for j = 1, #f, 2 do
+      if tonumber(f[j + 1]) >= oldest then live[#live + 1] = f[j] end
+    end
+    return live
+  end
+  local depth, found = deepest(n, holders_at)
+  out[#out + 1] = depth
+  out[#out + 1] = table.concat(found, ' ')
+  a = a + 4 + n
+end
+return out
+"""
+)
+
+# Record a batch of (worker, blocks) in the prefix index and age the worker's entries
+# out (Store.prefix_record; state/prefixes.PrefixIndex.record is the twin): blocks
+# deepest first, then at most PREFIX_SWEEP_MAX entries older than ttl_s, then the least
+# recent beyond max_blocks.
+# ARGV: block key prefix, worker zset prefix, then per call: endpoint, wid, now, ttl_s,
+#       max_blocks, n, hash_1 .. hash_n. Returns 1 per call.
+PREFIX_RECORD = (
+    f"local SWEEP, MAX_DEPTH = {PREFIX_SWEEP_MAX}, {MAX_BLOCKS}\n"
+    + """
+local function int(x) return string.format('%d', x) end
+local out, a = {}, 3
+while a <= #ARGV do
+  local ep, wid, now_s = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local now, ttl = tonumber(now_s), tonumber(ARGV[a + 3])
+  local cap, n = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local base, wk = ARGV[1] .. ep .. ':', ARGV[2] .. wid
+  local us, ttl_int = math.floor(now * 1e6), math.max(1, math.ceil(ttl))
+  for i = n, 1, -1 do
+    local h = ARGV[a + 5 + i]
+    redis.call('HSET', base .. h, wid, now_s)
+    redis.call('EXPIRE', base .. h, ttl_int)
+    redis.call('ZADD', wk, int(us - i), h)
+  end
+  local old = redis.call('ZRANGEBYSCORE', wk, '-inf',
+                         '(' .. int(math.floor((now - ttl) * 1e6) - MAX_DEPTH), 'LIMIT', 0, SWEEP)
+  for _, h in ipairs(old) do
+    redis.call('ZREM', wk, h)
+    redis.call('HDEL', base .. h, wid)
+  end
+  local excess = redis.call('ZCARD', wk) - cap
+  if excess > 0 then
+    local popped = redis.call('ZPOPMIN', wk, excess)
+    for j = 1, #popped, 2 do redis.call('HDEL', base .. popped[j], wid) end
+  end
+  redis.call('EXPIRE', wk, ttl_int)
+  out[#out + 1] = 1
+  a = a + 6 + n
+end
+return out
+"""
+)

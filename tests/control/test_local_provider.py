@@ -222,3 +222,23 @@ def test_a_router_killed_with_sigkill_leaves_no_child(tmp_path: Path) -> None:
         host.wait()
         if host.stdout is not None:
             host.stdout.close()
+
+
+async def test_the_kv_cache_flags_are_passed_only_when_set(tmp_path: Path) -> None:
+    p = LocalProvider("http://127.0.0.1:1", tmp_path / "logs")
+    try:
+        plain = p._worker_argv(SYNTHETIC, 4000)
+        assert "--kv-cache-tokens" not in plain and "--prefill-tokens-per-s" not in plain
+        rt = RuntimeSpec(kv_cache_tokens=65536, prefill_tokens_per_s=8000.0, block_chars=32)
+        argv = p._worker_argv(EndpointRecord("demo", runtime=rt), 4000)
+        i = argv.index("--kv-cache-tokens")
+        assert argv[i : i + 6] == [
+            "--kv-cache-tokens",
+            "65536",
+            "--prefill-tokens-per-s",
+            "8000.0",
+            "--block-chars",
+            "32",
+        ]
+    finally:
+        await p.close()

@@ -332,3 +332,125 @@ EXPIRE: list[dict[str, Any]] = [
         "left": list(range(64, 70)),
     },
 ]
+
+# prefix.deepest / DEEPEST_LUA: the most leading blocks some worker holds, by binary
+# search over whole prefixes; a request whose first block nobody holds costs one probe.
+# levels[i]: the holders of block i + 1; depth and holders (sorted) as answered.
+DEEPEST: list[dict[str, Any]] = [
+    {"name": "no blocks", "levels": [], "depth": 0, "holders": []},
+    {"name": "nobody holds the first block", "levels": [[], ["w0"]], "depth": 0, "holders": []},
+    {"name": "one block held", "levels": [["w0"]], "depth": 1, "holders": ["w0"]},
+    {"name": "every block held", "levels": [["w0"]] * 5, "depth": 5, "holders": ["w0"]},
+    {
+        "name": "the deeper holder wins",
+        "levels": [["w0", "w1"]] * 3 + [["w1"]] * 3 + [[], []],
+        "depth": 6,
+        "holders": ["w1"],
+    },
+    {
+        "name": "a shared head only",
+        "levels": [["w0", "w1"]] * 2 + [[]] * 6,
+        "depth": 2,
+        "holders": ["w0", "w1"],
+    },
+    {
+        "name": "held up to the last but one",
+        "levels": [["w2"]] * 6 + [[]],
+        "depth": 6,
+        "holders": ["w2"],
+    },
+]
+
+# The prefix index (state/prefixes.PrefixIndex, PREFIX_RECORD and PREFIX_LOOKUP, both
+# stores): steps run in order. A chain "abcd" is the request whose block i hashes to
+# "h" + chain[:i], so chains sharing a head share blocks. ("record", worker, chain, t),
+# ("lookup", chain, t, depth, holders), ("forget", worker): the worker leaves.
+PREFIX_INDEX: list[dict[str, Any]] = [
+    {
+        "name": "nothing recorded",
+        "ttl": 100.0,
+        "max_blocks": 100,
+        "steps": [("lookup", "abc", 10.0, 0, [])],
+    },
+    {
+        "name": "a prompt matches as far as it agrees",
+        "ttl": 100.0,
+        "max_blocks": 100,
+        "steps": [
+            ("record", "w0", "abcde", 10.0),
+            ("lookup", "abcde", 11.0, 5, ["w0"]),
+            ("lookup", "abcdefgh", 11.0, 5, ["w0"]),
+            ("lookup", "abcxy", 11.0, 3, ["w0"]),
+            ("lookup", "xbcde", 11.0, 0, []),
+        ],
+    },
+    {
+        "name": "the worker with the longer match is named",
+        "ttl": 100.0,
+        "max_blocks": 100,
+        "steps": [
+            ("record", "w0", "abc", 10.0),
+            ("record", "w1", "abcdef", 11.0),
+            ("lookup", "abcdefg", 12.0, 6, ["w1"]),
+            ("lookup", "abcz", 12.0, 3, ["w0", "w1"]),
+        ],
+    },
+    {
+        "name": "entries older than ttl_s are gone, per worker",
+        "ttl": 100.0,
+        "max_blocks": 100,
+        "steps": [
+            ("record", "w0", "abcd", 10.0),
+            ("record", "w1", "ab", 60.0),
+            ("lookup", "abcd", 105.0, 4, ["w0"]),
+            ("lookup", "abcd", 115.0, 2, ["w1"]),
+            ("lookup", "abcd", 161.0, 0, []),
+        ],
+    },
+    {
+        "name": "over max_blocks the least recent go, a request's deepest first",
+        "ttl": 1000.0,
+        "max_blocks": 4,
+        "steps": [
+            ("record", "w0", "abcd", 10.0),
+            ("record", "w0", "xyz", 20.0),
+            ("lookup", "abcd", 21.0, 1, ["w0"]),
+            ("lookup", "xyz", 21.0, 3, ["w0"]),
+        ],
+    },
+    {
+        "name": "recording again makes blocks recent",
+        "ttl": 1000.0,
+        "max_blocks": 4,
+        "steps": [
+            ("record", "w0", "abcd", 10.0),
+            ("record", "w0", "ab", 15.0),
+            ("record", "w0", "xy", 20.0),
+            ("lookup", "abcd", 21.0, 2, ["w0"]),
+            ("lookup", "xy", 21.0, 2, ["w0"]),
+        ],
+    },
+    {
+        "name": "a worker that leaves is forgotten",
+        "ttl": 100.0,
+        "max_blocks": 100,
+        "steps": [
+            ("record", "w0", "abc", 10.0),
+            ("record", "w1", "ab", 11.0),
+            ("forget", "w0"),
+            ("lookup", "abc", 12.0, 2, ["w1"]),
+        ],
+    },
+    {
+        "name": "a cap counts each worker alone",
+        "ttl": 1000.0,
+        "max_blocks": 3,
+        "steps": [
+            ("record", "w0", "abc", 10.0),
+            ("record", "w1", "xyz", 11.0),
+            ("record", "w1", "pq", 12.0),
+            ("lookup", "abc", 13.0, 3, ["w0"]),
+            ("lookup", "xyz", 13.0, 1, ["w1"]),
+        ],
+    },
+]

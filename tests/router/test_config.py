@@ -231,3 +231,30 @@ def test_store_state_file(tmp_path: Path) -> None:
     assert Settings.from_toml(None, env).store.state_file == tmp_path / "s.json"
     with pytest.raises(ConfigError, match=r"store\.state_file: must be a string"):
         Settings.from_toml(write(tmp_path, "[store]\nstate_file = 1\n"))
+
+
+def test_cache_aware_and_perf_mode_settings(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[[endpoints]]\nname = "llm"\npolicy = "cache_aware"\nperf_mode = "measured"\n'
+        "[endpoints.cache_aware]\nbalance_abs_s = 2.5\nbalance_rel = 2\nttl_s = 60\n"
+        "max_blocks_per_worker = 100\n"
+        "[endpoints.local]\nkv_cache_tokens = 4096\nprefill_tokens_per_s = 5000\n"
+    )
+    ep = Settings.from_toml(path, env={}).endpoints[0]
+    assert ep.policy == "cache_aware" and ep.perf_mode == "measured"
+    assert (ep.cache_aware.balance_abs_s, ep.cache_aware.balance_rel) == (2.5, 2.0)
+    assert (ep.cache_aware.ttl_s, ep.cache_aware.max_blocks_per_worker) == (60.0, 100)
+    assert ep.local is not None and ep.local.kv_cache_tokens == 4096
+    assert ep.local.prefill_tokens_per_s == 5000.0 and ep.local.block_chars is None
+    for bad, where in (
+        ("balance_rel = 0.5", "endpoints[0].cache_aware.balance_rel"),
+        ("max_blocks_per_worker = 0", "endpoints[0].cache_aware.max_blocks_per_worker"),
+        ("speed = 1", "endpoints[0].cache_aware.speed"),
+    ):
+        path.write_text(f'[[endpoints]]\nname = "llm"\n[endpoints.cache_aware]\n{bad}\n')
+        with pytest.raises(ConfigError, match=where.replace("[", r"\[").replace("]", r"\]")):
+            Settings.from_toml(path, env={})
+    path.write_text('[[endpoints]]\nname = "llm"\nperf_mode = "guessed"\n')
+    with pytest.raises(ConfigError, match="perf_mode"):
+        Settings.from_toml(path, env={})

@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from router.balancer import Candidate, finalize
+from router.prefix import deepest
 from router.state import ledger
 from router.state.base import (
     HealthUpdate,
@@ -25,7 +26,8 @@ from router.state.base import (
     quantize,
     reqnum_floor,
 )
-from router.state.redis_scripts import FINALIZE_LUA, GCRA_LUA, LEDGER_LUA
+from router.state.prefixes import PrefixIndex
+from router.state.redis_scripts import DEEPEST_LUA, FINALIZE_LUA, GCRA_LUA, LEDGER_LUA
 from tests.router import rule_cases
 from tests.router.stores import ready, report
 
@@ -314,3 +316,63 @@ async def test_expiry_lua(r: aioredis.Redis, case: dict[str, Any]) -> None:
     assert state == _expire_want(case)
     swept = len(state[2]) < len(case["tickets"])
     assert pend == (state[3][0] if swept else -1)  # the pending load after, when it changed
+
+
+# --- the prefix index: deepest match, record and age ----------------------------------------
+
+_DEEPEST_HARNESS = """
+local c = cjson.decode(ARGV[1])
+local function holders_at(i) return c.levels[i] end
+local depth, found = deepest(#c.levels, holders_at)
+table.sort(found)
+return {depth, table.concat(found, ' ')}
+"""
+
+
+@table(rule_cases.DEEPEST)
+def test_deepest_python(case: dict[str, Any]) -> None:
+    levels = case["levels"]
+    depth, found = deepest(len(levels), lambda i: list(levels[i - 1]))
+    assert (depth, sorted(found)) == (case["depth"], case["holders"])
+
+
+@table(rule_cases.DEEPEST)
+async def test_deepest_lua(r: aioredis.Redis, case: dict[str, Any]) -> None:
+    depth, found = await r.eval(DEEPEST_LUA + _DEEPEST_HARNESS, 0, json.dumps(case))  # type: ignore[misc]
+    assert (depth, found.split()) == (case["depth"], case["holders"])
+
+
+def chain(c: str) -> list[str]:
+    return ["h" + c[: i + 1] for i in range(len(c))]
+
+
+@table(rule_cases.PREFIX_INDEX)
+def test_prefix_index_python(case: dict[str, Any]) -> None:
+    index = PrefixIndex()
+    for step in case["steps"]:
+        if step[0] == "record":
+            _, w, c, t = step
+            index.record("demo", w, chain(c), t, case["ttl"], case["max_blocks"])
+        elif step[0] == "forget":
+            index.forget(step[1])
+        else:
+            _, c, t, depth, holders = step
+            got, found = index.lookup("demo", chain(c), t, case["ttl"])
+            assert (step, got, sorted(found)) == (step, depth, holders)
+
+
+@table(rule_cases.PREFIX_INDEX)
+async def test_prefix_index_in_the_store(store: Store, case: dict[str, Any]) -> None:
+    ids = {f"w{i}": await ready(store, "demo", f"http://127.0.0.1:{i + 1}") for i in range(3)}
+    names = {wid: name for name, wid in ids.items()}
+    for step in case["steps"]:
+        if step[0] == "record":
+            _, w, c, t = step
+            await store.prefix_record("demo", ids[w], chain(c), t, case["ttl"], case["max_blocks"])
+        elif step[0] == "forget":
+            assert await store.remove_worker(ids[step[1]])
+        else:
+            await store.settle()
+            _, c, t, depth, holders = step
+            got, found = await store.prefix_lookup("demo", chain(c), t, case["ttl"])
+            assert (step, got, sorted(names[w] for w in found)) == (step, depth, holders)

@@ -350,6 +350,8 @@ async def test_readyz_reports_inflight_load(
         "inflight_requests": 0,
         "max_reqnum_seen": 0,
         "perf": backend.perf(),
+        "completed_cost": 0.0,
+        "busy_s": 0.0,
     }
     backend.gate.clear()
     t = tickets.issue(cost=12.5)
@@ -368,6 +370,8 @@ async def test_readyz_reports_inflight_load(
     await until(lambda: _idle(client), what="load released after the stream")
     _, doc = await readyz(client)
     assert doc["inflight_cost"] == 0.0 and doc["max_reqnum_seen"] == t["reqnum"]
+    # the running totals a router measures speed from (perf_mode = "measured")
+    assert doc["completed_cost"] == 12.5 and doc["busy_s"] > 0
 
 
 async def test_client_disconnect_mid_stream_releases_load(
@@ -484,3 +488,9 @@ async def test_not_ready_until_keys_are_loaded(tmp_path: Path) -> None:
             "/generate", data=orjson.dumps(PAYLOAD), headers={"X-Route-Ticket": token}
         )
         assert resp.status == 401 and await error_code(resp) == "ticket_unknown_key"
+
+
+async def test_health_answers_as_readyz(client: Client) -> None:
+    """Model servers' own path: SGLang's and vLLM's routers probe it (bench/cache_bench.py)."""
+    resp = await client.get("/health")
+    assert resp.status == 200 and (await resp.json())["ready"] is True

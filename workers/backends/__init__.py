@@ -28,7 +28,12 @@ def make_backend(settings: WorkerSettings) -> Backend:
             or settings.tokens_per_s * _DEFAULT_STREAMS_AT_FULL_SPEED
         )
         return SyntheticBackend(
-            capacity=capacity, tokens_per_s=settings.tokens_per_s, ttft_ms=settings.ttft_ms
+            capacity=capacity,
+            tokens_per_s=settings.tokens_per_s,
+            ttft_ms=settings.ttft_ms,
+            kv_cache_tokens=settings.kv_cache_tokens,
+            prefill_tokens_per_s=settings.prefill_tokens_per_s,
+            block_chars=settings.block_chars,
         )
     url = settings.backend_url
     if url is None:  # settings validation makes this unreachable

@@ -61,6 +61,11 @@ class Backend(ABC):
     def perf(self) -> float:
         """Cost units per second this backend can process."""
 
+    def prefix_cache_tokens(self) -> tuple[int, int] | None:
+        """Prompt tokens served from and missing in a prefix KV cache so far (totals), or
+        None if the backend knows of no such cache."""
+        return None
+
     @abstractmethod
     async def serve(self, request: web.Request, path: str, payload: Any) -> web.StreamResponse:
         """Answer one inference request; `payload` holds no ticket fields.

@@ -7,6 +7,12 @@ The first token comes after `ttft_ms`; then each stream runs at `tokens_per_s`, 
 streams in flight share `capacity` tokens/s (processor sharing: with n in flight each
 gets min(tokens_per_s, capacity / n)), so a busy worker slows down like a GPU does and
 the balancer has something real to balance. Cost units are tokens: perf() = capacity.
+
+With `kv_cache_tokens` the worker models a prefix KV cache (kvcache.py): only the
+prompt tokens it does not hold are prefilled, at `prefill_tokens_per_s`, one request's
+prefill at a time (prefill is compute-bound: requests queue for it), before the
+`ttft_ms` every request waits. Both off by default: no prefill time, nothing cached.
+Its hit rate is on /metrics (worker_prefix_cache_{hit,miss}_tokens_total).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import orjson
 from aiohttp import web
 
 from workers.backends.base import Backend
+from workers.backends.kvcache import PrefixCache
 from workers.backends.png import pattern_png
 from workers.errors import error_response
 
@@ -132,12 +139,21 @@ class SyntheticBackend(Backend):
         tokens_per_s: float = 200.0,
         ttft_ms: float = 50.0,
         model: str = "synthetic",
+        kv_cache_tokens: int = 0,
+        prefill_tokens_per_s: float = 0.0,
+        block_chars: int = 64,
     ) -> None:
         self.capacity = capacity
         self.tokens_per_s = tokens_per_s
         self.ttft_s = ttft_ms / 1000
         self.model = model
         self.active = 0  # requests generating now (they share `capacity`)
+        self.cache = PrefixCache(kv_cache_tokens, block_chars)
+        self.prefill_tokens_per_s = prefill_tokens_per_s
+        self._prefill = asyncio.Lock()  # one prefill at a time
+
+    def prefix_cache_tokens(self) -> tuple[int, int] | None:
+        return self.cache.hit_tokens, self.cache.miss_tokens
 
     async def ready(self) -> bool:
         return True
@@ -154,6 +170,10 @@ class SyntheticBackend(Backend):
 
     async def generate(self, prompt: str, n: int) -> AsyncGenerator[Token, None]:
         """Yield `n` tokens at the shared speed; close it (aclosing) to free its share."""
+        uncached = self.cache.admit(prompt)
+        if self.prefill_tokens_per_s > 0 and uncached:
+            async with self._prefill:
+                await asyncio.sleep(uncached / self.prefill_tokens_per_s)
         self.active += 1
         try:
             await asyncio.sleep(self.ttft_s)

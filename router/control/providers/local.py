@@ -207,6 +207,12 @@ class LocalProvider(Provider):
             argv += ["--max-load", repr(rt.max_load)]
         if rt.synthetic:
             argv += ["--ttft-ms", repr(rt.ttft_ms), "--tokens-per-s", repr(rt.tokens_per_s)]
+            if rt.kv_cache_tokens is not None:
+                argv += ["--kv-cache-tokens", str(rt.kv_cache_tokens)]
+            if rt.prefill_tokens_per_s is not None:
+                argv += ["--prefill-tokens-per-s", repr(rt.prefill_tokens_per_s)]
+            if rt.block_chars is not None:
+                argv += ["--block-chars", str(rt.block_chars)]
         return argv
 
     async def observe(self) -> list[ProvidedWorker]:
