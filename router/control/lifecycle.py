@@ -125,6 +125,19 @@ class Lifecycle:
         self, record: EndpointRecord, provider: Provider, workers: list[ProvidedWorker], now: float
     ) -> None:
         fleet = {w.url: w for w in self.ctx.snapshot.endpoint(record.name)}
+        # Workers a provider started that it no longer runs (a previous leader's, or this
+        # process's before a restart: their processes died with it) are not routed to,
+        # even for the moment before a health poll would find them gone.
+        running = {w.url for w in workers}
+        for rec in [r for r in fleet.values() if r.source == "spawned" and r.url not in running]:
+            log.info(
+                "endpoint %s: forgetting worker %s (%s): no provider runs it",
+                record.name,
+                rec.id,
+                rec.url,
+            )
+            await self.ctx.fleet.remove(rec.id)
+            del fleet[rec.url]
         if record.state == "Deleting":
             await self._delete(record, provider, workers, fleet, now)
             return

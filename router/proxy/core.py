@@ -306,6 +306,7 @@ class ProxyCore:
         m = ctx.metrics
         tried: set[str] = set()
         last: _Retry | None = None
+        held = False
         for n in range(ep.retries + 1):
             ticket: dict[str, Any] | None = None
             if n or not self.holds.waiting(ep.name):  # a newcomer queues behind the held
@@ -318,8 +319,11 @@ class ProxyCore:
                     proxy=True,
                     hashes=hashes,
                 )
-            if ticket is None and n == 0:
-                ticket, wid = await self._hold(req, ep, cost, rid, hashes)
+            if ticket is None and not held and (n == 0 or _worker_gone(ep, last)):
+                # none can take it (a cold start, a full fleet), or the only ones were
+                # gone (a managed endpoint's worker that died): wait for one, once
+                held = True
+                ticket, wid = await self._hold(req, ep, cost, rid, hashes, frozenset(tried))
             if ticket is None:
                 break
             tried.add(wid)
@@ -351,6 +355,7 @@ class ProxyCore:
         cost: float,
         rid: str,
         hashes: list[str] | None = None,
+        exclude: frozenset[str] = frozenset(),
     ) -> tuple[dict[str, Any] | None, str]:
         """Hold a request no worker can take now (router/hold.py) until one can, in
         arrival order; (ticket, worker id), or (None, "") past the endpoint's bounds."""
@@ -376,7 +381,7 @@ class ProxyCore:
             placed = False
             try:
                 ticket, _, wid = await issue_ticket(
-                    ctx, ep.name, cost, request_id=rid, proxy=True, hashes=hashes
+                    ctx, ep.name, cost, exclude=exclude, request_id=rid, proxy=True, hashes=hashes
                 )
                 placed = ticket is not None
             finally:
@@ -570,6 +575,11 @@ class ProxyCore:
             raise
         await sink.end(req)
         return status
+
+
+def _worker_gone(ep: EndpointSettings, last: _Retry | None) -> bool:
+    """The last try found its worker gone, on an endpoint the router runs workers for."""
+    return ep.local is not None and last is not None and last.reason in ("connect", "disconnect")
 
 
 async def _finish(conn: Conn, deadline: float, idle_s: float) -> None:

@@ -215,3 +215,52 @@ runtime = "slow"
                 break
             await ctx.fleet.until_ready("never", 0.05)
         assert len(await provider(client).observe()) == 1
+
+
+@pytest.mark.redis
+async def test_a_router_on_redis_restarted_keeps_its_endpoints(
+    tmp_path: Path, redis_url: str
+) -> None:
+    settings = control_settings(tmp_path, store="redis", redis_url=redis_url)
+    ring = KeyRing.ephemeral("ed25519")
+    async with control_router(settings, ring) as (client, ctx):
+        resp = await client.post(BASE, data=orjson.dumps(SEED_CREATE), headers=ADMIN)
+        assert resp.status == 200
+        assert await ctx.fleet.until_ready("sklearn-iris", 30)
+        pids = provider(client).pids((await provider(client).observe())[0].id)
+    await until_gone(pids)  # its workers went with it
+    async with control_router(settings, ring) as (client, ctx):
+        assert "sklearn-iris" in ctx.registry.records  # from Redis
+        assert await ctx.fleet.until_ready("sklearn-iris", 30)  # workers started again
+        resp = await client.post(
+            "/sklearn-iris/generate",
+            headers=ADMIN,
+            json={"inputs": "hi", "parameters": {"max_new_tokens": 2}},
+        )
+        assert resp.status == 200
+        assert len(await provider(client).observe()) == 1  # one, not one per restart
+
+
+@pytest.mark.redis
+async def test_redis_down_mid_create_leaves_nothing_half_made(
+    tmp_path: Path, redis_url: str, redis_server: RedisServer
+) -> None:
+    settings = control_settings(tmp_path, store="redis", redis_url=redis_url)
+    async with control_router(settings) as (client, ctx):
+        redis_server.kill()
+        resp = await client.post(BASE, data=orjson.dumps(SEED_CREATE), headers=ADMIN)
+        doc = await resp.json()
+        assert resp.status == doc["statusCode"] == 503  # said plainly, nothing created
+        assert "sklearn-iris" not in ctx.registry.records
+        assert await provider(client).observe() == []
+        redis_server.start()
+        for _ in range(100):  # the client retries until the store is back
+            resp = await client.post(BASE, data=orjson.dumps(SEED_CREATE), headers=ADMIN)
+            if resp.status != 503:
+                break
+            await ctx.fleet.until_ready("never", 0.1)
+        assert resp.status == 200, await resp.text()
+        resp = await client.post(BASE, data=orjson.dumps(SEED_CREATE), headers=ADMIN)
+        assert resp.status == 409  # exactly one
+        assert await ctx.fleet.until_ready("sklearn-iris", 30)
+        assert len(await provider(client).observe()) == 1
