@@ -71,14 +71,13 @@ VALID_KEYS = {"dev-key", "admin-key", "worker-token", SECRET}
 
 
 def _unreadable(value: Any) -> bool:
-    """True if orjson refuses this JSON: integers past 64 bits, NaN or infinities."""
+    """True if orjson refuses this JSON: NaN or infinities (integers past 64 bits it reads
+    as floats, which every check below judges as it judges the integer)."""
     stack = [value]
     while stack:
         v = stack.pop()
         if isinstance(v, bool):
             continue
-        if isinstance(v, int) and not -(2**63) <= v < 2**64:
-            return True
         if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
             return True
         if isinstance(v, dict):
