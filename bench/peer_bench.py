@@ -11,8 +11,8 @@ peers ask for) serves them all. Each system runs in front of it at once, each on
 port, configured for one static worker with round-robin (no cache-aware tree, no retries
 to hide failures): nginx with one worker, Envoy with `--concurrency 1`, the two Rust
 routers as their launchers start them, and this router three ways (default config: RSA
-proxy tickets; `signing.algorithm = "ed25519"`; the aiohttp path, `server.fast_proxy =
-false`, Ed25519).
+/route tickets, Ed25519 proxy tickets from the ring's proxy key; `signing.algorithm =
+"ed25519"`; the aiohttp path, `server.fast_proxy = false`, Ed25519).
 
 Every round measures every system once, the order turning each round: wrk (1 thread)
 at 32 connections gives requests/s and, from /proc, the CPU time of the proxy's process
@@ -480,7 +480,7 @@ def specs(install: bool) -> list[Spec]:
             rust_router([py, "-m", "sglang_router.launch_router"], "warn"),
             peer("sglang-router", "sglang-router"),
         ),
-        Spec("this router, default config (RSA proxy tickets)", ours(None, True)),
+        Spec("this router, default config (RSA /route, Ed25519 proxy tickets)", ours(None, True)),
         Spec('this router, `algorithm = "ed25519"`', ours("ed25519", True)),
         Spec("this router, aiohttp path (Ed25519)", ours("ed25519", False)),
     ]

@@ -37,6 +37,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -254,6 +255,8 @@ class FakeKube:
         self.http_410 = False  # answer a too-old watch with HTTP 410 instead of an event
         self.changed = asyncio.Event()  # set on every change (the fake controllers wait)
         self.requests: list[tuple[str, str, str]] = []  # (method, path, content type)
+        # awaited before each request is served (method, path): a test holds one there
+        self.gate: Callable[[str, str], Awaitable[None]] | None = None
         self.app = self._make_app()
         self.runner: web.AppRunner | None = None
         self.site: web.TCPSite | None = None
@@ -384,6 +387,8 @@ class FakeKube:
         self.requests.append(
             (request.method, request.path, request.headers.get("Content-Type", ""))
         )
+        if self.gate is not None:
+            await self.gate(request.method, request.path)
         try:
             resp: web.StreamResponse = await handler(request)
             return resp

@@ -428,6 +428,39 @@ async def test_stop_takes_that_pod_and_the_deployment_does_not_bring_it_back(
         await provider.close()
 
 
+async def test_a_stop_while_the_objects_are_being_applied_is_still_sent(
+    kube: FakeKube, cluster: FakeCluster, router_url: str
+) -> None:
+    """The apply carries the replicas of its moment; a stop() meanwhile lowers them, and
+    the next sync sends the lower count (it is not taken as written)."""
+    ks = KubernetesSettings(api_url=kube.url, worker_port=free_port(), backoff_max_s=0.5)
+    provider = KubernetesProvider(ks, router_url)
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def gate(method: str, path: str) -> None:
+        if method == "PATCH" and "/deployments/" in path and not release.is_set():
+            held.set()
+            await release.wait()
+
+    kube.gate = gate
+    try:
+        rec = record()
+        started = await provider.start(rec, 2)
+        await asyncio.wait_for(held.wait(), 10)  # the Deployment's apply, with replicas 2
+        await provider.stop(started[1].id)  # a claim no pod backs yet: replicas 1
+        assert provider.target_replicas("solo") == 1
+        release.set()
+
+        def settled() -> bool:
+            dep = kube.get("deployments", rec.namespace, "solo")
+            return dep is not None and dep["spec"]["replicas"] == 1 and len(pods(kube, "solo")) == 1
+
+        await until(settled)
+    finally:
+        release.set()
+        await provider.close()
+
+
 async def _len_is(f: Callable[[], Awaitable[list[Any]]], n: int) -> bool:
     return len(await f()) == n
 

@@ -132,6 +132,7 @@ class KubernetesProvider(Provider):
         self._wake = asyncio.Event()
         self._config_error = ""
         self._init_lock = asyncio.Lock()
+        self._sync_lock = asyncio.Lock()  # one sync at a time: each reads what the last wrote
 
     # the interface
 
@@ -267,22 +268,25 @@ class KubernetesProvider(Provider):
         api = self.api
         if api is None:
             return
-        for t in list(self._targets.values()):
-            if not t.dirty():
-                continue
-            try:
-                await self._sync_target(api, t)
-                t.trouble = ""
-            except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                if isinstance(exc, KubeError) and not exc.transient:
-                    t.error = f"the Kubernetes API refused it: {exc}"
-                    log.error("endpoint %s: %s", t.endpoint, t.error)
-                else:
-                    t.trouble = f"Kubernetes API unavailable: {type(exc).__name__}: {exc}"
-                    log.warning("endpoint %s: %s (retrying)", t.endpoint, t.trouble)
-            except ValueError as exc:  # objects that cannot be built (config)
-                t.error = str(exc)
+        async with self._sync_lock:
+            for t in list(self._targets.values()):
+                if t.dirty():
+                    await self._sync_guarded(api, t)
+
+    async def _sync_guarded(self, api: KubeApi, t: _Target) -> None:
+        try:
+            await self._sync_target(api, t)
+            t.trouble = ""
+        except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if isinstance(exc, KubeError) and not exc.transient:
+                t.error = f"the Kubernetes API refused it: {exc}"
                 log.error("endpoint %s: %s", t.endpoint, t.error)
+            else:
+                t.trouble = f"Kubernetes API unavailable: {type(exc).__name__}: {exc}"
+                log.warning("endpoint %s: %s (retrying)", t.endpoint, t.trouble)
+        except ValueError as exc:  # objects that cannot be built (config)
+            t.error = str(exc)
+            log.error("endpoint %s: %s", t.endpoint, t.error)
 
     # inside
 
@@ -358,8 +362,11 @@ class KubernetesProvider(Provider):
             if self._targets.get(t.endpoint) is t:
                 del self._targets[t.endpoint]
             return
+        # stop() and start() change t.replicas while a request here is awaited: what is
+        # written down as written is the count that was sent, so a change is sent next time
         if not t.applied and t.record is not None and not t.error:
-            for obj in ko.objects(t.record, ks, t.replicas, self.router_url):
+            replicas = t.replicas
+            for obj in ko.objects(t.record, ks, replicas, self.router_url):
                 await api.request(
                     "PATCH",
                     _object_path(obj),
@@ -367,9 +374,10 @@ class KubernetesProvider(Provider):
                     body=obj,
                     content_type=APPLY,
                 )
-            t.applied, t.written = True, t.replicas
+            t.applied, t.written = True, replicas
             log.info("endpoint %s: applied its objects in %s", t.endpoint, t.namespace)
-        for pod in list(t.removals):
+        removals = list(t.removals)  # a pod stop() adds meanwhile waits for the next sync
+        for pod in removals:
             try:  # the ReplicaSet removes the cheapest pod when the count goes down
                 await api.request(
                     "PATCH",
@@ -381,10 +389,10 @@ class KubernetesProvider(Provider):
             except KubeError as exc:
                 if exc.status != 404:
                     raise
-        if t.written != t.replicas:
-            await self._scale(api, t)
-            t.written = t.replicas
-        for pod in list(t.removals):
+        if t.written != (replicas := t.replicas):
+            await self._scale(api, t, replicas)
+            t.written = replicas
+        for pod in removals:
             try:
                 await api.request("DELETE", f"/api/v1/namespaces/{t.namespace}/pods/{pod}")
             except KubeError as exc:
@@ -392,19 +400,19 @@ class KubernetesProvider(Provider):
                     raise
             t.removals.remove(pod)
 
-    async def _scale(self, api: KubeApi, t: _Target) -> None:
+    async def _scale(self, api: KubeApi, t: _Target, replicas: int) -> None:
         ks = self.settings
         query = {"fieldManager": ks.field_manager}
         body: dict[str, Any]
         if t.isvc:
-            predictor = {"minReplicas": t.replicas, "maxReplicas": max(t.replicas, 1)}
+            predictor = {"minReplicas": replicas, "maxReplicas": max(replicas, 1)}
             body = {"spec": {"predictor": predictor}}
             path = f"{ISVC_PATH}/namespaces/{t.namespace}/inferenceservices/{t.endpoint}"
         else:
-            body = {"spec": {"replicas": t.replicas}}
+            body = {"spec": {"replicas": replicas}}
             path = f"/apis/apps/v1/namespaces/{t.namespace}/deployments/{t.endpoint}/scale"
         await api.request("PATCH", path, query=query, body=body, content_type=MERGE)
-        log.info("endpoint %s: replicas -> %d", t.endpoint, t.replicas)
+        log.info("endpoint %s: replicas -> %d", t.endpoint, replicas)
 
     async def _delete_objects(self, api: KubeApi, t: _Target) -> None:
         ns = t.namespace
