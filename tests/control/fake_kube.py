@@ -35,9 +35,9 @@ import copy
 import re
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson

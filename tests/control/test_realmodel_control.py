@@ -4,6 +4,7 @@ router's OpenAI path by the openai SDK (plain and streamed), then deleted."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -64,11 +65,12 @@ async def test_a_real_model_created_loaded_served_streamed_deleted(
 ) -> None:
     openai = pytest.importorskip("openai")
     settings = control_settings(tmp_path, extra=runtime_toml(model_path))
-    async with control_router(settings) as (client, ctx):
+    async with control_router(settings) as (client, ctx), contextlib.AsyncExitStack() as stack:
         base = str(client.make_url("")).rstrip("/")
         sdk = openai.AsyncOpenAI(
             base_url=f"{base}/v1", api_key="admin-key", max_retries=0, timeout=120
         )
+        stack.push_async_callback(sdk.close)  # its connections close on this loop
         body = {
             "clusterName": "local",
             "endpointName": "smol",
