@@ -62,7 +62,10 @@ async def test_a_real_completion_through_the_router(tmp_path: Path) -> None:
                 )
                 text = done.choices[0].message.content
                 assert text and text.strip()
-                assert done.usage is not None and 0 < done.usage.completion_tokens <= 8
+                # llama_cpp 0.2.60 skips its max_tokens check while the text ends inside a
+                # UTF-8 character (llama.py, the multibyte fix), so a reply ending in "é"
+                # can run up to 3 tokens past max_tokens
+                assert done.usage is not None and 0 < done.usage.completion_tokens <= 8 + 3
                 stream = await sdk.chat.completions.create(
                     model="demo", messages=QUESTION, max_tokens=8, stream=True
                 )
